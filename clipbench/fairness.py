@@ -1,0 +1,161 @@
+"""Length-fairness metrics: how evenly a clipping rule clips short and long responses.
+
+Every metric of the suite about clip flatness is defined here and nowhere else. They act on
+tidy per-sequence records: one row per sequence and update, with at least a `length` column (L,
+the number of response tokens) and a clip indicator column (`seq_out`: the fraction of the
+sequence's units outside the band; `seq_clip`: the fraction whose gradient the clip removed),
+plus grouping columns such as `method` and `seed`.
+
+Definitions (DESIGN.md, "Length fairness metrics"), for one group and length bins b:
+
+* clip rate r_b: the mean of the clip indicator over the sequences of bin b.
+* bin edges: shared by every group compared (`length_bin_edges` on the pooled lengths):
+  quantiles of the pooled lengths (5 bins by default), or given explicitly.
+* clip spread: (max_b r_b - min_b r_b) / mean_b r_b (unweighted mean over non-empty bins);
+  0 = perfectly flat. Defined as 0 when no bin is ever clipped (all r_b = 0).
+* clip slope: least-squares slope of r_b against x_b = the mean of log L over bin b; positive
+  means long responses are clipped more. 0 with fewer than two non-empty bins.
+* LRE (this project's operationalisation of FSPO's Length Reweighting Error): with
+  k_b = 1 - r_b the share of bin b's sequences that keep their gradient, p_b the bin's share of
+  the group's sequences and k_bar = sum_b p_b k_b,  LRE = sum_b p_b |k_b / k_bar - 1|.
+  0 when every bin keeps the same share; defined as 0 when k_bar = 0 (every bin fully clipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_BINS = 5
+CLIP_COLUMNS = ("seq_out", "seq_clip")
+
+
+def length_bin_edges(
+    lengths: Sequence[float] | np.ndarray | pd.Series, n_bins: int = DEFAULT_BINS
+) -> np.ndarray:
+    """Bin edges at the quantiles of the pooled lengths (duplicates merged, so a length never
+    straddles two bins). Pool the lengths of every run compared, so all share the edges."""
+    values = np.asarray(lengths, dtype=float)
+    if values.size == 0:
+        raise ValueError("length_bin_edges: no lengths given")
+    if n_bins < 1:
+        raise ValueError(f"length_bin_edges: n_bins={n_bins} must be >= 1")
+    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1)))
+    if edges.size == 1:
+        edges = np.array([edges[0], edges[0]])
+    return edges
+
+
+def exact_length_edges(lengths: Sequence[int]) -> np.ndarray:
+    """Edges that give every distinct length a bin of its own (for designed experiments such as
+    the simulation, where the lengths are chosen rather than observed)."""
+    values = np.unique(np.asarray(lengths, dtype=float))
+    return np.append(values, values[-1] + 1)
+
+
+def assign_bins(lengths: pd.Series | np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The 0-based bin of each length: bin b holds edges[b] <= L < edges[b+1], the last bin is
+    closed on the right; lengths outside [edges[0], edges[-1]] fall in the first or last bin."""
+    inner = np.asarray(edges, dtype=float)[1:-1]
+    return np.searchsorted(inner, np.asarray(lengths, dtype=float), side="right")
+
+
+def clip_rate_by_bin(
+    records: pd.DataFrame,
+    edges: np.ndarray,
+    by: Sequence[str] = ("method",),
+    clip_columns: Sequence[str] = CLIP_COLUMNS,
+) -> pd.DataFrame:
+    """Per group and length bin: n, share (p_b), mean length, mean log length (x_b), the bin's
+    edges and the clip rate of each clip column. Empty bins are left out."""
+    missing = [c for c in (*by, "length", *clip_columns) if c not in records.columns]
+    if missing:
+        raise ValueError(f"clip_rate_by_bin: records lack columns {missing}; have {list(records.columns)}")
+    frame = records[[*by, "length", *clip_columns]].copy()
+    frame["bin"] = assign_bins(frame["length"], edges)
+    frame["log_length"] = np.log(frame["length"].clip(lower=1).astype(float))
+    keys = [*by, "bin"]
+    grouped = frame.groupby(keys, sort=True)
+    table = grouped.agg(
+        n=("length", "size"),
+        length_mean=("length", "mean"),
+        log_length_mean=("log_length", "mean"),
+        **{c: (c, "mean") for c in clip_columns},
+    ).reset_index()
+    totals = table.groupby(list(by))["n"].transform("sum") if by else table["n"].sum()
+    table["share"] = table["n"] / totals
+    edges = np.asarray(edges, dtype=float)
+    table["bin_lo"] = edges[table["bin"].to_numpy()]
+    table["bin_hi"] = edges[table["bin"].to_numpy() + 1]
+    return table
+
+
+def clip_spread(rates: Sequence[float] | np.ndarray) -> float:
+    """(max - min) / mean of the per-bin clip rates; 0 when nothing is clipped."""
+    r = np.asarray(rates, dtype=float)
+    mean = r.mean()
+    return 0.0 if mean == 0 else float((r.max() - r.min()) / mean)
+
+
+def clip_slope(rates: Sequence[float] | np.ndarray, log_lengths: Sequence[float] | np.ndarray) -> float:
+    """Least-squares slope of the per-bin clip rate against the bins' mean log length."""
+    r = np.asarray(rates, dtype=float)
+    x = np.asarray(log_lengths, dtype=float)
+    if r.size < 2 or np.ptp(x) == 0:
+        return 0.0
+    xc = x - x.mean()
+    return float((xc * (r - r.mean())).sum() / (xc * xc).sum())
+
+
+def length_reweighting_error(
+    rates: Sequence[float] | np.ndarray, shares: Sequence[float] | np.ndarray
+) -> float:
+    """LRE = sum_b p_b |k_b / k_bar - 1| with k_b = 1 - r_b and k_bar = sum_b p_b k_b."""
+    keep = 1.0 - np.asarray(rates, dtype=float)
+    p = np.asarray(shares, dtype=float)
+    p = p / p.sum()
+    k_bar = float((p * keep).sum())
+    return 0.0 if k_bar == 0 else float((p * np.abs(keep / k_bar - 1.0)).sum())
+
+
+def summarize_bins(
+    by_bin: pd.DataFrame, by: Sequence[str] = ("method",), clip_column: str = "seq_out"
+) -> pd.DataFrame:
+    """Per group: mean clip rate (over sequences), spread, slope and LRE of one clip column,
+    from the output of `clip_rate_by_bin`."""
+
+    def one(group: pd.DataFrame) -> pd.Series:
+        rates = group[clip_column].to_numpy()
+        shares = group["share"].to_numpy()
+        return pd.Series(
+            {
+                "clip_rate": float((rates * shares).sum() / shares.sum()),
+                "spread": clip_spread(rates),
+                "slope": clip_slope(rates, group["log_length_mean"].to_numpy()),
+                "lre": length_reweighting_error(rates, shares),
+                "n_bins": len(group),
+            }
+        )
+
+    # Grouping by a list always yields tuple keys.
+    rows = [{**dict(zip(by, key, strict=True)), **one(g)} for key, g in by_bin.groupby(list(by), sort=True)]
+    out = pd.DataFrame(rows)
+    out["n_bins"] = out["n_bins"].astype(int)
+    return out
+
+
+def fairness_summary(
+    records: pd.DataFrame,
+    by: Sequence[str] = ("method",),
+    edges: np.ndarray | None = None,
+    n_bins: int = DEFAULT_BINS,
+    clip_column: str = "seq_out",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Bins (shared edges from the pooled lengths unless given) and the per-group summary.
+    Returns (per-bin table, per-group summary)."""
+    if edges is None:
+        edges = length_bin_edges(records["length"], n_bins)
+    by_bin = clip_rate_by_bin(records, edges, by=by)
+    return by_bin, summarize_bins(by_bin, by=by, clip_column=clip_column)

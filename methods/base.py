@@ -1,0 +1,391 @@
+"""The method interface and the maths every clipping rule shares.
+
+What lives here:
+
+* `Method`: the base class of every rule. A rule is a frozen dataclass whose fields are its
+  hyperparameters (declared with `hparam`, which carries the field's documentation and its valid
+  range); `Method.loss` validates and sanitises the inputs once, then calls the rule's `compute`.
+* `RolloutBatch`: the sanitised inputs a rule sees (log-ratios zeroed off the mask, lengths, S).
+* `LossOutput`: what every rule returns.
+* Shared maths: masked sums and means, the PPO pessimistic min with its clip-active and
+  out-of-band indicators, and the two rule skeletons (`token_level_rule`, `sequence_level_rule`)
+  with their aggregations.
+
+Notation (DESIGN.md): l_t = logp_t - old_logp_t on response tokens, L = sum_t mask_t,
+S = sum_t l_t (the sequence log importance ratio), A = the sequence's advantage. Every rule
+minimises -min(w * A, clip(w) * A) per unit (token or sequence).
+
+Numerical guard: every log-weight is clamped to [-LOG_WEIGHT_CLAMP, LOG_WEIGHT_CLAMP] (= +-20)
+before `exp`, so e^S never overflows (float32 overflows past e^88). The clamp sits far outside
+every band, so it never changes which units are clipped; it only zeroes the gradient of a unit
+whose log-weight is already beyond +-20 (such a unit is clipped by every band anyway).
+
+This module imports nothing from the rest of the project.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+LOG_WEIGHT_CLAMP = 20.0
+
+REQUIRED_METRICS = ("clip_frac", "clip_frac_low", "clip_frac_high", "ppo_kl")
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+def hparam(
+    default: Any,
+    *,
+    help: str,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """Declare a hyperparameter field: its default, what it means (`help`, with its source) and its
+    valid values (open bounds `gt`/`lt`, closed bounds `ge`/`le`, or a tuple of `choices`)."""
+    meta = {"help": help, "gt": gt, "ge": ge, "lt": lt, "le": le, "choices": choices}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _range_text(meta: dict) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    lo = (
+        f"({meta['gt']}"
+        if meta.get("gt") is not None
+        else (f"[{meta['ge']}" if meta.get("ge") is not None else "(-inf")
+    )
+    hi = (
+        f"{meta['lt']})"
+        if meta.get("lt") is not None
+        else (f"{meta['le']}]" if meta.get("le") is not None else "inf)")
+    )
+    return f"in {lo}, {hi}"
+
+
+def _check_value(owner: str, name: str, kind: type, meta: dict, value: Any) -> Any:
+    """Type-check and range-check one hyperparameter; return it coerced (int -> float)."""
+    where = f"{owner}.{name}={value!r}"
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: must be a number")
+        value = float(value)
+        if math.isnan(value):
+            raise ValueError(f"{where}: must not be NaN")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: must be an integer")
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: must be true or false")
+    elif kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: must be a string")
+    checks = (
+        ("choices", lambda v, c: v in c),
+        ("gt", lambda v, b: v > b),
+        ("ge", lambda v, b: v >= b),
+        ("lt", lambda v, b: v < b),
+        ("le", lambda v, b: v <= b),
+    )
+    for key, ok in checks:
+        bound = meta.get(key)
+        if bound is not None and not ok(value, bound):
+            raise ValueError(f"{where}: must be {_range_text(meta)}")
+    return value
+
+
+# --------------------------------------------------------------------------- inputs and outputs
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """The inputs of one loss call, validated and sanitised (nothing off the mask survives).
+
+    `logp` is the caller's tensor itself (gradients flow through it); `log_ratio` is l_t with
+    masked positions set to exactly 0, so any sum over tokens is a sum over response tokens.
+    """
+
+    logp: torch.Tensor  # (B, T)
+    log_ratio: torch.Tensor  # (B, T), l_t on the mask, 0 elsewhere
+    advantages: torch.Tensor  # (B,)
+    mask: torch.Tensor  # (B, T) bool
+    lengths: torch.Tensor  # (B,) L, in the log-ratio dtype
+
+    @functools.cached_property
+    def seq_log_ratio(self) -> torch.Tensor:
+        """(B,) S = sum_t l_t over the response tokens."""
+        return self.log_ratio.sum(dim=-1)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(B,) bool: sequences with at least one response token (L > 0)."""
+        return self.lengths > 0
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """What a rule returns for one batch.
+
+    loss:     scalar to backpropagate (the rule's own aggregation).
+    seq_clip: (B,) per sequence, the fraction of its units whose gradient the clip removed
+              (clip active: the clipped branch of the min is selected). Token rules give a
+              token fraction, sequence rules 0 or 1; 0 for a row of length 0.
+    seq_out:  (B,) per sequence, the fraction of its units outside the band, whatever the sign
+              of the advantage.
+    metrics:  floats; at least clip_frac, clip_frac_low, clip_frac_high (clip active, by side of
+              the band; low + high = clip_frac) and ppo_kl (token mean of -l_t, the k1 estimate of
+              KL(pi_old || pi_theta)); also out_frac (fraction of units outside the band).
+    """
+
+    loss: torch.Tensor
+    seq_clip: torch.Tensor
+    seq_out: torch.Tensor
+    metrics: dict[str, float]
+
+
+def prepare_batch(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> RolloutBatch:
+    """Validate shapes and dtypes and zero everything off the mask (NaN and inf included)."""
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be (B, T), got shape {tuple(logp.shape)}")
+    if old_logp.shape != logp.shape or mask.shape != logp.shape:
+        raise ValueError(
+            f"logp, old_logp and mask must share a shape, got {tuple(logp.shape)}, "
+            f"{tuple(old_logp.shape)}, {tuple(mask.shape)}"
+        )
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be (B,) = ({logp.shape[0]},), got {tuple(advantages.shape)}")
+    if not logp.is_floating_point():
+        raise ValueError(f"logp must be a float tensor, got {logp.dtype}")
+    mask = mask.bool() if mask.dtype == torch.bool else mask > 0
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    # torch.where, not multiplication: NaN * 0 is NaN, and its gradient would be NaN too.
+    log_ratio = torch.where(mask, logp - old_logp.detach().to(logp.dtype), zero)
+    lengths = mask.sum(dim=-1).to(logp.dtype)
+    advantages = advantages.detach().to(logp.dtype)
+    return RolloutBatch(
+        logp=logp,
+        log_ratio=log_ratio,
+        advantages=advantages,
+        mask=mask,
+        lengths=lengths,
+    )
+
+
+# --------------------------------------------------------------------------- shared maths
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of `x` over the positions where `mask` is true (values elsewhere never leak)."""
+    kept = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return kept.sum() if dim is None else kept.sum(dim=dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `x` over the masked positions; 0 where the mask is empty (never NaN)."""
+    count = mask.sum() if dim is None else mask.sum(dim=dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class ClippedUnits:
+    """The pessimistic PPO min evaluated on a set of units (tokens or sequences).
+
+    objective:   min(w * A, clip(w) * A) per unit (to be maximised; the loss is its negative).
+    below/above: the log-weight lies strictly outside the band, on the low or the high side.
+    clip_active: the clipped branch of the min is selected, so the unit's gradient is removed:
+                 above the band with A > 0, or below it with A < 0.
+    """
+
+    objective: torch.Tensor
+    clip_active: torch.Tensor
+    below: torch.Tensor
+    above: torch.Tensor
+
+    @property
+    def outside(self) -> torch.Tensor:
+        return self.below | self.above
+
+
+def _exp_bound(bound: torch.Tensor | float) -> torch.Tensor | float:
+    """exp of a band bound, as a constant: the clipped branch never carries a gradient, even
+    when a rule computes its bounds from the batch (FSPO's drift)."""
+    if isinstance(bound, torch.Tensor):
+        return torch.exp(bound.detach().clamp(-LOG_WEIGHT_CLAMP, LOG_WEIGHT_CLAMP))
+    return math.exp(max(-LOG_WEIGHT_CLAMP, min(LOG_WEIGHT_CLAMP, bound)))
+
+
+def clipped_objective(
+    log_w: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float, adv: torch.Tensor
+) -> ClippedUnits:
+    """PPO's pessimistic objective for weight w = exp(log_w) with the band [low, high] on log_w.
+
+    The band is tested in log space, so a unit whose log-weight equals a bound is inside it.
+    min(w A, clip(w) A) selects the clipped branch exactly when w is above the band and A > 0, or
+    below it and A < 0: those units get the constant clip(w) A (gradient 0); every other unit
+    gets w A (inside the band, or outside on the side where the min keeps the unclipped term).
+    `adv` must broadcast against `log_w`; where it is 0 the unit contributes nothing.
+    """
+    below = log_w < low
+    above = log_w > high
+    active = (above & (adv > 0)) | (below & (adv < 0))
+    weight = torch.exp(log_w.clamp(-LOG_WEIGHT_CLAMP, LOG_WEIGHT_CLAMP))
+    clipped_weight = weight.detach().clamp(min=_exp_bound(low), max=_exp_bound(high))
+    objective = torch.where(active, clipped_weight, weight) * adv
+    return ClippedUnits(objective=objective, clip_active=active, below=below, above=above)
+
+
+def _fraction(indicator: torch.Tensor, count: torch.Tensor) -> float:
+    return float(indicator.sum()) / max(float(count), 1.0)
+
+
+def clip_metrics(units: ClippedUnits, n_units: torch.Tensor, batch: RolloutBatch) -> dict[str, float]:
+    """The metrics every rule reports, as fractions of its units (tokens or sequences).
+    The indicators must already be false on units that do not count (off the mask, empty rows)."""
+    with torch.no_grad():
+        return {
+            "clip_frac": _fraction(units.clip_active, n_units),
+            "clip_frac_low": _fraction(units.clip_active & units.below, n_units),
+            "clip_frac_high": _fraction(units.clip_active & units.above, n_units),
+            "out_frac": _fraction(units.outside, n_units),
+            "ppo_kl": -float(batch.log_ratio.detach().sum()) / max(float(batch.lengths.sum()), 1.0),
+        }
+
+
+TOKEN_AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
+
+
+def token_level_rule(batch: RolloutBatch, low: float, high: float, aggregation: str) -> LossOutput:
+    """A rule that clips each token's ratio r_t = exp(l_t) to [exp(low), exp(high)] (low < 0 < high).
+
+    aggregation:
+      token_mean:          sum over all response tokens of the batch / number of those tokens
+                           (PPO; verl's "token-mean").
+      seq_mean_token_mean: mean over each sequence's tokens, then mean over the sequences with
+                           L > 0 (GRPO; verl's "seq-mean-token-mean").
+    """
+    if not low < 0 < high:
+        raise ValueError(f"token_level_rule: the band [{low}, {high}] on l_t must contain 0")
+    # Advantages are zeroed off the mask, and l_t = 0 there lies inside the band, so no
+    # indicator or objective term survives off the mask.
+    zero = torch.zeros((), dtype=batch.log_ratio.dtype, device=batch.log_ratio.device)
+    adv = torch.where(batch.mask, batch.advantages.unsqueeze(-1), zero)
+    units = clipped_objective(batch.log_ratio, low, high, adv)
+    lengths = batch.lengths
+    if aggregation == "token_mean":
+        loss = -units.objective.sum() / lengths.sum().clamp(min=1)
+    elif aggregation == "seq_mean_token_mean":
+        per_seq = -units.objective.sum(dim=-1) / lengths.clamp(min=1)
+        loss = per_seq.sum() / batch.valid.sum().clamp(min=1)
+    else:
+        raise ValueError(f"aggregation={aggregation!r}: must be one of {', '.join(TOKEN_AGGREGATIONS)}")
+    with torch.no_grad():
+        outside = units.below | units.above
+        seq_clip = units.clip_active.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
+        seq_out = outside.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
+    metrics = clip_metrics(units, lengths.sum(), batch)
+    return LossOutput(loss=loss, seq_clip=seq_clip, seq_out=seq_out, metrics=metrics)
+
+
+def sequence_level_rule(
+    batch: RolloutBatch,
+    log_w: torch.Tensor,
+    low: torch.Tensor | float,
+    high: torch.Tensor | float,
+) -> LossOutput:
+    """A rule with one weight per sequence, w = exp(log_w), clipped to [exp(low), exp(high)]
+    (bounds may differ per sequence). The loss is the mean of -min(w A, clip(w) A) over the
+    sequences with L > 0; rows of length 0 contribute nothing and report seq_clip = seq_out = 0."""
+    valid = batch.valid
+    zero = torch.zeros((), dtype=batch.log_ratio.dtype, device=batch.log_ratio.device)
+    units = clipped_objective(log_w, low, high, torch.where(valid, batch.advantages, zero))
+    units = ClippedUnits(
+        objective=units.objective,
+        clip_active=units.clip_active,
+        below=units.below & valid,
+        above=units.above & valid,
+    )
+    loss = -units.objective.sum() / valid.sum().clamp(min=1)
+    dtype = batch.log_ratio.dtype
+    metrics = clip_metrics(units, valid.sum(), batch)
+    return LossOutput(
+        loss=loss, seq_clip=units.clip_active.to(dtype), seq_out=units.outside.to(dtype), metrics=metrics
+    )
+
+
+def log_band(eps_low: float, eps_high: float) -> tuple[float, float]:
+    """The ratio band [1 - eps_low, 1 + eps_high] in log space."""
+    return math.log1p(-eps_low), math.log1p(eps_high)
+
+
+# --------------------------------------------------------------------------- the base class
+
+
+@dataclass(frozen=True)
+class Method:
+    """Base class of every clipping rule.
+
+    Subclasses are frozen dataclasses registered with `@register("name")`; their fields are
+    hyperparameters declared with `hparam` (validated on construction, so an invalid value fails
+    before any compute, with a message naming the field and the value). A subclass sets `level`
+    ("token" or "sequence") and implements `compute(batch) -> LossOutput`.
+    """
+
+    name: ClassVar[str] = ""
+    level: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        owner = type(self).name or type(self).__name__
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _check_value(owner, f.name, hints[f.name], dict(f.metadata), getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; override to add some. Per-field ranges come from `hparam`."""
+
+    def loss(
+        self,
+        logp: torch.Tensor,
+        old_logp: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> LossOutput:
+        """The rule's loss on a batch.
+
+        logp, old_logp: (B, T) log-probs of the sampled tokens under the current and the
+        behaviour policy (old_logp is treated as a constant); advantages: (B,) one per sequence;
+        mask: (B, T) response tokens (bool or 0/1). Values off the mask are ignored, even NaN/inf.
+        """
+        return self.compute(prepare_batch(logp, old_logp, advantages, mask))
+
+    def compute(self, batch: RolloutBatch) -> LossOutput:
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters as a plain dict (for configs and result files)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def describe(cls) -> str:
+        """A human-readable description: the docstring's first paragraph and every hyperparameter."""
+        summary = (cls.__doc__ or "").strip().split("\n\n")[0]
+        lines = [f"{cls.name} ({cls.level} level): {' '.join(summary.split())}"]
+        for f in dataclasses.fields(cls):
+            meta = dict(f.metadata)
+            lines.append(f"  {f.name} = {f.default!r} ({_range_text(meta)}): {meta.get('help', '')}")
+        return "\n".join(lines)

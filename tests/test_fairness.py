@@ -1,0 +1,111 @@
+"""Length-fairness metrics: hand-computed values on small tidy records."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipbench import fairness
+
+
+def records(method, lengths_and_flags):
+    return pd.DataFrame(
+        [
+            {"method": method, "length": L, "seq_out": out, "seq_clip": clip}
+            for L, out, clip in lengths_and_flags
+        ]
+    )
+
+
+def test_two_equal_bins():
+    # Bin 0 (L = 10): 10 sequences, 1 out  -> r = 0.1; bin 1 (L = 100): 10 sequences, 3 out -> 0.3.
+    # spread = (0.3 - 0.1) / 0.2 = 1; k = (0.9, 0.7), k_bar = 0.8,
+    # LRE = 0.5 |0.9/0.8 - 1| + 0.5 |0.7/0.8 - 1| = 0.125; slope = 0.2 / (log 100 - log 10).
+    rows = [(10, float(i < 1), 0.0) for i in range(10)] + [
+        (100, float(i < 3), float(i < 1)) for i in range(10)
+    ]
+    by_bin, summary = fairness.fairness_summary(records("m", rows), edges=np.array([10, 50, 100]))
+    assert by_bin["seq_out"].tolist() == pytest.approx([0.1, 0.3])
+    assert by_bin["seq_clip"].tolist() == pytest.approx([0.0, 0.1])
+    assert by_bin["share"].tolist() == [0.5, 0.5]
+    row = summary.iloc[0]
+    assert row["clip_rate"] == pytest.approx(0.2)
+    assert row["spread"] == pytest.approx(1.0)
+    assert row["lre"] == pytest.approx(0.125)
+    assert row["slope"] == pytest.approx(0.2 / math.log(10))
+    _, on_clip = fairness.fairness_summary(
+        records("m", rows), edges=np.array([10, 50, 100]), clip_column="seq_clip"
+    )
+    assert on_clip.iloc[0]["spread"] == pytest.approx(2.0)  # (0.1 - 0) / 0.05
+
+
+def test_lre_with_unequal_shares():
+    # p = (0.25, 0.75), r = (0, 0.4): k = (1, 0.6), k_bar = 0.25 + 0.45 = 0.7,
+    # LRE = 0.25 |1/0.7 - 1| + 0.75 |0.6/0.7 - 1| = 0.25 * 3/7 + 0.75 * 1/7 = 1.5/7.
+    assert fairness.length_reweighting_error([0.0, 0.4], [0.25, 0.75]) == pytest.approx(1.5 / 7)
+    # Shares are normalised: counts work as well as fractions.
+    assert fairness.length_reweighting_error([0.0, 0.4], [1, 3]) == pytest.approx(1.5 / 7)
+
+
+def test_flat_and_degenerate_cases():
+    assert fairness.clip_spread([0.2, 0.2, 0.2]) == 0.0
+    assert fairness.length_reweighting_error([0.2, 0.2], [0.5, 0.5]) == 0.0
+    assert fairness.clip_slope([0.2, 0.2, 0.2], [1.0, 2.0, 3.0]) == 0.0
+    assert fairness.clip_spread([0.0, 0.0]) == 0.0  # nothing clipped: flat by definition
+    assert fairness.length_reweighting_error([1.0, 1.0], [0.5, 0.5]) == 0.0  # everything clipped
+    assert fairness.clip_slope([0.3], [1.0]) == 0.0  # one bin: no slope
+
+
+def test_slope_sign_says_which_lengths_are_clipped_more():
+    x = np.log([8, 64, 512])
+    assert fairness.clip_slope([0.0, 0.1, 0.5], x) > 0
+    assert fairness.clip_slope([0.5, 0.1, 0.0], x) < 0
+    # Exact least squares on a line: r = 0.1 + 0.05 x.
+    assert fairness.clip_slope(0.1 + 0.05 * x, x) == pytest.approx(0.05)
+
+
+def test_quantile_edges_are_shared_and_bins_are_half_open():
+    lengths = np.arange(1, 101)
+    edges = fairness.length_bin_edges(lengths, 4)
+    assert edges.tolist() == pytest.approx([1, 25.75, 50.5, 75.25, 100])
+    bins = fairness.assign_bins(lengths, edges)
+    assert np.bincount(bins).tolist() == [25, 25, 25, 25]
+    # Edges merge when lengths repeat; a length never straddles two bins.
+    edges = fairness.length_bin_edges([5] * 50 + [9] * 50, 5)
+    assert edges.tolist() == [5, 9]
+    assert fairness.assign_bins([5, 9, 9], edges).tolist() == [0, 0, 0]
+    # Lengths outside the edges fall in the first or last bin.
+    assert fairness.assign_bins([1, 1000], np.array([5, 10, 20])).tolist() == [0, 1]
+    assert fairness.exact_length_edges([8, 16, 8]).tolist() == [8, 16, 17]
+
+
+def test_groups_share_edges_and_shares_sum_to_one():
+    rng = np.random.default_rng(0)
+    frames = []
+    for method, bias in (("a", 0.0), ("b", 1.0)):
+        lengths = rng.integers(5, 500, size=400)
+        out = (rng.random(400) < (0.1 + bias * lengths / 1000)).astype(float)
+        frames.append(
+            pd.DataFrame(
+                {"method": method, "seed": 0, "length": lengths, "seq_out": out, "seq_clip": out / 2}
+            )
+        )
+    data = pd.concat(frames)
+    by_bin, summary = fairness.fairness_summary(data, by=("method", "seed"))
+    assert by_bin.groupby("method")["share"].sum().tolist() == pytest.approx([1.0, 1.0])
+    assert set(by_bin.groupby("method")["bin_lo"].apply(tuple)) == {
+        tuple(by_bin[by_bin.method == "a"]["bin_lo"])
+    }
+    slopes = dict(zip(summary["method"], summary["slope"], strict=True))
+    assert slopes["b"] > slopes["a"]
+    assert list(summary.columns) == ["method", "seed", "clip_rate", "spread", "slope", "lre", "n_bins"]
+
+
+def test_missing_columns_and_empty_input_are_reported():
+    with pytest.raises(ValueError, match=r"lack columns \['seq_clip'\]"):
+        fairness.clip_rate_by_bin(
+            pd.DataFrame({"method": ["a"], "length": [3], "seq_out": [0.0]}), np.array([1, 5])
+        )
+    with pytest.raises(ValueError, match="no lengths"):
+        fairness.length_bin_edges([])

@@ -1,0 +1,206 @@
+"""The method registry: discovery of a new module, duplicate names, unknown names and fields,
+and hyperparameter validation."""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import methods
+from methods import Method, hparam, register
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NEW_METHOD = '''
+"""A test rule: seq_ppo with its own name."""
+from dataclasses import dataclass
+
+from methods import register
+from methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, sequence_level_rule
+
+
+@register("seq_ppo_copy")
+@dataclass(frozen=True)
+class SeqPPOCopy(Method):
+    """Sequence PPO under another name."""
+
+    level = "sequence"
+    eps: float = hparam(0.1, help="half-width", gt=0, lt=1)
+
+    def compute(self, batch: RolloutBatch) -> LossOutput:
+        return sequence_level_rule(batch, batch.seq_log_ratio, *log_band(self.eps, self.eps))
+'''
+
+
+def copy_methods(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "methods", tmp_path / "methods", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path / "methods"
+
+
+def run_python(code: str, path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(path)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=path)
+
+
+def test_a_new_module_is_discovered(tmp_path):
+    (copy_methods(tmp_path) / "seq_ppo_copy.py").write_text(NEW_METHOD)
+    result = run_python(
+        "import methods, torch; print(methods.available_methods()); "
+        "m = methods.get_method('seq_ppo_copy', eps=0.2); "
+        "print(m.loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2)).loss.item())",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    names, loss = result.stdout.splitlines()
+    assert "seq_ppo_copy" in names and "fspo" in names
+    assert float(loss) == -1.0
+
+
+def test_a_duplicate_name_in_a_new_module_fails_on_discovery(tmp_path):
+    (copy_methods(tmp_path) / "impostor.py").write_text(NEW_METHOD.replace('"seq_ppo_copy"', '"gspo"'))
+    result = run_python("import methods; methods.available_methods()", tmp_path)
+    assert result.returncode != 0
+    assert "'gspo' is already registered by methods.gspo.GSPO" in result.stderr
+
+
+def test_duplicate_name_raises():
+    with pytest.raises(ValueError, match="'ppo' is already registered"):
+
+        @register("ppo")
+        @dataclass(frozen=True)
+        class AnotherPPO(Method):
+            level = "token"
+
+            def compute(self, batch):
+                raise NotImplementedError
+
+
+def test_registration_requires_a_frozen_dataclass_with_documented_fields():
+    with pytest.raises(TypeError, match="frozen"):
+
+        @register("not_frozen")
+        @dataclass
+        class NotFrozen(Method):
+            level = "token"
+
+            def compute(self, batch):
+                raise NotImplementedError
+
+    with pytest.raises(TypeError, match="hparam"):
+
+        @register("undocumented")
+        @dataclass(frozen=True)
+        class Undocumented(Method):
+            level = "token"
+            eps: float = 0.2
+
+            def compute(self, batch):
+                raise NotImplementedError
+
+    with pytest.raises(TypeError, match="level"):
+
+        @register("no_level")
+        @dataclass(frozen=True)
+        class NoLevel(Method):
+            def compute(self, batch):
+                raise NotImplementedError
+
+    with pytest.raises(TypeError, match="subclass of methods.Method"):
+        register("plain")(object)
+    assert not {"not_frozen", "undocumented", "no_level", "plain"} & set(methods.available_methods())
+
+
+def test_a_registered_class_is_usable_and_can_be_removed():
+    @register("tmp_rule")
+    @dataclass(frozen=True)
+    class TmpRule(Method):
+        level = "sequence"
+        eps: float = hparam(0.1, help="half-width", gt=0, lt=1)
+
+        def compute(self, batch):
+            return methods.sequence_level_rule(
+                batch, batch.seq_log_ratio, *methods.log_band(self.eps, self.eps)
+            )
+
+    try:
+        assert methods.get_method("tmp_rule").name == "tmp_rule"
+    finally:
+        methods._REGISTRY.pop("tmp_rule")
+
+
+def test_unknown_method_lists_the_available_ones():
+    with pytest.raises(
+        ValueError, match=r"unknown method 'fspo2'; available: fspo, grpo, gspo, ppo, seq_ppo"
+    ):
+        methods.get_method("fspo2")
+
+
+def test_unknown_hyperparameter_is_named():
+    with pytest.raises(
+        ValueError,
+        match=r"method 'gspo' has no hyperparameter 'c_low'; its hyperparameters: eps_low, eps_high",
+    ):
+        methods.get_method("gspo", c_low=0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("ppo", {"eps_low": 1.5}, r"ppo.eps_low=1.5: must be in \(0, 1\)"),
+        ("ppo", {"eps_high": 0}, r"ppo.eps_high=0: must be in \(0, 1\)"),
+        ("grpo", {"eps_low": "0.2"}, r"grpo.eps_low='0.2': must be a number"),
+        ("gspo", {"eps_low": float("nan")}, r"gspo.eps_low=nan: must not be NaN"),
+        ("fspo", {"c_low": -1.0}, r"fspo.c_low=-1.0: must be in \(0, inf\)"),
+        ("fspo", {"drift": "ema"}, r"fspo.drift='ema': must be one of 'none', 'kl'"),
+        ("seq_ppo", {"eps_low": True}, r"seq_ppo.eps_low=True: must be a number"),
+    ],
+)
+def test_invalid_hyperparameters_name_field_and_value(name, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        methods.get_method(name, **overrides)
+
+
+def test_ints_are_accepted_for_floats_and_methods_are_frozen():
+    rule = methods.get_method("fspo", c_low=1)
+    assert rule.c_low == 1.0 and isinstance(rule.c_low, float)
+    with pytest.raises(AttributeError):
+        rule.c_low = 2.0  # type: ignore[misc]
+    assert rule.hparams() == {"c_low": 1.0, "c_high": 0.03, "drift": "none"}
+
+
+def test_every_rule_documents_itself():
+    for name in methods.available_methods():
+        cls = methods.get_method_class(name)
+        module = sys.modules[cls.__module__]
+        assert module.__doc__ and cls.__doc__, name
+        assert "arXiv" in module.__doc__ + cls.__doc__, f"{name}: cite the paper"
+        text = cls.describe()
+        assert text.startswith(f"{name} ({cls.level} level)")
+        for field in dataclasses.fields(cls):
+            assert f"  {field.name} = " in text
+
+
+def test_methods_import_nothing_from_the_rest_of_the_project():
+    for path in (ROOT / "methods").glob("*.py"):
+        source = path.read_text()
+        for package in ("clipbench", "benchmarks"):
+            assert f"import {package}" not in source and f"from {package}" not in source, path.name
+
+
+def test_describe_example_is_what_the_readme_shows():
+    # The README's "add a method" example must be a working module.
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```python\n# methods/my_rule.py") + len("```python\n")
+    example = readme[start : readme.index("```", start)]
+    namespace: dict = {}
+    try:
+        exec(compile(textwrap.dedent(example), "README example", "exec"), namespace)
+        assert "my_rule" in methods.available_methods()
+    finally:
+        methods._REGISTRY.pop("my_rule", None)
