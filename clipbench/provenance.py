@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,7 @@ TRACKED_PACKAGES = (
     "vllm",
     "snakemake",
     "datasets",
+    "tokenizers",
     "seaborn",
     "matplotlib",
 )
@@ -109,3 +111,26 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
 
 def atomic_write_json(path: Path | str, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move directory `src` to `dst`, replacing an existing `dst`.
+
+    `os.replace` cannot overwrite a non-empty directory, so an old `dst` is first renamed
+    aside and deleted only once `src` is in place (and put back if that move fails). Readers
+    see the old directory or the new one, never a partial one; `dst` is briefly absent.
+    """
+    src, dst = Path(src), Path(dst)
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+    os.replace(dst, old / dst.name)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(old / dst.name, dst)
+        raise
+    finally:
+        if dst.exists():
+            shutil.rmtree(old, ignore_errors=True)
