@@ -1,0 +1,302 @@
+"""The verifier: golden equivalences, extraction through verify, and the pool's hard time limit."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import benchmarks
+from benchmarks import Verdict, VerifierPool
+
+pytest.importorskip("math_verify", reason="the verifier needs math-verify (the 'eval' extra)")
+
+TIMEOUT_S = 2.0
+GRACE_S = 1.0
+SLACK_S = 10.0  # worker start-up/replacement and a busy CI machine: generous on purpose
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with VerifierPool(workers=2, kill_grace_s=GRACE_S) as p:
+        p.start()
+        yield p
+
+
+def _healthy(pool: VerifierPool) -> None:
+    verdicts = pool.verify(["so \\boxed{\\frac{1}{2}}", "\\boxed{3}"], ["0.5", "4"], timeout_s=TIMEOUT_S)
+    assert [(v.status, v.correct) for v in verdicts] == [("ok", True), ("ok", False)]
+
+
+EQUAL = [
+    ("27", "\\boxed{27}"),
+    ("27", "\\boxed{27.0}"),
+    ("27", "\\boxed{\\$27}"),
+    ("27", "\\boxed{27\\%}"),
+    ("27", "\\boxed{027}"),
+    ("27", "\\boxed{\\text{27}}"),
+    ("\\$27", "\\boxed{27}"),
+    ("27.0", "\\boxed{27}"),
+    ("1000", "\\boxed{1,000}"),
+    ("1000", "\\boxed{1{,}000}"),
+    ("\\frac{1}{2}", "\\boxed{0.5}"),
+    ("0.5", "\\boxed{\\frac12}"),
+    ("\\frac{1}{2}", "\\boxed{\\dfrac{1}{2}}"),
+    ("\\frac{\\sqrt2}{2}", "\\boxed{\\sqrt{2}/2}"),
+    ("\\frac{\\sqrt{2}}{2}", "\\boxed{\\frac{1}{\\sqrt{2}}}"),
+    ("[1,2)", "\\boxed{[1,2)}"),
+    ("(-\\infty, 0]", "\\boxed{(-\\infty,0]}"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\boxed{(3,\\pi/2)}"),
+    ("(1,-16,-4,43)", "\\boxed{(1, -16, -4, 43)}"),
+    ("x^2+1", "\\boxed{1+x^2}"),
+    ("\\{1,2\\}", "\\boxed{\\{2,1\\}}"),
+    ("3, 5, 7", "\\boxed{7,5,3}"),
+    ("2\\sqrt{3}", "\\boxed{\\sqrt{12}}"),
+    ("\\frac{\\sqrt{3}}{2}", "we get \\boxed{\\frac{\\sqrt{3}}{{2}}} at last"),  # nested braces
+    ("\\text{(C)}", "\\boxed{C}"),
+    ("5", "\\fbox{5}"),
+    ("-1/3", "\\boxed{-\\frac{1}{3}}"),
+]
+
+UNEQUAL = [
+    ("27", "\\boxed{28}"),
+    ("27", "\\boxed{27.5}"),
+    ("27", "\\boxed{270}"),
+    ("\\frac{1}{2}", "\\boxed{\\frac{1}{3}}"),
+    ("[1,2)", "\\boxed{(1,2)}"),
+    ("[1,2)", "\\boxed{[1,2]}"),
+    ("(1,2)", "\\boxed{(2,1)}"),
+    ("\\frac{\\sqrt{2}}{2}", "\\boxed{\\sqrt{2}}"),
+    ("x^2+1", "\\boxed{x^2-1}"),
+    ("\\pi", "\\boxed{3.14}"),
+    ("27", "\\boxed{27} and later \\boxed{26}"),  # the last box counts
+]
+
+
+def test_golden_pairs(pool):
+    golds = [g for g, _ in EQUAL + UNEQUAL]
+    predictions = [p for _, p in EQUAL + UNEQUAL]
+    verdicts = pool.verify(predictions, golds, timeout_s=TIMEOUT_S)
+    assert all(v.status == "ok" for v in verdicts), [v for v in verdicts if v.status != "ok"]
+    got = [v.correct for v in verdicts]
+    expected = [True] * len(EQUAL) + [False] * len(UNEQUAL)
+    wrong = [(g, p) for g, p, c, e in zip(golds, predictions, got, expected, strict=True) if c != e]
+    assert wrong == []
+
+
+def test_numeric_gold_types_and_extracted_text(pool):
+    verdicts = pool.verify(
+        ["x \\boxed{\\frac{\\sqrt{3}}{2}} y", "\\boxed{27}", "\\boxed{27}"], ["\\frac{\\sqrt3}{2}", 27.0, 27]
+    )
+    assert [v.correct for v in verdicts] == [True, True, True]
+    assert verdicts[0] == Verdict(True, "ok", "\\frac{\\sqrt{3}}{2}", "boxed", None)
+
+
+def test_fallbacks_are_opt_in(pool):
+    predictions = [
+        "The final answer is $\\frac{1}{2}$. I hope it is correct.",
+        "so it is 42 apples",
+        "#### 1,000",
+    ]
+    golds = ["0.5", "42", "1000"]
+    strict = pool.verify(predictions, golds, fallbacks=())
+    assert [v.status for v in strict] == ["no_answer"] * 3
+    assert all(v.extracted is None and not v.correct for v in strict)
+    loose = pool.verify(predictions, golds, fallbacks=("answer_is", "hashes", "last_number"))
+    assert [(v.correct, v.method) for v in loose] == [
+        (True, "answer_is"),
+        (True, "last_number"),
+        (True, "hashes"),
+    ]
+
+
+def test_empty_and_none_like_predictions(pool):
+    verdicts = pool.verify(["", "   \n", None, "no answer at all", "\\boxed{}"], ["1"] * 5)
+    assert [v.status for v in verdicts] == ["no_answer"] * 5
+    assert not any(v.correct for v in verdicts)
+
+
+def test_argument_errors_are_raised_up_front(pool):
+    with pytest.raises(ValueError, match="2 predictions but 1 answers"):
+        pool.verify(["a", "b"], ["1"])
+    with pytest.raises(ValueError, match="empty gold"):
+        pool.verify(["\\boxed{1}"], [None])
+    with pytest.raises(ValueError, match="timeout_s"):
+        pool.verify(["\\boxed{1}"], ["1"], timeout_s=0)
+    with pytest.raises(ValueError, match="known"):
+        pool.verify(["\\boxed{1}"], ["1"], fallbacks=("nope",))
+    assert pool.verify([], []) == []
+
+
+# -- adversarial inputs ----------------------------------------------------------------------------
+
+ADVERSARIAL = {
+    "power tower": "\\boxed{9^{9^{9^{9}}}}",
+    "huge power": "\\boxed{7^{123456789}}",
+    "tower of tens": "\\boxed{10^{10^{10}}}",
+    "huge factorial": "\\boxed{(10^{10})!}",
+    "huge sum": "\\boxed{\\sum_{n=1}^{10^{12}} n^{n}}",
+    "nested fractions": "\\boxed{" + "\\frac{1}{" * 150 + "2" + "}" * 150 + "}",
+    "nested parentheses": "\\boxed{" + "(" * 900 + "1" + ")" * 900 + "}",
+    "nested groups": "\\boxed{" + "{" * 900 + "1" + "}" * 900 + "}",
+    "exponent chain": "\\boxed{" + "x^" * 500 + "2}",
+    "100k characters": "a" * 100_000 + " \\boxed{27}",
+    "100k inside a box": "\\boxed{" + "1+" * 50_000 + "1}",
+    "100k unclosed boxes": "\\boxed{" * 15_000,
+    "unbalanced braces": "\\boxed{\\frac{1}{2}",
+    "stray closers": "}}}} \\boxed{1}}}} {{{",
+    "lone surrogates": "\ud800\udfff \\boxed{27} \udcff",
+    "NUL and control bytes": "\x00\x01\x1b[31m \\boxed{\x00}",
+    "non-UTF-8 bytes": b"\xff\xfe\xfa \\boxed{27}",
+    "empty": "",
+    "None": None,
+    "a number, not text": 27,
+    "2000-digit number": "\\boxed{" + "9" * 1999 + "}",
+    "big matrix": "\\boxed{\\begin{pmatrix}" + "&".join(["1"] * 50) + "\\\\" * 50 + "\\end{pmatrix}}",
+}
+
+
+@pytest.fixture(scope="module")
+def wide_pool():
+    """Four workers even on two cores: the time limit is wall-clock, so timeouts overlap."""
+    with VerifierPool(workers=4, kill_grace_s=GRACE_S) as p:
+        p.start()
+        yield p
+
+
+def test_adversarial_inputs_return_within_the_limit(wide_pool):
+    pool, names = wide_pool, list(ADVERSARIAL)
+    start = time.monotonic()
+    verdicts = pool.verify([ADVERSARIAL[n] for n in names], ["27"] * len(names), timeout_s=TIMEOUT_S)
+    elapsed = time.monotonic() - start
+    rounds = math.ceil(len(names) / pool.size)
+    assert elapsed < rounds * (TIMEOUT_S + GRACE_S) + SLACK_S
+    for name, verdict in zip(names, verdicts, strict=True):
+        assert verdict.status in benchmarks.verifier.STATUSES, name
+        if verdict.status != "ok":
+            assert verdict.correct is False, name
+    by_name = dict(zip(names, verdicts, strict=True))
+    assert by_name["power tower"].status == "timeout"
+    assert by_name["huge power"].status == "timeout"
+    assert by_name["100k characters"].correct  # long, but harmless
+    assert by_name["lone surrogates"].correct and by_name["non-UTF-8 bytes"].correct
+    assert by_name["100k inside a box"].status == "no_answer"  # longer than MAX_ANSWER_CHARS
+    for name in ["empty", "None", "100k unclosed boxes", "unbalanced braces"]:
+        assert by_name[name].status == "no_answer", name
+    _healthy(pool)
+
+
+def test_single_pathological_answer_is_cut_at_the_limit(pool):
+    start = time.monotonic()
+    [verdict] = pool.verify(["\\boxed{9^{9^{9^{9}}}}"], ["1"], timeout_s=TIMEOUT_S)
+    assert time.monotonic() - start < TIMEOUT_S + GRACE_S + SLACK_S
+    assert (verdict.status, verdict.correct) == ("timeout", False)
+    _healthy(pool)
+
+
+# -- worker failures -------------------------------------------------------------------------------
+
+
+def _idle_pids(pool: VerifierPool) -> list[int]:
+    return [w.proc.pid for w in pool._workers]
+
+
+def test_hung_worker_is_killed_and_replaced():
+    """A worker that never answers (frozen with SIGSTOP: no soft timeout can fire) is killed.
+
+    The tasks queued behind the stuck one never started: they go to the replacement worker.
+    """
+    with VerifierPool(workers=1, kill_grace_s=GRACE_S) as single:
+        single.start()
+        [pid] = _idle_pids(single)
+        os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        verdicts = single.verify(["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"], ["1", "2", "4"], timeout_s=1.0)
+        assert time.monotonic() - start < 1.0 + GRACE_S + SLACK_S
+        assert [(v.status, v.correct) for v in verdicts] == [("timeout", False), ("ok", True), ("ok", False)]
+        assert verdicts[0].extracted == "1" and "killed" in verdicts[0].detail
+        assert single.replaced == 1 and _idle_pids(single) != [pid]
+        _healthy(single)
+
+
+def test_worker_dying_mid_task_is_an_error_and_replaced():
+    with VerifierPool(workers=1) as single:
+        single.start()
+        [pid] = _idle_pids(single)
+        os.kill(pid, signal.SIGSTOP)  # keep the first task in flight until the kill below
+        killer = threading.Timer(0.3, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        verdicts = single.verify(["\\boxed{1}", "\\boxed{2}", "\\boxed{3}"], ["1", "2", "3"], timeout_s=30.0)
+        killer.join()
+        assert [(v.status, v.correct) for v in verdicts] == [("error", False), ("ok", True), ("ok", True)]
+        assert "died" in verdicts[0].detail and "-9" in verdicts[0].detail
+        _healthy(single)
+
+
+def test_idle_worker_death_costs_no_verdict():
+    with VerifierPool(workers=1) as single:
+        single.start()
+        [pid] = _idle_pids(single)
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        [verdict] = single.verify(["\\boxed{1}"], ["1"])
+        assert (verdict.status, verdict.correct) == ("ok", True)
+        assert single.replaced == 1
+
+
+def test_workers_are_reused_across_calls(pool):
+    before = _idle_pids(pool)
+    _healthy(pool)
+    _healthy(pool)
+    assert _idle_pids(pool) == before
+
+
+def test_concurrent_callers_share_a_pool(pool):
+    results: dict[int, list[Verdict]] = {}
+
+    def call(i: int) -> None:
+        results[i] = pool.verify([f"\\boxed{{{i}}}", f"\\boxed{{{i + 1}}}"], [str(i), str(i)])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all([v.correct for v in results[i]] == [True, False] for i in range(4))
+
+
+def test_closed_pool_refuses_work():
+    p = VerifierPool(workers=1)
+    p.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        p.verify(["\\boxed{1}"], ["1"])
+
+
+def test_module_level_verify_with_torch_imported():
+    """The default pool starts lazily, works with torch loaded in the caller, and restarts after shutdown."""
+    pytest.importorskip("torch")
+    assert benchmarks.verify(["\\boxed{\\frac{2}{4}}"], ["0.5"])[0].correct
+    benchmarks.shutdown()
+    assert benchmarks.verify(["\\boxed{2}"], ["2"])[0].correct
+    pool = benchmarks.configure(workers=1)
+    assert pool.size == 1 and benchmarks.verifier.get_pool() is pool
+    assert benchmarks.count_statuses(benchmarks.verify(["\\boxed{2}", ""], ["2", "2"])) == {
+        "ok": 1,
+        "no_answer": 1,
+        "timeout": 0,
+        "error": 0,
+    }
+    benchmarks.shutdown()
+
+
+def test_default_worker_count(monkeypatch):
+    monkeypatch.delenv("CLIPBENCH_VERIFY_WORKERS", raising=False)
+    assert benchmarks.verifier.default_workers() == max(1, min(os.cpu_count() or 1, 4))
+    monkeypatch.setenv("CLIPBENCH_VERIFY_WORKERS", "3")
+    assert benchmarks.verifier.default_workers() == 3
+    with pytest.raises(ValueError, match="workers"):
+        VerifierPool(workers=0)
