@@ -90,7 +90,7 @@ def provenance(config: Mapping[str, Any], seed: int | None = None) -> dict[str, 
         "versions": package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -1,0 +1,36 @@
+# clipbench study: base model -> train {method} x {seed} -> evaluate every model on every
+# benchmark -> summary.csv, fairness.csv -> results/tables/main.md and results/plots/*.png.
+#
+#   snakemake --cores all                                   the default study (offline, CPU)
+#   snakemake results/tables/main.md                        just the main table (and what it needs)
+#   snakemake --cores all --configfile workflows/config/paper.yaml --profile workflows/profiles/slurm
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The default study unless --configfile names another one (Snakemake would otherwise deep-merge
+# the two, e.g. adding the default's synthetic benchmarks to the paper's).
+if not workflow.overwrite_configfiles:
+
+    configfile: "workflows/config/default.yaml"
+
+
+validate(config, "workflows/config/schema.yaml")
+
+
+include: "workflows/rules/common.smk"
+include: "workflows/rules/base.smk"
+include: "workflows/rules/train.smk"
+include: "workflows/rules/evaluate.smk"
+include: "workflows/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/tables/main.md",
+        "results/plots/accuracy.png",
+        "results/plots/clip_by_length.png",
+        "results/plots/training_curves.png",

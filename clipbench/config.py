@@ -1,0 +1,228 @@
+"""The configuration of one training run (`clipbench train`, `clipbench sft`): typed sections,
+read from YAML or a dict, validated before any compute with messages that name the field.
+
+Each field's comment says what it means; the defaults are the tiny offline profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import methods
+from clipbench.advantages import available_estimators
+
+ENGINES = ("hf", "vllm")
+PROMPT_STYLES = ("base", "chat")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    benchmark: str = "synthetic"  # a name from benchmarks.available(): the training prompts
+    split: str = "train"
+    n: int | None = 2000  # number of training problems (None: the whole split)
+    data_dir: str | None = None  # local copies (e.g. ../shared/data); None: the hub or the generator
+    prompt_style: str = "base"  # "base": the benchmark's template; "chat": the tokenizer's chat template
+    seed: int = 0  # the synthetic generator's seed (not the run seed: every method sees the same problems)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = "hf"  # "hf" (transformers generate, CPU or GPU) or "vllm" (GPU)
+    prompts_per_step: int = 8  # P
+    samples_per_prompt: int = 8  # G, the group size of the advantage estimator
+    temperature: float = 1.0  # sampling temperature; the policy's log-probs use the same one
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    gpu_memory_utilization: float = 0.3  # vllm only
+
+
+@dataclass(frozen=True)
+class AdvantageConfig:
+    estimator: str = "grpo"  # clipbench.advantages: grpo, drgrpo, rloo
+    eps: float = 1e-6  # added to the group std (grpo)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0  # max global grad norm (0 disables clipping)
+    # The rollout batch (P * G sequences) is split into `minibatches` parts and swept `epochs`
+    # times, one optimizer step per part: minibatches * epochs must be > 1, or every update
+    # runs at ratio exactly 1 (the policy has not moved since the rollout) and no rule clips.
+    minibatches: int = 4
+    epochs: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = ""  # base checkpoint: an HF model directory (or hub id)
+    method: str = "fspo"  # a name from methods.available_methods()
+    method_params: dict[str, Any] = field(default_factory=dict)  # hyperparameter overrides
+    seed: int = 0  # sampling seeds derive from (seed, step) only
+    steps: int = 20  # RL steps (one rollout batch each)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    kl_beta: float = 0.0  # weight of the k3 KL to the base model (0: no reference model)
+    checkpoint_every: int = 5  # steps between checkpoints (the last step is always saved)
+    keep_checkpoints: int = 2
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def build_method(self) -> methods.Method:
+        return methods.get_method(self.method, **self.method_params)
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", str(kind))
+
+
+def _coerce(path: str, kind: Any, value: Any) -> Any:
+    """Check `value` against the annotation `kind`; sections recurse through `from_dict`."""
+    if dataclasses.is_dataclass(kind):
+        return from_dict(kind, value, path)
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (kind,) = [o for o in options if o is not type(None)]
+        origin = typing.get_origin(kind)
+    if origin is dict or kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported field type {_type_name(kind)}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    where = prefix or cls.__name__
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown field; valid: {', '.join(names)}"
+        )
+    values = {k: _coerce(f"{prefix + '.' if prefix else ''}{k}", hints[k], v) for k, v in data.items()}
+    return cls(**values)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Every check that can fail before compute; returns the config unchanged."""
+    import benchmarks
+
+    _require(bool(config.model), "model: required (an HF model directory or hub id)")
+    if config.method not in methods.available_methods():
+        raise ConfigError(
+            f"method: unknown method {config.method!r}; available: {', '.join(methods.available_methods())}"
+        )
+    try:
+        config.build_method()
+    except ValueError as err:
+        raise ConfigError(f"method_params: {err}") from None
+    _require(config.steps >= 1, f"steps: must be >= 1, got {config.steps}")
+    _require(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
+    if config.data.benchmark not in benchmarks.available():
+        raise ConfigError(
+            f"data.benchmark: unknown benchmark {config.data.benchmark!r}; available: {', '.join(benchmarks.available())}"
+        )
+    _require(config.data.prompt_style in PROMPT_STYLES, f"data.prompt_style: must be one of {PROMPT_STYLES}")
+    _require(config.data.n is None or config.data.n >= 1, "data.n: must be >= 1 or null")
+    r = config.rollout
+    _require(
+        r.engine in ENGINES, f"rollout.engine: unknown engine {r.engine!r}; available: {', '.join(ENGINES)}"
+    )
+    _require(r.prompts_per_step >= 1, "rollout.prompts_per_step: must be >= 1")
+    _require(
+        r.samples_per_prompt >= 2, "rollout.samples_per_prompt: must be >= 2 (group-relative advantages)"
+    )
+    _require(r.temperature > 0, f"rollout.temperature: must be > 0, got {r.temperature}")
+    _require(0 < r.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {r.top_p}")
+    _require(r.max_new_tokens >= 1, "rollout.max_new_tokens: must be >= 1")
+    if config.advantage.estimator not in available_estimators():
+        raise ConfigError(
+            f"advantage.estimator: unknown estimator {config.advantage.estimator!r}; "
+            f"available: {', '.join(available_estimators())}"
+        )
+    o = config.optim
+    _require(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
+    _require(o.minibatches >= 1 and o.epochs >= 1, "optim.minibatches and optim.epochs: must be >= 1")
+    _require(
+        o.minibatches * o.epochs > 1,
+        "optim.minibatches * optim.epochs: must be > 1 (with one minibatch and one epoch every update runs at "
+        "ratio 1, so no clipping rule ever acts)",
+    )
+    batch = r.prompts_per_step * r.samples_per_prompt
+    _require(
+        batch % o.minibatches == 0,
+        f"optim.minibatches: must divide the rollout batch prompts_per_step * samples_per_prompt = {batch}",
+    )
+    _require(o.grad_clip >= 0, "optim.grad_clip: must be >= 0")
+    _require(config.kl_beta >= 0, "kl_beta: must be >= 0")
+    _require(config.checkpoint_every >= 1, "checkpoint_every: must be >= 1")
+    _require(config.keep_checkpoints >= 1, "keep_checkpoints: must be >= 1")
+    return config
+
+
+def load_config(source: str | Path | dict, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A validated TrainConfig from a YAML file or a dict, with dotted `overrides`
+    (e.g. {"optim.lr": 1e-3})."""
+    if isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return validate(from_dict(TrainConfig, data))

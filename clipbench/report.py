@@ -1,0 +1,230 @@
+"""Aggregation and reporting of a study: tidy result files, the main table and the plots.
+
+* `collect_evals` -> results/summary.csv: one row per (model, method, seed, benchmark, metric),
+  from the evaluation summaries (`clipbench evaluate`); the base model has method "base".
+* `collect_fairness` -> results/fairness.csv: per method (pooled over seeds) and per (method, seed),
+  the clip rate of every length bin plus spread, slope and LRE (`clipbench.fairness`), on the
+  training runs' per-sequence clip records with bin edges shared by every run.
+* `main_table` -> results/tables/main.md: a row per method plus the base model; per benchmark the
+  accuracy as mean +- std over seeds; clip spread and LRE; the best value per column in bold.
+* `plot_accuracy`, `plot_clip_by_length`, `plot_training_curves` -> results/plots/*.png.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipbench import fairness
+
+BASE = "base"
+
+
+# --------------------------------------------------------------------------- tidy files
+
+
+def collect_evals(eval_files: Iterable[str | Path]) -> pd.DataFrame:
+    """summary.csv rows from evaluation summaries at results/evals/{model}/{benchmark}.json,
+    where model is "base" or "{method}-seed{seed}"."""
+    rows = []
+    for path in map(Path, eval_files):
+        summary = json.loads(path.read_text())
+        model = path.parent.name
+        method, _, seed = model.rpartition("-seed") if model != BASE else (BASE, "", "")
+        for metric in ("avg@k", "pass@k"):
+            rows.append(
+                {
+                    "model": model,
+                    "method": method,
+                    "seed": int(seed) if seed else -1,
+                    "benchmark": path.stem,
+                    "metric": metric,
+                    "k": summary["k"],
+                    "value": float(summary[metric]),
+                }
+            )
+    return pd.DataFrame(rows, columns=["model", "method", "seed", "benchmark", "metric", "k", "value"])
+
+
+def read_clip_records(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame:
+    """Every run's per-sequence clip records, with method and seed columns."""
+    frames = []
+    for (method, seed), run_dir in run_dirs.items():
+        frame = pd.read_parquet(Path(run_dir) / "final" / "clip_records.parquet")
+        frames.append(frame.assign(method=method, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def collect_fairness(records: pd.DataFrame, n_bins: int = fairness.DEFAULT_BINS, clip_column: str = "seq_out") -> pd.DataFrame:
+    """fairness.csv: a row per (scope, method, seed, bin) with the bin's clip rates, and the
+    group's spread, slope and LRE repeated on each of its rows. scope "pooled" pools the seeds
+    (seed = -1); scope "seed" is per run. Bin edges are shared by every row."""
+    edges = fairness.length_bin_edges(records["length"], n_bins)
+    out = []
+    for scope, by in (("pooled", ("method",)), ("seed", ("method", "seed"))):
+        by_bin, summary = fairness.fairness_summary(records, by=by, edges=edges, clip_column=clip_column)
+        merged = by_bin.merge(summary, on=list(by))
+        if scope == "pooled":
+            merged["seed"] = -1
+        out.append(merged.assign(scope=scope, clip_column=clip_column))
+    table = pd.concat(out, ignore_index=True)
+    first = ["scope", "method", "seed", "bin", "bin_lo", "bin_hi", "n", "share", "length_mean"]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+# --------------------------------------------------------------------------- the main table
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def main_table(
+    summary: pd.DataFrame,
+    fairness_table: pd.DataFrame,
+    *,
+    config_name: str,
+    config_hash: str,
+    seeds: list[int],
+    commit: str | None,
+    date: str | None = None,
+) -> str:
+    """Markdown: a row per method (plus base), accuracy (avg@k) mean +- std over seeds per
+    benchmark, then clip spread and LRE (pooled over seeds); the best value of each column bold
+    (highest accuracy, lowest spread and LRE)."""
+    acc = summary[summary.metric == "avg@k"]
+    benches = sorted(acc.benchmark.unique())
+    ks = {b: int(acc[acc.benchmark == b].k.iloc[0]) for b in benches}
+    pooled = fairness_table[fairness_table.scope == "pooled"].drop_duplicates("method").set_index("method")
+    methods = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
+    cells: dict[str, dict[str, tuple[float, str]]] = {m: {} for m in methods}
+    for m in methods:
+        for b in benches:
+            values = acc[(acc.method == m) & (acc.benchmark == b)].value
+            if len(values):
+                mean, std = _mean_std(values)
+                cells[m][b] = (mean, f"{mean:.3f} ± {std:.3f}" if m != BASE else f"{mean:.3f}")
+        if m in pooled.index:
+            cells[m]["spread"] = (float(pooled.loc[m, "spread"]), f"{pooled.loc[m, 'spread']:.3f}")
+            cells[m]["lre"] = (float(pooled.loc[m, "lre"]), f"{pooled.loc[m, 'lre']:.4f}")
+            cells[m]["clip"] = (float(pooled.loc[m, "clip_rate"]), f"{pooled.loc[m, 'clip_rate']:.3f}")
+    columns = [(b, f"{b} (avg@{ks[b]})", max) for b in benches]
+    columns += [("clip", "clip rate", None), ("spread", "clip spread", min), ("lre", "LRE", min)]
+    best = {}
+    for key, _, pick in columns:
+        values = [cells[m][key][0] for m in methods if key in cells[m]]
+        if pick and values:
+            best[key] = pick(values)
+    lines = ["| method | " + " | ".join(title for _, title, _ in columns) + " |"]
+    lines.append("|---|" + "---:|" * len(columns))
+    for m in methods:
+        row = []
+        for key, _, _ in columns:
+            if key not in cells[m]:
+                row.append("–")
+                continue
+            value, text = cells[m][key]
+            row.append(f"**{text}**" if key in best and np.isclose(value, best[key]) else text)
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    date = date or _dt.date.today().isoformat()
+    lines += [
+        "",
+        f"Accuracy: avg@k (mean over k samples per problem, then over problems), mean ± std over seeds {seeds}. "
+        "Clip rate, spread and LRE: out-of-band rate (`seq_out`) by response-length bin over all training updates, "
+        "seeds pooled (definitions: `clipbench/fairness.py`). Best per column in bold.",
+        f"Config `{config_name}` (hash {config_hash}), commit {commit}, {date}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    return plt, sns
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    return path
+
+
+def plot_accuracy(summary: pd.DataFrame, path: str | Path) -> Path:
+    """Mean (bar) and per-seed points of avg@k per method, one panel per benchmark."""
+    plt, sns = _pyplot()
+    acc = summary[summary.metric == "avg@k"]
+    benches = sorted(acc.benchmark.unique())
+    order = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.5 * len(benches), 3.8), squeeze=False)
+    for ax, bench in zip(axes[0], benches, strict=True):
+        data = acc[acc.benchmark == bench]
+        sns.barplot(data=data, x="method", y="value", order=order, errorbar=None, alpha=0.6, ax=ax)
+        sns.stripplot(data=data, x="method", y="value", order=order, color="black", size=5, ax=ax)
+        ax.set_title(f"{bench} (avg@{int(data.k.iloc[0])})")
+        ax.set_xlabel("")
+        ax.set_ylabel("accuracy")
+        ax.tick_params(axis="x", rotation=30)
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_clip_by_length(fairness_table: pd.DataFrame, path: str | Path) -> Path:
+    """Clip rate against length bin (bin mean length, log x), a line per method (seeds pooled)."""
+    plt, sns = _pyplot()
+    pooled = fairness_table[fairness_table.scope == "pooled"]
+    column = str(pooled.clip_column.iloc[0])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sns.lineplot(data=pooled, x="length_mean", y=column, hue="method", style="method", markers=True, dashes=False, ax=ax)
+    ax.set_xscale("log")
+    ax.set_xlabel("response length (bin mean, tokens)")
+    ax.set_ylabel(f"clip rate ({column})")
+    ax.set_title("Clip rate by response length (training records)")
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> Path:
+    """Reward, clip fraction and mean response length over steps (mean over seeds, band = range)."""
+    plt, sns = _pyplot()
+    panels = [("reward_mean", "reward"), ("clip_frac", "clip fraction"), ("response_length_mean", "response length")]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        sns.lineplot(data=metrics, x="step", y=column, hue="method", errorbar=("pi", 100), ax=ax)
+        ax.set_ylabel(label)
+        if ax is not axes[-1]:
+            ax.get_legend().remove()
+    path = _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def read_metrics(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame:
+    frames = []
+    for (method, seed), run_dir in run_dirs.items():
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+        frames.append(pd.DataFrame([json.loads(line) for line in lines]).assign(method=method, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def study_metadata(config: Mapping[str, Any]) -> dict[str, Any]:
+    from clipbench.provenance import config_hash, git_commit
+
+    return {"config_hash": config_hash(dict(config)), "commit": git_commit()}

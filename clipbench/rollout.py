@@ -1,0 +1,196 @@
+"""Rollouts and the policy's log-probabilities.
+
+* `HFEngine`: samples with transformers `generate` from the policy itself (CPU or one GPU).
+* `VLLMEngine`: samples with vLLM from a copy of the policy's weights, synced after every step
+  (imported only when chosen; GPU).
+* `collate` and `token_logprobs`: the (B, T) tensors a clipping rule consumes, computed by the
+  policy at the sampling temperature (vLLM's own log-probs are of the raw logits and are never
+  used for ratios).
+
+Sampling seeds are given per call; the trainer derives them from (seed, step) only, so matched
+runs of different methods draw from the same random streams.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One rollout: for each prompt (in order) `n` completions, flattened prompt-major.
+
+    completion_ids include the EOS token when the model produced one; `finished` is False
+    for a completion cut at max_new_tokens."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    texts: list[str]
+    finished: list[bool]
+
+
+def _trim_completion(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
+    """Cut a generated row after its first EOS (kept: it is a sampled token) and drop padding."""
+    if eos_id in ids:
+        return ids[: ids.index(eos_id) + 1], True
+    while ids and ids[-1] == pad_id and pad_id != eos_id:
+        ids = ids[:-1]
+    return ids, False
+
+
+class HFEngine:
+    """transformers `generate` on the policy model (ancestral sampling; top_k disabled)."""
+
+    name = "hf"
+
+    def __init__(
+        self, model, tokenizer, *, temperature: float, top_p: float, max_new_tokens: int, batch_size: int = 64
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+
+    def sync(self, model) -> None:
+        """Nothing to do: the engine samples from the policy object itself."""
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int, seed: int) -> Samples:
+        tok = self.tokenizer
+        expanded = [p for p in prompts for _ in range(n)]
+        prompt_ids, completion_ids, finished = [], [], []
+        device = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            torch.manual_seed(seed)
+            for start in range(0, len(expanded), self.batch_size):
+                chunk = expanded[start : start + self.batch_size]
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                out = self.model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=self.temperature,
+                    top_p=self.top_p,
+                    top_k=0,
+                    max_new_tokens=self.max_new_tokens,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                )
+                width = enc["input_ids"].shape[1]
+                for row, mask in zip(out.tolist(), enc["attention_mask"].tolist(), strict=True):
+                    prompt_ids.append([t for t, m in zip(row[:width], mask, strict=True) if m])
+                    ids, done = _trim_completion(row[width:], tok.eos_token_id, tok.pad_token_id)
+                    completion_ids.append(ids)
+                    finished.append(done)
+        texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
+        return Samples(prompt_ids, completion_ids, texts, finished)
+
+
+class VLLMEngine:
+    """vLLM sampling from a copy of the policy; `sync` reloads the policy's current weights.
+
+    Weight sync: the policy is saved to a scratch directory and vLLM reloads it through
+    `collective_rpc("reload_weights", ...)`, then its prefix cache is reset (NOTES.md). GPU only;
+    not exercised by the CPU test suite.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: str,
+        tokenizer,
+        *,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        gpu_memory_utilization: float = 0.3,
+    ):
+        try:
+            from vllm import LLM
+        except ImportError as err:  # pragma: no cover - depends on the GPU extra
+            raise RuntimeError(
+                "rollout.engine=vllm needs vllm: pip install -e '.[gpu]' (on a GPU machine)"
+            ) from err
+        self.tokenizer = tokenizer
+        self.temperature = temperature
+        self.top_p = top_p
+        self.max_new_tokens = max_new_tokens
+        self.llm = LLM(
+            model=model_dir, seed=seed, dtype="float32", gpu_memory_utilization=gpu_memory_utilization
+        )
+        self._scratch = tempfile.TemporaryDirectory(prefix="clipbench-vllm-sync-")
+
+    def sync(self, model) -> None:  # pragma: no cover - GPU path
+        path = Path(self._scratch.name)
+        model.save_pretrained(path, safe_serialization=True)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        self.llm.reset_prefix_cache()
+
+    def generate(self, prompts: list[str], n: int, seed: int) -> Samples:  # pragma: no cover - GPU path
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens, seed=seed
+        )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        eos = self.tokenizer.eos_token_id
+        prompt_ids, completion_ids, finished = [], [], []
+        for request in outputs:
+            for completion in request.outputs:
+                prompt_ids.append(list(request.prompt_token_ids))
+                ids, done = _trim_completion(list(completion.token_ids), eos, self.tokenizer.pad_token_id)
+                completion_ids.append(ids)
+                finished.append(done)
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        return Samples(prompt_ids, completion_ids, texts, finished)
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Right-padded prompt + completion ids with the response mask aligned to the predicted
+    tokens: position j of `response_mask` is token j + 1 of `input_ids`."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    response_mask: torch.Tensor  # (B, T - 1) bool
+
+    def to(self, device) -> TokenBatch:
+        return TokenBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device)
+        )
+
+
+def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> TokenBatch:
+    """Right padding keeps every sequence's positions at 0, 1, ... (no position-id bookkeeping);
+    causal attention means padding at the end never affects a real token."""
+    rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    response = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (row, prompt) in enumerate(zip(rows, prompt_ids, strict=True)):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[i, : len(row)] = 1
+        response[i, len(prompt) : len(row)] = True
+    return TokenBatch(ids, attention, response[:, 1:])
+
+
+def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
+    """Log-probs (B, T - 1) of each next token under softmax(logits / temperature), and the
+    per-position entropy of that distribution when asked (else None)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    logp_all = torch.log_softmax(logits / temperature, dim=-1)
+    logp = logp_all.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy

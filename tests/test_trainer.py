@@ -1,0 +1,289 @@
+"""The RL trainer: advantages, config validation, the minibatch/epoch schedule, determinism,
+resume after an interruption (a raised error and a real SIGKILL), failure behaviour.
+
+Runs use a tiny random model built here (no SFT), so the verifier would give every sample reward 0
+and no gradient; the mechanics tests therefore replace `Trainer._score` with a deterministic reward
+of the completion text (its length parity), keeping everything else on the real code path.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from clipbench import trainer as trainer_module
+from clipbench.advantages import available_estimators, compute_advantages
+from clipbench.config import ConfigError, TrainConfig, load_config
+from clipbench.models import build_tiny_model, build_tokenizer, save_model
+from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def test_advantages_golden():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    # Group 0: mean 0.5, sample std sqrt(1/3) -> +-0.5 / 0.57735 = +-0.866025.
+    # Group 1: all equal -> 0. Group 2: mean 0.25, std 0.5 -> (-0.5, ..., 1.5).
+    grpo = compute_advantages(rewards, "grpo", eps=0.0)
+    torch.testing.assert_close(
+        grpo[0], torch.tensor([0.866025, -0.866025, -0.866025, 0.866025]), atol=1e-6, rtol=0
+    )
+    assert grpo[1].tolist() == [0.0] * 4
+    torch.testing.assert_close(grpo[2], torch.tensor([-0.5, -0.5, -0.5, 1.5]))
+    # drgrpo: r - mean.
+    assert compute_advantages(rewards, "drgrpo")[2].tolist() == [-0.25, -0.25, -0.25, 0.75]
+    # rloo: r_i - mean of the other three: row 2 -> (0 - 1/3, ..., 1 - 0) = (-1/3, -1/3, -1/3, 1).
+    torch.testing.assert_close(
+        compute_advantages(rewards, "rloo")[2], torch.tensor([-1 / 3, -1 / 3, -1 / 3, 1.0])
+    )
+    assert available_estimators() == ["drgrpo", "grpo", "rloo"]
+    with pytest.raises(ValueError, match="unknown advantage estimator 'gae'; available: drgrpo, grpo, rloo"):
+        compute_advantages(rewards, "gae")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method": "fsop"}, "method: unknown method 'fsop'; available: fspo, grpo, gspo, ppo, seq_ppo"),
+        ({"method_params": {"c_low": -1}}, r"method_params: fspo.c_low=-1: must be in \(0, inf\)"),
+        ({"advantage": {"estimator": "gae"}}, "advantage.estimator: unknown estimator 'gae'"),
+        ({"rollout": {"engine": "sglang"}}, "rollout.engine: unknown engine 'sglang'; available: hf, vllm"),
+        ({"rollout": {"temprature": 1.0}}, "rollout.temprature: unknown field"),
+        ({"optim": {"minibatches": 1, "epochs": 1}}, r"optim.minibatches \* optim.epochs: must be > 1"),
+        ({"optim": {"minibatches": 3}}, "optim.minibatches: must divide the rollout batch"),
+        ({"optim": {"lr": "fast"}}, "optim.lr: expected a number, got 'fast'"),
+        ({"data": {"benchmark": "aime26"}}, "data.benchmark: unknown benchmark 'aime26'"),
+        ({"steps": 0}, "steps: must be >= 1"),
+        ({"model": ""}, "model: required"),
+    ],
+)
+def test_invalid_configs_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({"model": "some/dir", **overrides})
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: base\nmethod: gspo\nrollout:\n  temperature: 0.8\n")
+    config = load_config(path, overrides={"optim.lr": 1e-3, "method_params": {"eps_low": 1e-3}})
+    assert config.rollout.temperature == 0.8 and config.optim.lr == 1e-3
+    assert config.build_method().eps_low == 1e-3
+
+
+# --------------------------------------------------------------------------- seeds and data order
+
+
+def test_prompt_order_depends_on_the_seed_only_and_covers_the_data():
+    first = [prompt_indices(7, s, 4, 10) for s in range(5)]
+    assert first == [prompt_indices(7, s, 4, 10) for s in range(5)]
+    assert sorted(sum(first[:2], []) + first[2][:2]) == list(range(10))  # one full pass, no repeats
+    assert first != [prompt_indices(8, s, 4, 10) for s in range(5)]
+    assert derive_seed(0, 1) != derive_seed(0, 2) and derive_seed(0, 1) == derive_seed(0, 1)
+
+
+# --------------------------------------------------------------------------- end-to-end mechanics
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(
+        tokenizer, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128, seed=0
+    )
+    return str(save_model(model, tokenizer, tmp_path_factory.mktemp("base") / "model"))
+
+
+def parity_reward(self, samples, answers):
+    rewards = torch.tensor([float(len(t) % 2 == 0) for t in samples.texts], dtype=torch.float64)
+    return rewards, {"ok": len(answers)}
+
+
+@pytest.fixture
+def parity(monkeypatch):
+    monkeypatch.setattr(Trainer, "_score", parity_reward)
+
+
+def small_config(base_model, **overrides):
+    data = {
+        "model": base_model,
+        "method": "fspo",
+        "method_params": {"c_low": 0.05, "c_high": 0.05},
+        "steps": 4,
+        "data": {"n": 40},
+        "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 24},
+        "optim": {"lr": 3e-3, "minibatches": 2, "epochs": 2},
+        "checkpoint_every": 2,
+        **overrides,
+    }
+    return load_config(data)
+
+
+def read_run(run_dir: Path):
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    records = pd.read_parquet(run_dir / "records")
+    return metrics, records
+
+
+def test_first_update_is_on_policy_and_later_ones_are_not(tmp_path, base_model, parity):
+    Trainer(small_config(base_model, steps=2), tmp_path / "run", progress=False).run()
+    _, records = read_run(tmp_path / "run")
+    first = records[records["update"] == 0]
+    later = records[records["update"] > 0]
+    assert (first["S"] == 0).all() and (first["seq_out"] == 0).all()  # ratio exactly 1
+    assert (later["S"] != 0).mean() > 0.9  # off-policy by the updates before
+    assert set(records["update"]) == {0, 1, 2, 3}  # 2 minibatches x 2 epochs
+    assert len(records) == 2 * 2 * 16  # every sequence once per epoch, per step
+
+
+def test_two_runs_with_the_same_seed_are_identical(tmp_path, base_model, parity):
+    for name in ("a", "b"):
+        Trainer(small_config(base_model), tmp_path / name, progress=False).run()
+    metrics_a, records_a = read_run(tmp_path / "a")
+    metrics_b, records_b = read_run(tmp_path / "b")
+    assert metrics_a == metrics_b
+    pd.testing.assert_frame_equal(records_a, records_b)
+    assert json.loads(metrics_a.splitlines()[-1])["clip_frac"] > 0  # the rule did act
+    Trainer(small_config(base_model, seed=1), tmp_path / "c", progress=False).run()
+    assert read_run(tmp_path / "c")[0] != metrics_a
+
+
+def test_resume_after_an_error_equals_an_uninterrupted_run(tmp_path, base_model, parity, monkeypatch):
+    Trainer(small_config(base_model), tmp_path / "full", progress=False).run()
+    real_step = Trainer._train_step
+
+    def crash_at_step_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(small_config(base_model), tmp_path / "resumed", progress=False).run()
+    # Step 2 ran after the checkpoint at 2 steps: its lines are dropped and redone on resume.
+    assert len((tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) == 3
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    Trainer(small_config(base_model), tmp_path / "resumed", progress=False).run()
+    full, resumed = read_run(tmp_path / "full"), read_run(tmp_path / "resumed")
+    assert full[0] == resumed[0]
+    pd.testing.assert_frame_equal(full[1], resumed[1])
+    a = torch.load(tmp_path / "full" / "checkpoints" / "step_000004" / "optimizer.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "step_000004" / "optimizer.pt", weights_only=True)
+    assert all(torch.equal(a["state"][k]["exp_avg"], b["state"][k]["exp_avg"]) for k in a["state"])
+
+
+def test_a_changed_config_does_not_resume_silently(tmp_path, base_model, parity):
+    Trainer(small_config(base_model, steps=1), tmp_path / "run", progress=False).run()
+    with pytest.raises(ConfigError, match="holds a run with another config"):
+        Trainer(small_config(base_model, steps=1, seed=5), tmp_path / "run", progress=False).run()
+
+
+def test_non_finite_loss_stops_with_step_method_and_dump(tmp_path, base_model, parity, monkeypatch):
+    config = small_config(base_model)
+    real_loss = type(config.build_method()).loss
+
+    def nan_loss(self, *args):
+        out = real_loss(self, *args)
+        return type(out)(out.loss * float("nan"), out.seq_clip, out.seq_out, out.metrics)
+
+    monkeypatch.setattr(type(config.build_method()), "loss", nan_loss)
+    with pytest.raises(TrainingError, match=r"step 0, update 0, method fspo: non-finite loss \(nan\)"):
+        Trainer(config, tmp_path / "run", progress=False).run()
+    dumps = list((tmp_path / "run").glob("debug_step000000_update0.pt"))
+    assert dumps and set(torch.load(dumps[0], weights_only=False)) >= {
+        "logp",
+        "old_logp",
+        "advantages",
+        "mask",
+    }
+
+
+KILL_SCRIPT = """
+import sys, torch
+from clipbench.trainer import Trainer
+from clipbench.config import load_config
+import json
+Trainer._score = lambda self, samples, answers: (
+    torch.tensor([float(len(t) % 2 == 0) for t in samples.texts], dtype=torch.float64), {"ok": len(answers)})
+config = load_config(json.loads(sys.argv[1]))
+Trainer(config, sys.argv[2], progress=False).run()
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_point_then_restart_matches(tmp_path, base_model):
+    config = {
+        "model": base_model, "method": "gspo", "method_params": {"eps_low": 0.01, "eps_high": 0.01}, "steps": 6,
+        "data": {"n": 40}, "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 24},
+        "optim": {"lr": 3e-3, "minibatches": 2, "epochs": 1}, "checkpoint_every": 2,
+    }  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-c", KILL_SCRIPT, json.dumps(config)]
+    subprocess.run([*args, str(tmp_path / "full")], check=True, env=env, capture_output=True)
+    victim = subprocess.Popen(
+        [*args, str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    while time.time() < deadline and victim.poll() is None:  # kill mid-run, after some progress
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "final" / "summary.json").exists(), "the run finished before the kill"
+    subprocess.run([*args, str(tmp_path / "killed")], check=True, env=env, capture_output=True)
+    full, resumed = read_run(tmp_path / "full"), read_run(tmp_path / "killed")
+    assert full[0] == resumed[0]
+    pd.testing.assert_frame_equal(full[1], resumed[1])
+
+
+def test_outputs_are_traceable(tmp_path, base_model, parity):
+    final = Trainer(small_config(base_model, steps=2), tmp_path / "run", progress=False).run()
+    run = tmp_path / "run"
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["config"]["method"] == "fspo" and prov["versions"]["torch"] and "commit" in prov
+    summary = json.loads((final / "summary.json").read_text())
+    assert summary["hparams"] == {"c_low": 0.05, "c_high": 0.05, "drift": "none"}
+    assert (final / "clip_records.parquet").exists() and (final / "model.safetensors").exists()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    for key in (
+        "reward_mean",
+        "accuracy",
+        "response_length_p90",
+        "clip_frac",
+        "clip_frac_low",
+        "ppo_kl",
+        "entropy",
+        "grad_norm",
+    ):
+        assert key in line
+    perf = json.loads((run / "perf.jsonl").read_text().splitlines()[0])
+    assert {"generate_s", "score_s", "logprob_s", "update_s", "generate_tokens_per_s"} <= set(perf)
+
+
+def test_real_verifier_rewards_on_the_tiny_model(tmp_path, base_model):
+    # Without the parity reward: a random model earns nothing, so advantages and gradients are 0,
+    # and the verifier's statuses are recorded.
+    Trainer(small_config(base_model, steps=1), tmp_path / "run", progress=False).run()
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert line["reward_mean"] == 0.0 and line["grad_norm"] == 0.0
+    assert sum(v for k, v in line.items() if k.startswith("verifier_")) == 16
+
+
+def test_trainer_module_documents_the_minibatch_rule():
+    assert "M * E > 1" in trainer_module.__doc__
+    assert isinstance(small_config("x"), TrainConfig)

@@ -1,0 +1,155 @@
+"""The Snakemake study: schema validation, DAG construction for every shipped config and profile,
+errors at DAG construction naming the key, lint, and env files in step with pyproject.toml."""
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args, cwd=ROOT):
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout[stdout.index("Job stats:") :]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.parametrize(
+    ("configfile", "expected"),
+    [
+        (
+            None,
+            {"base_model_sft": 1, "train": 10, "evaluate": 22, "aggregate": 1, "main_table": 1, "plots": 1},
+        ),
+        ("workflows/config/smoke.yaml", {"base_model_sft": 1, "train": 2, "evaluate": 3}),
+        pytest.param("workflows/config/paper.yaml", {"train": 15, "evaluate": 48}, marks=pytest.mark.slow),
+    ],
+)
+def test_dry_runs(configfile, expected):
+    args = ["-n", "--cores", "2"] + (["--configfile", configfile] if configfile else [])
+    result = snakemake(*args)
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    for rule, count in expected.items():
+        assert counts.get(rule) == count, (rule, counts)
+
+
+def test_main_table_target_builds_only_what_it_needs():
+    result = snakemake("-n", "results/tables/main.md", "--configfile", "workflows/config/smoke.yaml")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert "plots" not in counts and counts["main_table"] == 1 and counts["train"] == 2
+
+
+@pytest.mark.slow
+def test_slurm_profile_dry_runs():
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    result = snakemake(
+        "-n", "--profile", "workflows/profiles/slurm", "--configfile", "workflows/config/paper.yaml"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_default_profile_dry_runs():
+    result = snakemake(
+        "-n", "--profile", "workflows/profiles/default", "--configfile", "workflows/config/smoke.yaml"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"methods": ["fsop"]}, "config methods: unknown method 'fsop'"),
+        (
+            {"method_params": {"fspo": {"c_low": -1}}},
+            r"config method_params.fspo: fspo.c_low=-1: must be in \(0, inf\)",
+        ),
+        pytest.param(
+            {"method_params": {"fspo": {"eps": 0.1}}},
+            "config method_params.fspo: method 'fspo' has no hyperparameter 'eps'",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            {"evaluate": {"benchmarks": {"x": {"benchmark": "aime26"}}}},
+            "config evaluate.benchmarks.x.benchmark: unknown benchmark 'aime26'",
+            marks=pytest.mark.slow,
+        ),
+        (
+            {"evaluate": {"data_dir": "/nonexistent", "benchmarks": {"m": {"benchmark": "math500"}}}},
+            "config evaluate.benchmarks.m: local data file /nonexistent/math500/test.jsonl does not exist",
+        ),
+        pytest.param({"seeds": []}, "seeds", marks=pytest.mark.slow),
+        pytest.param({"train": {"method": "ppo"}}, "train", marks=pytest.mark.slow),
+    ],
+)
+def test_bad_configs_fail_at_dag_construction_naming_the_key(tmp_path, override, message):
+    study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    study.update(override)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = snakemake("-n", "--configfile", str(path))
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _requirement_names(requirements):
+    return {re.split(r"[<>=!\[ ;]", r, maxsplit=1)[0].strip().lower() for r in requirements}
+
+
+def test_conda_envs_name_the_dependencies_of_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # snakemake and jsonschema drive the workflow; the jobs' envs do not need them.
+    core = _requirement_names(project["dependencies"]) - {"snakemake", "jsonschema"}
+    pins = {r.split("==")[0].lower(): r for r in project["dependencies"] if "==" in r}
+    for env_file in sorted((ROOT / "workflows" / "envs").glob("*.yaml")):
+        env = yaml.safe_load(env_file.read_text())
+        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+        names = _requirement_names(pip)
+        assert core <= names, f"{env_file.name} lacks {sorted(core - names)}"
+        extra = names - core - {"lm-eval"}
+        assert not extra, f"{env_file.name} names packages pyproject does not: {sorted(extra)}"
+        for name, pin in pins.items():
+            if name in core:
+                assert pin in pip, f"{env_file.name}: {name} must be pinned as in pyproject ({pin})"
+        assert not any(r.startswith(("-e", ".", "/")) for r in pip), (
+            "no relative or local pip paths in env files"
+        )
+    evaluate = yaml.safe_load((ROOT / "workflows" / "envs" / "evaluate.yaml").read_text())
+    eval_pip = next(d["pip"] for d in evaluate["dependencies"] if isinstance(d, dict))
+    assert set(project["optional-dependencies"]["eval"]) <= set(eval_pip)
+
+
+def test_every_rule_that_runs_code_has_a_conda_env():
+    for smk in (ROOT / "workflows" / "rules").glob("*.smk"):
+        text = smk.read_text()
+        for rule in re.findall(r"^\s*rule (\w+):", text, re.M):
+            body = text[text.index(f"rule {rule}:") :]
+            body = body[: body.find("\nrule ", 1) if "\nrule " in body[1:] else len(body)]
+            if "shell:" in body:
+                assert "conda:" in body, f"{smk.name}: rule {rule} has no conda env"
+
+
+@pytest.mark.slow
+def test_conda_needs_conda():
+    # `--use-conda` cannot be exercised here (no conda); documented in the README.
+    if shutil.which("conda"):
+        pytest.skip("conda exists here: run `snakemake --use-conda -n` by hand")
+    result = snakemake("-n", "--use-conda", "--configfile", "workflows/config/smoke.yaml")
+    assert result.returncode != 0 and "conda" in (result.stdout + result.stderr).lower()

@@ -1,0 +1,130 @@
+# Shared helpers: the study grid, per-run configs, and checks that fail at DAG construction
+# (before any job runs) with a message naming the offending key.
+
+import json
+from pathlib import Path
+
+import benchmarks
+import methods
+from clipbench.provenance import config_hash
+
+
+class StudyConfigError(ValueError):
+    pass
+
+
+def _study_methods():
+    names = list(config.get("methods") or methods.available_methods())
+    for name in names:
+        if name not in methods.available_methods():
+            raise StudyConfigError(
+                f"config methods: unknown method {name!r}; available: {', '.join(methods.available_methods())}"
+            )
+    for name, params in (config.get("method_params") or {}).items():
+        if name not in methods.available_methods():
+            raise StudyConfigError(f"config method_params.{name}: unknown method; available: {', '.join(methods.available_methods())}")
+        try:
+            methods.get_method(name, **params)
+        except ValueError as err:
+            raise StudyConfigError(f"config method_params.{name}: {err}") from None
+    return names
+
+
+def _study_benchmarks():
+    evaluate = config["evaluate"]
+    data_dir = evaluate.get("data_dir")
+    for key, entry in evaluate["benchmarks"].items():
+        name = entry["benchmark"]
+        if name not in benchmarks.available():
+            raise StudyConfigError(
+                f"config evaluate.benchmarks.{key}.benchmark: unknown benchmark {name!r}; available: {', '.join(benchmarks.available())}"
+            )
+        spec = benchmarks.get_spec(name)
+        split = entry.get("split") or spec.default_split
+        if split not in spec.splits:
+            raise StudyConfigError(f"config evaluate.benchmarks.{key}.split: {name} has no split {split!r}; splits: {', '.join(spec.splits)}")
+        if data_dir and not spec.generated:
+            local = spec.local.get(split)
+            if local is None:
+                raise StudyConfigError(f"config evaluate.benchmarks.{key}: {name} has no local copy of split {split!r} (evaluate.data_dir is set)")
+            path = Path(data_dir) / local.path
+            if not path.exists():
+                raise StudyConfigError(f"config evaluate.benchmarks.{key}: local data file {path} does not exist (evaluate.data_dir={data_dir!r})")
+    return list(evaluate["benchmarks"])
+
+
+METHODS = _study_methods()
+SEEDS = [int(s) for s in config["seeds"]]
+BENCHES = _study_benchmarks()
+RUNS = [(m, s) for m in METHODS for s in SEEDS]
+MODELS = ["base"] + [f"{m}-seed{s}" for m, s in RUNS]
+CONFIG_HASH = config_hash(config)
+
+
+wildcard_constraints:
+    method="|".join(METHODS) or "NONE",
+    seed=r"\d+",
+    model="|".join(["base"] + [f"{m}-seed\\d+" for m in METHODS]),
+    bench="|".join(BENCHES),
+
+
+def base_model_dir():
+    base = config["base"]
+    if base["kind"] == "path":
+        return base["path"]
+    return "results/base/model"
+
+
+def base_model_input():
+    """The file the train and evaluate rules wait on (nothing for a hub id)."""
+    directory = base_model_dir()
+    if config["base"]["kind"] == "path" and not Path(directory).exists():
+        return []
+    return f"{directory}/config.json" if config["base"]["kind"] == "path" else "results/base/model/clipbench_model.json"
+
+
+def run_dir(method, seed):
+    return f"results/runs/{method}/seed{seed}"
+
+
+def run_config(method, seed):
+    """The TrainConfig dict of one run (written to run.yaml; a change reruns that run)."""
+    return {
+        **config["train"],
+        "model": base_model_dir(),
+        "method": method,
+        "method_params": (config.get("method_params") or {}).get(method, {}),
+        "seed": int(seed),
+    }
+
+
+def model_dir(model):
+    if model == "base":
+        return base_model_dir()
+    method, seed = model.rsplit("-seed", 1)
+    return f"{run_dir(method, seed)}/final"
+
+
+def model_input(wildcards):
+    if wildcards.model == "base":
+        return base_model_input()
+    method, seed = wildcards.model.rsplit("-seed", 1)
+    return f"{run_dir(method, seed)}/final/summary.json"
+
+
+def eval_args(bench):
+    entry = config["evaluate"]["benchmarks"][bench]
+    evaluate = config["evaluate"]
+    args = [f"--benchmark {entry['benchmark']}"]
+    for key, flag in (("split", "--split"), ("k", "--k"), ("limit", "--limit"), ("max_new_tokens", "--max-new-tokens"), ("temperature", "--temperature")):
+        if entry.get(key) is not None:
+            args.append(f"{flag} {entry[key]}")
+    if evaluate.get("data_dir"):
+        args.append(f"--data-dir {evaluate['data_dir']}")
+    args.append(f"--backend {evaluate.get('backend', 'hf')}")
+    args.append(f"--prompt-style {evaluate.get('prompt_style', 'base')}")
+    return " ".join(args)
+
+
+def resources_of(group):
+    return (config.get("resources") or {}).get(group, {})

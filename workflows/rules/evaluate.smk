@@ -1,0 +1,20 @@
+# Every model (the base and each run) on every configured benchmark.
+
+
+rule evaluate:
+    input:
+        model_input,
+    output:
+        "results/evals/{model}/{bench}.json",
+    params:
+        model=lambda w: model_dir(w.model),
+        args=lambda w: eval_args(w.bench),
+    log:
+        "results/logs/evaluate/{model}-{bench}.log",
+    threads: 1
+    resources:
+        gpu=resources_of("evaluate").get("gpu", 0),
+    conda:
+        "../envs/evaluate.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m clipbench.cli evaluate --model {params.model} {params.args} --out {output} > {log} 2>&1"

@@ -1,0 +1,23 @@
+# One RL run per (method, seed); a restarted study resumes each run from its last checkpoint
+# (the run directory is not an output, so Snakemake never deletes it). The run's config travels as
+# a parameter: changing it reruns the run (the trainer then refuses the old run directory).
+
+
+rule train:
+    input:
+        base=base_model_input(),
+    output:
+        "results/runs/{method}/seed{seed}/final/summary.json",
+    params:
+        cfg=lambda w: json.dumps(run_config(w.method, w.seed), sort_keys=True),
+        run_dir=lambda w: run_dir(w.method, w.seed),
+    log:
+        "results/logs/train/{method}-seed{seed}.log",
+    threads: 1
+    resources:
+        gpu=resources_of("train").get("gpu", 0),
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m clipbench.cli train --config-json {params.cfg:q} "
+        "--out {params.run_dir} --no-progress > {log} 2>&1"
