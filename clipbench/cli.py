@@ -139,7 +139,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.plots:
         report.plot_accuracy(summary, args.plots / "accuracy.png")
         report.plot_clip_by_length(fairness_table, args.plots / "clip_by_length.png")
-        report.plot_training_curves(report.read_metrics(_runs_from_dirs(args.runs)), args.plots / "training_curves.png")
+        report.plot_training_curves(
+            report.read_metrics(_runs_from_dirs(args.runs)), args.plots / "training_curves.png"
+        )
     return 0
 
 
@@ -224,21 +226,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("aggregate", help="tidy summary.csv (accuracy) and fairness.csv (clip rate by length bin)")
-    p.add_argument("--evals", type=Path, nargs="+", required=True, help="evaluation summaries results/evals/{model}/{bench}.json")
-    p.add_argument("--runs", type=Path, nargs="+", required=True, help="run directories results/runs/{method}/seed{seed}")
+    from clipbench.evaluate import add_cli as add_evaluate
+
+    add_evaluate(sub)
+
+    p = sub.add_parser(
+        "aggregate", help="tidy summary.csv (accuracy) and fairness.csv (clip rate by length bin)"
+    )
+    p.add_argument(
+        "--evals",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="evaluation summaries results/evals/{model}/{bench}.json",
+    )
+    p.add_argument(
+        "--runs", type=Path, nargs="+", required=True, help="run directories results/runs/{method}/seed{seed}"
+    )
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--fairness", type=Path, required=True)
     p.add_argument("--bins", type=int, default=5, help="length bins (quantiles of the pooled lengths)")
     p.add_argument("--clip-column", choices=("seq_out", "seq_clip"), default="seq_out")
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("report", help="the main table (markdown) and the plots from summary.csv and fairness.csv")
+    p = sub.add_parser(
+        "report", help="the main table (markdown) and the plots from summary.csv and fairness.csv"
+    )
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--fairness", type=Path, required=True)
-    p.add_argument("--runs", type=Path, nargs="*", default=[], help="run directories (for the training curves)")
+    p.add_argument(
+        "--runs", type=Path, nargs="*", default=[], help="run directories (for the training curves)"
+    )
     p.add_argument("--table", type=Path, help="write the main table here")
-    p.add_argument("--plots", type=Path, help="write accuracy.png, clip_by_length.png, training_curves.png here")
+    p.add_argument(
+        "--plots", type=Path, help="write accuracy.png, clip_by_length.png, training_curves.png here"
+    )
     p.add_argument("--study-config", type=Path, help="the study config (its name and hash go in the footer)")
     p.add_argument("--config-name")
     p.add_argument("--config-hash")

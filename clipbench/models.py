@@ -20,6 +20,7 @@ the evaluator, lm-eval and vllm all load models the same way (`load_model` / `fr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -304,9 +305,14 @@ def smollm2_to_hf(out_dir: str | os.PathLike) -> Path:
             raise ModuleNotFoundError(f"converting SmolLM2 needs {module!r}; install with: {SMOLLM2_PIP}")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are saved de-quantised: a GGUF `quantization_config` left in config.json makes
+    # `from_pretrained` callers that pass it back (lm-eval's HFLM, vllm) look for a .gguf file.
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     # The meta device skips a pointless random initialisation of 135M parameters.
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), assign=True)
     model.tie_weights()
     model.generation_config = gguf_model.generation_config

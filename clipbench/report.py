@@ -61,7 +61,9 @@ def read_clip_records(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.Data
     return pd.concat(frames, ignore_index=True)
 
 
-def collect_fairness(records: pd.DataFrame, n_bins: int = fairness.DEFAULT_BINS, clip_column: str = "seq_out") -> pd.DataFrame:
+def collect_fairness(
+    records: pd.DataFrame, n_bins: int = fairness.DEFAULT_BINS, clip_column: str = "seq_out"
+) -> pd.DataFrame:
     """fairness.csv: a row per (scope, method, seed, bin) with the bin's clip rates, and the
     group's spread, slope and LRE repeated on each of its rows. scope "pooled" pools the seeds
     (seed = -1); scope "seed" is per run. Bin edges are shared by every row."""
@@ -191,7 +193,16 @@ def plot_clip_by_length(fairness_table: pd.DataFrame, path: str | Path) -> Path:
     pooled = fairness_table[fairness_table.scope == "pooled"]
     column = str(pooled.clip_column.iloc[0])
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    sns.lineplot(data=pooled, x="length_mean", y=column, hue="method", style="method", markers=True, dashes=False, ax=ax)
+    sns.lineplot(
+        data=pooled,
+        x="length_mean",
+        y=column,
+        hue="method",
+        style="method",
+        markers=True,
+        dashes=False,
+        ax=ax,
+    )
     ax.set_xscale("log")
     ax.set_xlabel("response length (bin mean, tokens)")
     ax.set_ylabel(f"clip rate ({column})")
@@ -204,7 +215,11 @@ def plot_clip_by_length(fairness_table: pd.DataFrame, path: str | Path) -> Path:
 def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> Path:
     """Reward, clip fraction and mean response length over steps (mean over seeds, band = range)."""
     plt, sns = _pyplot()
-    panels = [("reward_mean", "reward"), ("clip_frac", "clip fraction"), ("response_length_mean", "response length")]
+    panels = [
+        ("reward_mean", "reward"),
+        ("clip_frac", "clip fraction"),
+        ("response_length_mean", "response length"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, (column, label) in zip(axes, panels, strict=True):
         sns.lineplot(data=metrics, x="step", y=column, hue="method", errorbar=("pi", 100), ax=ax)

@@ -153,3 +153,61 @@ def test_conda_needs_conda():
         pytest.skip("conda exists here: run `snakemake --use-conda -n` by hand")
     result = snakemake("-n", "--use-conda", "--configfile", "workflows/config/smoke.yaml")
     assert result.returncode != 0 and "conda" in (result.stdout + result.stderr).lower()
+
+
+NEW_RULE = '''"""seq_ppo with a narrower band, under a new name (test of the one-file promise)."""
+from dataclasses import dataclass
+
+from methods import register
+from methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, sequence_level_rule
+
+
+@register("narrow_seq")
+@dataclass(frozen=True)
+class NarrowSeq(Method):
+    """Sequence clip on S with half-width eps. Reference: FSPO, arXiv 2509.09177 (the fixed-band baseline)."""
+
+    level = "sequence"
+    eps: float = hparam(0.1, help="half-width of the band on exp(S)", gt=0, lt=1)
+
+    def compute(self, batch: RolloutBatch) -> LossOutput:
+        return sequence_level_rule(batch, batch.seq_log_ratio, *log_band(self.eps, self.eps))
+'''
+
+
+@pytest.mark.slow
+def test_a_new_method_file_joins_the_smoke_study(tmp_path):
+    """Copy the project, add one file to methods/, run the smoke study with the method list left
+    to its default (every registered rule, restricted here to the new one and fspo through the
+    config's `methods`, as a user would), and find the new method's row in main.md."""
+    project = tmp_path / "project"
+    shutil.copytree(
+        ROOT,
+        project,
+        ignore=shutil.ignore_patterns(
+            ".git", "results", ".snakemake", "__pycache__", "*.egg-info", ".ruff_cache"
+        ),
+    )
+    (project / "methods" / "narrow_seq.py").write_text(NEW_RULE)
+    study = yaml.safe_load((project / "workflows" / "config" / "smoke.yaml").read_text())
+    study["methods"] = []  # every registered rule: the new one included, no edit naming it
+    study["seeds"] = [0]
+    config = project / "study.yaml"
+    config.write_text(yaml.safe_dump(study))
+    dry = snakemake("-n", "--configfile", str(config), cwd=project)
+    assert "narrow_seq" in dry.stdout
+    # Train only two methods for time: the new one and fspo.
+    study["methods"] = ["narrow_seq", "fspo"]
+    config.write_text(yaml.safe_dump(study))
+    env_path = f"{project}:{ROOT}"
+    result = subprocess.run(
+        [*SNAKEMAKE, "--cores", "2", "--configfile", str(config), "results/tables/main.md"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**__import__("os").environ, "PYTHONPATH": env_path},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = (project / "results" / "tables" / "main.md").read_text()
+    assert "| narrow_seq |" in table and "| fspo |" in table and "| base |" in table

