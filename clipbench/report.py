@@ -148,7 +148,7 @@ def main_table(
 # --------------------------------------------------------------------------- plots
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,7 +159,12 @@ def _pyplot():
     return plt, sns
 
 
-def _save(fig, path: str | Path) -> Path:
+def clip_rate_lines(sns, ax, data: pd.DataFrame, x: str, y: str) -> None:
+    """One marked line per method: the shared look of every clip-rate-by-length plot."""
+    sns.lineplot(data=data, x=x, y=y, hue="method", style="method", markers=True, dashes=False, ax=ax)
+
+
+def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -169,7 +174,7 @@ def _save(fig, path: str | Path) -> Path:
 
 def plot_accuracy(summary: pd.DataFrame, path: str | Path) -> Path:
     """Mean (bar) and per-seed points of avg@k per method, one panel per benchmark."""
-    plt, sns = _pyplot()
+    plt, sns = pyplot()
     acc = summary[summary.metric == "avg@k"]
     benches = sorted(acc.benchmark.unique())
     order = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
@@ -182,39 +187,30 @@ def plot_accuracy(summary: pd.DataFrame, path: str | Path) -> Path:
         ax.set_xlabel("")
         ax.set_ylabel("accuracy")
         ax.tick_params(axis="x", rotation=30)
-    path = _save(fig, path)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 
 
 def plot_clip_by_length(fairness_table: pd.DataFrame, path: str | Path) -> Path:
     """Clip rate against length bin (bin mean length, log x), a line per method (seeds pooled)."""
-    plt, sns = _pyplot()
+    plt, sns = pyplot()
     pooled = fairness_table[fairness_table.scope == "pooled"]
     column = str(pooled.clip_column.iloc[0])
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    sns.lineplot(
-        data=pooled,
-        x="length_mean",
-        y=column,
-        hue="method",
-        style="method",
-        markers=True,
-        dashes=False,
-        ax=ax,
-    )
+    clip_rate_lines(sns, ax, pooled, x="length_mean", y=column)
     ax.set_xscale("log")
     ax.set_xlabel("response length (bin mean, tokens)")
     ax.set_ylabel(f"clip rate ({column})")
     ax.set_title("Clip rate by response length (training records)")
-    path = _save(fig, path)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 
 
 def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> Path:
     """Reward, clip fraction and mean response length over steps (mean over seeds, band = range)."""
-    plt, sns = _pyplot()
+    plt, sns = pyplot()
     panels = [
         ("reward_mean", "reward"),
         ("clip_frac", "clip fraction"),
@@ -226,7 +222,7 @@ def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel(label)
         if ax is not axes[-1]:
             ax.get_legend().remove()
-    path = _save(fig, path)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -172,36 +172,20 @@ def markdown_table(result: SimulationResult, prov: Mapping[str, Any]) -> str:
 
 def plot_clip_by_length(by_length: pd.DataFrame, path: Path, title: str) -> Path:
     """Two panels (out of band; clip active) of rate against length, log x-axis, a line per rule."""
-    import matplotlib
+    from clipbench.report import clip_rate_lines, pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
+    plt, sns = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, column, label in zip(
-        axes, ("seq_out", "seq_clip"), ("outside the band (seq_out)", "clip active (seq_clip)"), strict=True
-    ):
-        sns.lineplot(
-            data=by_length,
-            x="length",
-            y=column,
-            hue="method",
-            style="method",
-            markers=True,
-            dashes=False,
-            ax=ax,
-        )
+    panels = (("seq_out", "outside the band (seq_out)"), ("seq_clip", "clip active (seq_clip)"))
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        clip_rate_lines(sns, ax, by_length, x="length", y=column)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("response length L (tokens)")
         ax.set_ylabel("fraction of sequences")
         ax.set_title(label)
     axes[1].get_legend().remove()
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, metadata={"Software": None})
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

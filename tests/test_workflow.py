@@ -201,7 +201,8 @@ def test_a_new_method_file_joins_the_smoke_study(tmp_path):
     config.write_text(yaml.safe_dump(study))
     env_path = f"{project}:{ROOT}"
     result = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--configfile", str(config), "results/tables/main.md"],
+        # The target goes first: --configfile takes several values and would swallow it.
+        [*SNAKEMAKE, "results/tables/main.md", "--cores", "2", "--configfile", str(config)],
         cwd=project,
         capture_output=True,
         text=True,
