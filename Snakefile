@@ -3,7 +3,7 @@
 #
 #   snakemake --cores all                                   the default study (offline, CPU)
 #   snakemake results/tables/main.md                        just the main table (and what it needs)
-#   snakemake --cores all --configfile workflows/config/paper.yaml --profile workflows/profiles/slurm
+#   snakemake --cores all --configfile workflows/config/paper.yaml --profile profiles/slurm
 
 from snakemake.utils import min_version, validate
 

@@ -54,18 +54,53 @@ def test_main_table_target_builds_only_what_it_needs():
 @pytest.mark.slow
 def test_slurm_profile_dry_runs():
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    result = snakemake(
-        "-n", "--profile", "workflows/profiles/slurm", "--configfile", "workflows/config/paper.yaml"
-    )
+    result = snakemake("-n", "--profile", "profiles/slurm", "--configfile", "workflows/config/paper.yaml")
     assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.slow
-def test_default_profile_dry_runs():
-    result = snakemake(
-        "-n", "--profile", "workflows/profiles/default", "--configfile", "workflows/config/smoke.yaml"
-    )
+def test_gpu_profile_dry_runs():
+    result = snakemake("-n", "--profile", "profiles/gpu", "--configfile", "workflows/config/paper.yaml")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_an_interrupted_study_restarts_with_the_plain_command(tmp_path):
+    """SIGKILL the smoke study (Snakemake and its jobs) once a run has checkpointed. After
+    `snakemake --unlock` (a hard kill leaves Snakemake's lock behind) the plain command finishes
+    it, rerunning only what is missing: the workflow profile says rerun-incomplete, the base model
+    is kept, and training resumes from its checkpoint."""
+    import signal
+    import time
+
+    project = tmp_path / "project"
+    shutil.copytree(
+        ROOT,
+        project,
+        ignore=shutil.ignore_patterns(".git", "results", ".snakemake", "__pycache__", "*.egg-info"),
+    )
+    args = [*SNAKEMAKE, "--cores", "2", "--configfile", "workflows/config/smoke.yaml"]
+    victim = subprocess.Popen(
+        args, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and victim.poll() is None:
+        if list((project / "results" / "runs").glob("*/seed0/checkpoints/step_000002")):
+            break
+        time.sleep(0.2)
+    import os
+
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (project / "results" / "tables" / "main.md").exists(), "the study finished before the kill"
+    subprocess.run(
+        [*SNAKEMAKE, "--unlock", "--configfile", "workflows/config/smoke.yaml"], cwd=project, check=True
+    )
+    result = subprocess.run(args, cwd=project, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "localrule train:" in log and "localrule base_model_sft:" not in log
+    assert (project / "results" / "tables" / "main.md").exists()
 
 
 @pytest.mark.parametrize(
