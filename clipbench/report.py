@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -233,9 +232,3 @@ def read_metrics(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame
         lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
         frames.append(pd.DataFrame([json.loads(line) for line in lines]).assign(method=method, seed=seed))
     return pd.concat(frames, ignore_index=True)
-
-
-def study_metadata(config: Mapping[str, Any]) -> dict[str, Any]:
-    from clipbench.provenance import config_hash, git_commit
-
-    return {"config_hash": config_hash(dict(config)), "commit": git_commit()}

@@ -44,10 +44,11 @@ import yaml
 
 import benchmarks
 from clipbench.advantages import compute_advantages
-from clipbench.config import ConfigError, TrainConfig, from_dict, validate
+from clipbench.config import ConfigError, TrainConfig, validate
 from clipbench.models import load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance
 from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, token_logprobs
+from methods import prepare_batch
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -219,11 +220,12 @@ class Trainer:
         rewards = torch.tensor([1.0 if v.correct else 0.0 for v in verdicts], dtype=torch.float64)
         return rewards, benchmarks.count_statuses(verdicts)
 
-    def _check_finite(self, step: int, update: int, what: str, value: torch.Tensor, batch: dict) -> None:
+    def _check_finite(self, step: int, update: int, what: str, value: torch.Tensor, debug) -> None:
+        """Stop on a non-finite `value`, saving `debug()` (built only then: no copies per update)."""
         if torch.isfinite(value).all():
             return
         dump = self.run_dir / f"debug_step{step:06d}_update{update}.pt"
-        torch.save({**batch, "what": what, "value": value.detach().cpu()}, dump)
+        torch.save({**debug(), "what": what, "value": value.detach().cpu()}, dump)
         raise TrainingError(
             f"step {step}, update {update}, method {self.method.name}: non-finite {what} ({value.item()}); "
             f"the minibatch and its statistics are saved in {dump}"
@@ -289,13 +291,16 @@ class Trainer:
                     kl = (k3 * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1)
                     loss = loss + cfg.kl_beta * kl
                     extra["kl_ref"] = float(kl)
-                debug = {
-                    "rows": rows,
-                    "logp": logp.detach().cpu(),
-                    "old_logp": old_logp.cpu(),
-                    "advantages": adv.cpu(),
-                    "mask": batch.response_mask.cpu(),
-                }
+
+                def debug(logp=logp, old_logp=old_logp, adv=adv, batch=batch, rows=rows):
+                    return {
+                        "rows": rows,
+                        "logp": logp.detach().cpu(),
+                        "old_logp": old_logp.cpu(),
+                        "advantages": adv.cpu(),
+                        "mask": batch.response_mask.cpu(),
+                    }
+
                 self._check_finite(step, update, "loss", loss.detach(), debug)
                 loss.backward()
                 max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -306,11 +311,18 @@ class Trainer:
                 update_metrics.append(
                     {**out.metrics, **extra, "loss": loss.item(), "grad_norm": grad_norm.item()}
                 )
-                with torch.no_grad():
-                    mask = batch.response_mask
-                    seq_s = torch.where(mask, logp.detach() - old_logp, torch.zeros_like(old_logp)).sum(-1)
-                    lengths = mask.sum(-1)
-                for j, row in enumerate(rows):
+                # S and L exactly as the rule saw them (methods.prepare_batch).
+                seen = prepare_batch(logp.detach(), old_logp, adv, batch.response_mask)
+                columns = zip(
+                    rows,
+                    seen.lengths.long().tolist(),
+                    seen.seq_log_ratio.tolist(),
+                    adv.tolist(),
+                    out.seq_clip.tolist(),
+                    out.seq_out.tolist(),
+                    strict=True,
+                )
+                for row, length, seq_s, a, clip, out_of_band in columns:
                     records.append(
                         {
                             "step": step,
@@ -318,12 +330,12 @@ class Trainer:
                             "epoch": epoch,
                             "minibatch": mb,
                             "seq": row,
-                            "length": int(lengths[j]),
-                            "S": float(seq_s[j]),
-                            "advantage": float(adv[j]),
+                            "length": length,
+                            "S": seq_s,
+                            "advantage": a,
                             "reward": float(rewards[row]),
-                            "seq_clip": float(out.seq_clip[j]),
-                            "seq_out": float(out.seq_out[j]),
+                            "seq_clip": clip,
+                            "seq_out": out_of_band,
                         }
                     )
                 update += 1
@@ -449,4 +461,4 @@ def train(config: TrainConfig | dict | str | Path, run_dir: str | Path, *, progr
     return Trainer(config, run_dir, progress=progress).run()
 
 
-__all__ = ["Trainer", "TrainingError", "derive_seed", "from_dict", "prompt_indices", "train"]
+__all__ = ["Trainer", "TrainingError", "derive_seed", "prompt_indices", "train"]
