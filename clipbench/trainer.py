@@ -6,8 +6,9 @@ recomputed by the policy per minibatch at the sampling temperature -> E epochs o
 minibatches, one `method.loss` + AdamW step each -> metrics and per-sequence clip records.
 
 Why M * E > 1: the first update of a step runs at ratio exactly 1 (old log-probs come from the
-same weights, computed on the same minibatch tensors), so with one minibatch and one epoch no rule
-could ever clip; every later update is off-policy by the updates before it.
+same weights, on the same minibatch tensors: they are that update's own log-probs, detached, so
+the first minibatch needs no separate no-grad forward), so with one minibatch and one epoch no
+rule could ever clip; every later update is off-policy by the updates before it.
 
 Matched runs: every method starts from the same base checkpoint, sees the same prompts in the
 same order (a permutation seeded by `seed` alone), and samples with seeds derived from
@@ -251,28 +252,29 @@ class Trainer:
 
         t0 = time.perf_counter()
         device = cfg.device
-        prepared, entropy_sum, token_count = [], 0.0, 0
+        prepared, entropy_sum, token_count, forward_tokens = [], 0.0, 0, 0
         with torch.no_grad():
-            for rows in minibatches:
+            for mb, rows in enumerate(minibatches):
                 batch = collate(
                     [samples.prompt_ids[i] for i in rows],
                     [samples.completion_ids[i] for i in rows],
                     self.tokenizer.pad_token_id,
                 ).to(device)
-                old_logp, entropy = token_logprobs(
-                    self.model, batch, cfg.rollout.temperature, with_entropy=True
-                )
-                entropy_sum += float(entropy[batch.response_mask].sum())
+                old_logp = None  # the first update's own forward gives them (same weights, same tensors)
+                if mb > 0:
+                    old_logp, entropy = token_logprobs(
+                        self.model, batch, cfg.rollout.temperature, with_entropy=True
+                    )
+                    entropy_sum += float(entropy[batch.response_mask].sum())
+                    forward_tokens += int(batch.attention_mask.sum())
                 token_count += int(batch.response_mask.sum())
                 ref_logp = (
                     token_logprobs(self.reference, batch, cfg.rollout.temperature)[0]
                     if self.reference is not None
                     else None
                 )
-                prepared.append((rows, batch, old_logp, ref_logp))
-        timing["logprob"] = Phase(
-            time.perf_counter() - t0, int(sum(b.attention_mask.sum() for _, b, _, _ in prepared))
-        )
+                prepared.append([rows, batch, old_logp, ref_logp])
+        timing["logprob"] = Phase(time.perf_counter() - t0, forward_tokens)
 
         t0 = time.perf_counter()
         update_metrics: list[dict[str, float]] = []
@@ -280,8 +282,15 @@ class Trainer:
         update = 0
         for epoch in range(cfg.optim.epochs):
             for mb, (rows, batch, old_logp, ref_logp) in enumerate(prepared):
+                logp, entropy = token_logprobs(
+                    self.model, batch, cfg.rollout.temperature, with_entropy=old_logp is None
+                )
+                if old_logp is None:
+                    # The first update runs on the weights that sampled: old log-probs are its own,
+                    # detached, so its ratio is exactly 1 without a second forward pass.
+                    old_logp = prepared[mb][2] = logp.detach()
+                    entropy_sum += float(entropy[batch.response_mask].sum())
                 adv = advantages[rows].to(device=device, dtype=old_logp.dtype)
-                logp, _ = token_logprobs(self.model, batch, cfg.rollout.temperature)
                 out = self.method.loss(logp, old_logp, adv, batch.response_mask)
                 loss = out.loss
                 extra = {}
@@ -339,7 +348,8 @@ class Trainer:
                         }
                     )
                 update += 1
-        timing["update"] = Phase(time.perf_counter() - t0, cfg.optim.epochs * timing["logprob"].tokens)
+        all_tokens = sum(int(batch.attention_mask.sum()) for _, batch, _, _ in prepared)
+        timing["update"] = Phase(time.perf_counter() - t0, cfg.optim.epochs * all_tokens)
 
         lengths = [len(c) for c in samples.completion_ids]
         metrics = {

@@ -21,7 +21,6 @@ import torch
 from clipbench import trainer as trainer_module
 from clipbench.advantages import available_estimators, compute_advantages
 from clipbench.config import ConfigError, TrainConfig, load_config
-from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,15 +94,6 @@ def test_prompt_order_depends_on_the_seed_only_and_covers_the_data():
 
 
 # --------------------------------------------------------------------------- end-to-end mechanics
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    tokenizer = build_tokenizer()
-    model = build_tiny_model(
-        tokenizer, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128, seed=0
-    )
-    return str(save_model(model, tokenizer, tmp_path_factory.mktemp("base") / "model"))
 
 
 def parity_reward(self, samples, answers):
