@@ -19,6 +19,12 @@ Definitions (DESIGN.md, "Length fairness metrics"), for one group and length bin
   k_b = 1 - r_b the share of bin b's sequences that keep their gradient, p_b the bin's share of
   the group's sequences and k_bar = sum_b p_b k_b,  LRE = sum_b p_b |k_b / k_bar - 1|.
   0 when every bin keeps the same share; defined as 0 when k_bar = 0 (every bin fully clipped).
+* S-growth exponent a (needs an `S` column, the sequence log-ratio sum_t l_t): least-squares
+  slope of log m_b against x_b, with m_b the median |S| over bin b (bins with m_b = 0 left out;
+  NaN with fewer than two). It says which band would clip every length alike: a = 1/2 is FSPO's
+  random-walk model (i.i.d. per-token log-ratios, a sqrt(L) band is flat), a = 1 GSPO's (an
+  S / L band is flat), a = 0 a fixed band on S (seq_ppo). a > 1/2 means the sqrt(L) band clips
+  long responses more.
 """
 
 from __future__ import annotations
@@ -69,13 +75,18 @@ def clip_rate_by_bin(
     clip_columns: Sequence[str] = CLIP_COLUMNS,
 ) -> pd.DataFrame:
     """Per group and length bin: n, share (p_b), mean length, mean log length (x_b), the bin's
-    edges and the clip rate of each clip column. Empty bins are left out."""
+    edges, the clip rate of each clip column and, when records have `S`, the median |S| (m_b).
+    Empty bins are left out."""
     missing = [c for c in (*by, "length", *clip_columns) if c not in records.columns]
     if missing:
         raise ValueError(f"clip_rate_by_bin: records lack columns {missing}; have {list(records.columns)}")
     frame = records[[*by, "length", *clip_columns]].copy()
     frame["bin"] = assign_bins(frame["length"], edges)
     frame["log_length"] = np.log(frame["length"].clip(lower=1).astype(float))
+    extra = {}
+    if "S" in records.columns:
+        frame["abs_S"] = records["S"].abs().to_numpy()
+        extra["abs_s_median"] = ("abs_S", "median")
     keys = [*by, "bin"]
     grouped = frame.groupby(keys, sort=True)
     table = grouped.agg(
@@ -83,6 +94,7 @@ def clip_rate_by_bin(
         length_mean=("length", "mean"),
         log_length_mean=("log_length", "mean"),
         **{c: (c, "mean") for c in clip_columns},
+        **extra,
     ).reset_index()
     totals = table.groupby(list(by))["n"].transform("sum") if by else table["n"].sum()
     table["share"] = table["n"] / totals
@@ -109,6 +121,19 @@ def clip_slope(rates: Sequence[float] | np.ndarray, log_lengths: Sequence[float]
     return float((xc * (r - r.mean())).sum() / (xc * xc).sum())
 
 
+def s_growth_exponent(
+    abs_s_medians: Sequence[float] | np.ndarray, log_lengths: Sequence[float] | np.ndarray
+) -> float:
+    """Least-squares slope of log median |S| against the bins' mean log length (bins with a zero
+    median left out); NaN with fewer than two usable bins."""
+    m = np.asarray(abs_s_medians, dtype=float)
+    x = np.asarray(log_lengths, dtype=float)
+    usable = m > 0
+    if usable.sum() < 2 or np.ptp(x[usable]) == 0:
+        return float("nan")
+    return clip_slope(np.log(m[usable]), x[usable])
+
+
 def length_reweighting_error(
     rates: Sequence[float] | np.ndarray, shares: Sequence[float] | np.ndarray
 ) -> float:
@@ -123,8 +148,8 @@ def length_reweighting_error(
 def summarize_bins(
     by_bin: pd.DataFrame, by: Sequence[str] = ("method",), clip_column: str = "seq_out"
 ) -> pd.DataFrame:
-    """Per group: mean clip rate (over sequences), spread, slope and LRE of one clip column,
-    from the output of `clip_rate_by_bin`."""
+    """Per group: mean clip rate (over sequences), spread, slope and LRE of one clip column, and
+    the S-growth exponent (NaN without `S`), from the output of `clip_rate_by_bin`."""
 
     def one(group: pd.DataFrame) -> pd.Series:
         rates = group[clip_column].to_numpy()
@@ -135,6 +160,11 @@ def summarize_bins(
                 "spread": clip_spread(rates),
                 "slope": clip_slope(rates, group["log_length_mean"].to_numpy()),
                 "lre": length_reweighting_error(rates, shares),
+                "s_exponent": (
+                    s_growth_exponent(group["abs_s_median"], group["log_length_mean"])
+                    if "abs_s_median" in group
+                    else float("nan")
+                ),
                 "n_bins": len(group),
             }
         )

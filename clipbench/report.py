@@ -3,10 +3,11 @@
 * `collect_evals` -> results/summary.csv: one row per (model, method, seed, benchmark, metric),
   from the evaluation summaries (`clipbench evaluate`); the base model has method "base".
 * `collect_fairness` -> results/fairness.csv: per method (pooled over seeds) and per (method, seed),
-  the clip rate of every length bin plus spread, slope and LRE (`clipbench.fairness`), on the
-  training runs' per-sequence clip records with bin edges shared by every run.
-* `main_table` -> results/tables/main.md: a row per method plus the base model; per benchmark the
-  accuracy as mean +- std over seeds; clip spread and LRE; the best value per column in bold.
+  the clip rate and median |S| of every length bin plus spread, slope, LRE and the S-growth
+  exponent (`clipbench.fairness`), on the training runs' per-sequence clip records with bin edges
+  shared by every run.
+* `main_table` -> results/tables/main.md: a row per method plus the base model, with its clipping
+  level; per benchmark the accuracy as mean +- std over seeds; clip rate, spread, LRE and S growth.
 * `plot_accuracy`, `plot_clip_by_length`, `plot_training_curves` -> results/plots/*.png.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import methods
 from clipbench import fairness
 
 BASE = "base"
@@ -86,6 +88,11 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def _level(method: str) -> str:
+    """A registered rule's clipping level ("token" or "sequence"); "–" for the base model."""
+    return methods.get_method_class(method).level if method in methods.available_methods() else "–"
+
+
 def main_table(
     summary: pd.DataFrame,
     fairness_table: pd.DataFrame,
@@ -96,15 +103,16 @@ def main_table(
     commit: str | None,
     date: str | None = None,
 ) -> str:
-    """Markdown: a row per method (plus base), accuracy (avg@k) mean +- std over seeds per
-    benchmark, then clip spread and LRE (pooled over seeds); the best value of each column bold
-    (highest accuracy, lowest spread and LRE)."""
+    """Markdown: a row per method (plus base) with its clipping level, accuracy (avg@k) mean +- std
+    over seeds per benchmark, then clip rate, spread, LRE and the S-growth exponent (pooled over
+    seeds); bold: the highest accuracy, and the lowest spread and LRE within each level."""
     acc = summary[summary.metric == "avg@k"]
     benches = sorted(acc.benchmark.unique())
     ks = {b: int(acc[acc.benchmark == b].k.iloc[0]) for b in benches}
     pooled = fairness_table[fairness_table.scope == "pooled"].drop_duplicates("method").set_index("method")
     methods = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
     cells: dict[str, dict[str, tuple[float, str]]] = {m: {} for m in methods}
+    level = {m: _level(m) for m in methods}
     for m in methods:
         for b in benches:
             values = acc[(acc.method == m) & (acc.benchmark == b)].value
@@ -112,33 +120,48 @@ def main_table(
                 mean, std = _mean_std(values)
                 cells[m][b] = (mean, f"{mean:.3f} ± {std:.3f}" if m != BASE else f"{mean:.3f}")
         if m in pooled.index:
-            cells[m]["spread"] = (float(pooled.loc[m, "spread"]), f"{pooled.loc[m, 'spread']:.3f}")
-            cells[m]["lre"] = (float(pooled.loc[m, "lre"]), f"{pooled.loc[m, 'lre']:.4f}")
-            cells[m]["clip"] = (float(pooled.loc[m, "clip_rate"]), f"{pooled.loc[m, 'clip_rate']:.3f}")
-    columns = [(b, f"{b} (avg@{ks[b]})", max) for b in benches]
-    columns += [("clip", "clip rate", None), ("spread", "clip spread", min), ("lre", "LRE", min)]
+            row = pooled.loc[m]
+            cells[m]["clip"] = (float(row["clip_rate"]), f"{row['clip_rate']:.3f}")
+            cells[m]["spread"] = (float(row["spread"]), f"{row['spread']:.3f}")
+            cells[m]["lre"] = (float(row["lre"]), f"{row['lre']:.4f}")
+            cells[m]["growth"] = (float(row["s_exponent"]), f"{row['s_exponent']:.2f}")
+    # (key, title, best-of, compared within a clipping level)
+    columns = [(b, f"{b} (avg@{ks[b]})", max, False) for b in benches]
+    columns += [
+        ("clip", "clip rate", None, False),
+        ("spread", "clip spread", min, True),
+        ("lre", "LRE", min, True),
+        ("growth", "S growth a", None, False),
+    ]
     best = {}
-    for key, _, pick in columns:
-        values = [cells[m][key][0] for m in methods if key in cells[m]]
-        if pick and values:
-            best[key] = pick(values)
-    lines = ["| method | " + " | ".join(title for _, title, _ in columns) + " |"]
-    lines.append("|---|" + "---:|" * len(columns))
+    for key, _, pick, per_level in columns:
+        for lvl in set(level.values()) if per_level else [None]:
+            values = [
+                cells[m][key][0] for m in methods if key in cells[m] and (lvl is None or level[m] == lvl)
+            ]
+            if pick and values:
+                best[key, lvl] = pick(values)
+    lines = ["| method | level | " + " | ".join(title for _, title, _, _ in columns) + " |"]
+    lines.append("|---|---|" + "---:|" * len(columns))
     for m in methods:
         row = []
-        for key, _, _ in columns:
+        for key, _, _, per_level in columns:
             if key not in cells[m]:
                 row.append("–")
                 continue
             value, text = cells[m][key]
-            row.append(f"**{text}**" if key in best and np.isclose(value, best[key]) else text)
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+            target = best.get((key, level[m] if per_level else None))
+            row.append(f"**{text}**" if target is not None and np.isclose(value, target) else text)
+        lines.append(f"| {m} | {level[m]} | " + " | ".join(row) + " |")
     date = date or _dt.date.today().isoformat()
     lines += [
         "",
         f"Accuracy: avg@k (mean over k samples per problem, then over problems), mean ± std over seeds {seeds}. "
         "Clip rate, spread and LRE: out-of-band rate (`seq_out`) by response-length bin over all training updates, "
-        "seeds pooled (definitions: `clipbench/fairness.py`). Best per column in bold.",
+        "seeds pooled; a token-level rule's rate counts tokens, a sequence-level rule's whole responses, so spread "
+        "and LRE are compared (bold: lowest) within a level. S growth a: median |S| ~ L^a over the same bins "
+        "(1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a fixed band). Best accuracy in bold. "
+        "Definitions: `clipbench/fairness.py`.",
         f"Config `{config_name}` (hash {config_hash}), commit {commit}, {date}.",
     ]
     return "\n".join(lines) + "\n"
@@ -192,16 +215,31 @@ def plot_accuracy(summary: pd.DataFrame, path: str | Path) -> Path:
 
 
 def plot_clip_by_length(fairness_table: pd.DataFrame, path: str | Path) -> Path:
-    """Clip rate against length bin (bin mean length, log x), a line per method (seeds pooled)."""
+    """Left: clip rate against length bin (bin mean length, log x), a line per method (seeds
+    pooled). Right, when the records had S: median |S| / sqrt(L) per bin, which is flat exactly
+    when FSPO's sqrt(L) band clips every length alike (the S-growth exponent is 1/2)."""
     plt, sns = pyplot()
     pooled = fairness_table[fairness_table.scope == "pooled"]
     column = str(pooled.clip_column.iloc[0])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    with_s = "abs_s_median" in pooled and pooled["abs_s_median"].notna().any()
+    fig, axes = plt.subplots(
+        1, 2 if with_s else 1, figsize=(12, 4.2) if with_s else (6.5, 4.2), squeeze=False
+    )
+    ax = axes[0, 0]
     clip_rate_lines(sns, ax, pooled, x="length_mean", y=column)
     ax.set_xscale("log")
     ax.set_xlabel("response length (bin mean, tokens)")
     ax.set_ylabel(f"clip rate ({column})")
     ax.set_title("Clip rate by response length (training records)")
+    if with_s:
+        ax = axes[0, 1]
+        scaled = pooled.assign(s_per_root_l=pooled["abs_s_median"] / np.sqrt(pooled["length_mean"]))
+        clip_rate_lines(sns, ax, scaled, x="length_mean", y="s_per_root_l")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("response length (bin mean, tokens)")
+        ax.set_ylabel("median |S| / sqrt(L)")
+        ax.set_title("Flat = FSPO's sqrt(L) band fits (S-growth exponent 1/2)")
     path = save_figure(fig, path)
     plt.close(fig)
     return path

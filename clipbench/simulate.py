@@ -148,8 +148,8 @@ def markdown_table(result: SimulationResult, prov: Mapping[str, Any]) -> str:
     """The per-rule table: level, hyperparameters, mean out-of-band rate, spread, slope, LRE."""
     rules = result.config.build_methods()
     lines = [
-        "| method | level | hyperparameters | out-of-band rate | clip spread | clip slope | LRE |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| method | level | hyperparameters | out-of-band rate | clip spread | clip slope | LRE | S growth a |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in result.summary.itertuples(index=False):
         rule = rules[row.method]
@@ -157,14 +157,14 @@ def markdown_table(result: SimulationResult, prov: Mapping[str, Any]) -> str:
             f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in rule.hparams().items()
         )
         lines.append(
-            f"| {row.method} | {rule.level} | {params} | {row.clip_rate:.4f} | {row.spread:.3f} | {row.slope:+.4f} | {row.lre:.4f} |"
+            f"| {row.method} | {rule.level} | {params} | {row.clip_rate:.4f} | {row.spread:.3f} | {row.slope:+.4f} | {row.lre:.4f} | {row.s_exponent:.2f} |"
         )
     cfg = result.config
     lines += [
         "",
         f"Per-token log-ratio ~ N({cfg.mu:g}, {cfg.sigma:g}^2); {cfg.n} sequences per length; lengths "
         f"{', '.join(map(str, cfg.lengths))}; seed {cfg.seed}. Each length is one bin; metrics on `seq_out` "
-        "(definitions: `clipbench/fairness.py`).",
+        "S growth a: median |S| ~ L^a (definitions: `clipbench/fairness.py`).",
         f"Config hash {prov['config_hash']}, commit {prov['commit']}, torch {prov['versions'].get('torch')}.",
     ]
     return "\n".join(lines) + "\n"

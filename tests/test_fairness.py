@@ -99,7 +99,44 @@ def test_groups_share_edges_and_shares_sum_to_one():
     }
     slopes = dict(zip(summary["method"], summary["slope"], strict=True))
     assert slopes["b"] > slopes["a"]
-    assert list(summary.columns) == ["method", "seed", "clip_rate", "spread", "slope", "lre", "n_bins"]
+    assert list(summary.columns) == [
+        "method",
+        "seed",
+        "clip_rate",
+        "spread",
+        "slope",
+        "lre",
+        "s_exponent",
+        "n_bins",
+    ]
+    assert summary["s_exponent"].isna().all()  # records without S
+
+
+def test_s_growth_exponent_recovers_the_power_of_length():
+    # m_b = 0.01 L^a exactly: the fitted slope of log m on log L is a.
+    L = np.array([8.0, 64.0, 512.0])
+    for a in (0.0, 0.5, 1.0, 2.0):
+        assert fairness.s_growth_exponent(0.01 * L**a, np.log(L)) == pytest.approx(a)
+    # Hand-computed: medians 1 and 4 at L = 1 and 16 -> log 4 / log 16 = 0.5; a zero median is left out.
+    assert fairness.s_growth_exponent([1.0, 0.0, 4.0], np.log([1, 4, 16])) == pytest.approx(0.5)
+    assert math.isnan(fairness.s_growth_exponent([0.0, 4.0], np.log([1, 16])))  # one usable bin
+
+
+def test_s_growth_exponent_from_records_uses_the_median_of_abs_s():
+    # Bin L = 4: S = (-1, 0.5, 2) -> median |S| = 1; bin L = 64: S = (4, -4, 100) -> 4 (the outlier
+    # does not move a median). a = log(4 / 1) / log(64 / 4) = 0.5.
+    frame = pd.DataFrame(
+        {
+            "method": "m",
+            "length": [4, 4, 4, 64, 64, 64],
+            "S": [-1.0, 0.5, 2.0, 4.0, -4.0, 100.0],
+            "seq_out": 0.0,
+            "seq_clip": 0.0,
+        }
+    )
+    by_bin, summary = fairness.fairness_summary(frame, edges=np.array([4, 10, 64]))
+    assert by_bin["abs_s_median"].tolist() == [1.0, 4.0]
+    assert summary.iloc[0]["s_exponent"] == pytest.approx(0.5)
 
 
 def test_missing_columns_and_empty_input_are_reported():

@@ -29,6 +29,8 @@ def test_band_geometry_fspo_flat_seq_ppo_rises_gspo_falls():
     assert summary.loc["fspo", "spread"] < 0.15
     assert summary.loc["seq_ppo", "spread"] > 1 and summary.loc["seq_ppo", "slope"] > 0
     assert summary.loc["gspo", "spread"] > 1 and summary.loc["gspo", "slope"] < 0
+    # i.i.d. per-token log-ratios: median |S| grows as sqrt(L), the regime FSPO's band is built for.
+    assert summary["s_exponent"].to_numpy() == pytest.approx(0.5, abs=0.02)
     # FSPO's rate at every length is the Gaussian tail at c / sigma = 1.5 (binomial sd ~0.0024).
     fspo = result.by_length[result.by_length.method == "fspo"]
     assert fspo["seq_out"].to_numpy() == pytest.approx(normal_two_sided_tail(1.5), abs=0.012)

@@ -1,0 +1,103 @@
+"""The main table and the fairness file built from hand-made tidy inputs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipbench import report
+
+
+def summary_rows():
+    rows = []
+    for method, seed, value in [
+        ("base", -1, 0.40),
+        ("ppo", 0, 0.50),
+        ("ppo", 1, 0.60),
+        ("fspo", 0, 0.70),
+        ("fspo", 1, 0.50),
+        ("gspo", 0, 0.45),
+        ("gspo", 1, 0.45),
+    ]:
+        rows.append(
+            {
+                "model": "x",
+                "method": method,
+                "seed": seed,
+                "benchmark": "synthetic_test",
+                "metric": "avg@k",
+                "k": 4,
+            }
+            | {"value": value}
+        )
+    return pd.DataFrame(rows)
+
+
+def fairness_rows():
+    # One pooled row per method is all main_table reads (the group values repeat on every bin row).
+    values = {  # clip_rate, spread, lre, s_exponent
+        "ppo": (0.005, 0.90, 0.0010, 2.5),
+        "fspo": (0.170, 1.40, 0.0800, 2.7),
+        "gspo": (0.160, 1.10, 0.0600, 2.8),
+    }
+    return pd.DataFrame(
+        [
+            {
+                "scope": "pooled",
+                "method": m,
+                "seed": -1,
+                "clip_rate": c,
+                "spread": s,
+                "lre": e,
+                "s_exponent": a,
+            }
+            for m, (c, s, e, a) in values.items()
+        ]
+    )
+
+
+def table_lines():
+    text = report.main_table(
+        summary_rows(), fairness_rows(), config_name="t", config_hash="abc", seeds=[0, 1], commit="c0"
+    )
+    return {
+        line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")
+    }, text
+
+
+def test_main_table_rows_levels_and_values():
+    rows, text = table_lines()
+    assert rows["method"].startswith(
+        "| method | level | synthetic_test (avg@4) | clip rate | clip spread | LRE |"
+    )
+    assert rows["base"] == "| base | – | 0.400 | – | – | – | – |"
+    # fspo: mean 0.6, std (ddof 1) of (0.7, 0.5) = 0.1414, the best accuracy (ppo 0.55, gspo 0.45).
+    assert rows["fspo"].startswith("| fspo | sequence | **0.600 ± 0.141** | 0.170 | 1.400 | 0.0800 | 2.70 |")
+    assert rows["ppo"].startswith("| ppo | token | 0.550 ± 0.071 | 0.005 | **0.900** | **0.0010** | 2.50 |")
+    assert "config `t` (hash abc), commit c0".lower() in text.lower()
+
+
+def test_spread_and_lre_are_compared_within_a_clipping_level():
+    rows, _ = table_lines()
+    # ppo has the lowest spread overall, but it counts tokens: among sequence rules gspo's 1.10 wins.
+    assert "| **1.100** | **0.0600** |" in rows["gspo"]
+    assert "**1.400**" not in rows["fspo"]
+
+
+def test_collect_fairness_carries_the_s_growth_exponent():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(4, 200, size=2000)
+    records = pd.DataFrame(
+        {
+            "method": "m",
+            "seed": np.repeat([0, 1], 1000),
+            "length": lengths,
+            "S": rng.normal(0.0, 0.01 * lengths.astype(float)),  # sd proportional to L: a = 1
+            "seq_out": 0.0,
+            "seq_clip": 0.0,
+        }
+    )
+    table = report.collect_fairness(records, n_bins=5)
+    pooled = table[table.scope == "pooled"]
+    assert len(pooled) == 5 and pooled["s_exponent"].nunique() == 1
+    assert pooled["s_exponent"].iloc[0] == pytest.approx(1.0, abs=0.1)
+    assert (table[table.scope == "seed"].groupby("seed").size() == 5).all()
