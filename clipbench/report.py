@@ -124,7 +124,8 @@ def main_table(
             cells[m]["clip"] = (float(row["clip_rate"]), f"{row['clip_rate']:.3f}")
             cells[m]["spread"] = (float(row["spread"]), f"{row['spread']:.3f}")
             cells[m]["lre"] = (float(row["lre"]), f"{row['lre']:.4f}")
-            cells[m]["growth"] = (float(row["s_exponent"]), f"{row['s_exponent']:.2f}")
+            if np.isfinite(row["s_exponent"]):  # NaN when fewer than two bins have S != 0
+                cells[m]["growth"] = (float(row["s_exponent"]), f"{row['s_exponent']:.2f}")
     # (key, title, best-of, compared within a clipping level)
     columns = [(b, f"{b} (avg@{ks[b]})", max, False) for b in benches]
     columns += [

@@ -76,6 +76,16 @@ def test_main_table_rows_levels_and_values():
     assert "config `t` (hash abc), commit c0".lower() in text.lower()
 
 
+def test_an_undefined_s_growth_exponent_shows_as_a_dash():
+    fairness_table = fairness_rows()
+    fairness_table.loc[fairness_table.method == "gspo", "s_exponent"] = float("nan")
+    text = report.main_table(
+        summary_rows(), fairness_table, config_name="t", config_hash="abc", seeds=[0, 1], commit="c0"
+    )
+    gspo = next(line for line in text.splitlines() if line.startswith("| gspo |"))
+    assert gspo.endswith("| **0.0600** | – |") and "nan" not in text
+
+
 def test_spread_and_lre_are_compared_within_a_clipping_level():
     rows, _ = table_lines()
     # ppo has the lowest spread overall, but it counts tokens: among sequence rules gspo's 1.10 wins.
