@@ -75,8 +75,9 @@ def clip_rate_by_bin(
     clip_columns: Sequence[str] = CLIP_COLUMNS,
 ) -> pd.DataFrame:
     """Per group and length bin: n, share (p_b), mean length, mean log length (x_b), the bin's
-    edges, the clip rate of each clip column and, when records have `S`, the median |S| (m_b).
-    Empty bins are left out."""
+    edges, the clip rate of each clip column and, when records have them, the median |S| (m_b)
+    and the mean of `entropy` (the sampling policy's mean per-token entropy of a sequence, which
+    shows whether long responses are the uncertain ones). Empty bins are left out."""
     missing = [c for c in (*by, "length", *clip_columns) if c not in records.columns]
     if missing:
         raise ValueError(f"clip_rate_by_bin: records lack columns {missing}; have {list(records.columns)}")
@@ -87,6 +88,9 @@ def clip_rate_by_bin(
     if "S" in records.columns:
         frame["abs_S"] = records["S"].abs().to_numpy()
         extra["abs_s_median"] = ("abs_S", "median")
+    if "entropy" in records.columns:
+        frame["entropy"] = records["entropy"].to_numpy()
+        extra["entropy_mean"] = ("entropy", "mean")
     keys = [*by, "bin"]
     grouped = frame.groupby(keys, sort=True)
     table = grouped.agg(

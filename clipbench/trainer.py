@@ -19,7 +19,8 @@ Run directory:
   metrics.jsonl                   one line per step (deterministic: identical across reruns on CPU)
   perf.jsonl                      seconds and tokens/s per phase per step (not deterministic)
   records/step_NNNNNN.parquet     per sequence and update: step, update, length, S, advantage,
-                                  seq_clip, seq_out, reward (what clipbench.fairness consumes)
+                                  seq_clip, seq_out, reward, entropy (the sequence's mean per-token
+                                  entropy under the sampling policy); what clipbench.fairness reads
   checkpoints/step_NNNNNN/        model, optimizer, RNG states after NNNNNN steps; `latest` names
                                   the newest complete one. A restarted run resumes from it.
   final/                          the trained model (HF format) and summary.json when done
@@ -253,6 +254,14 @@ class Trainer:
         t0 = time.perf_counter()
         device = cfg.device
         prepared, entropy_sum, token_count, forward_tokens = [], 0.0, 0, 0
+        seq_entropy = torch.zeros(p * g, dtype=torch.float64)  # per sequence, of the sampling policy
+
+        def note_entropy(rows: list[int], entropy: torch.Tensor, mask: torch.Tensor) -> float:
+            """Record each row's mean per-token entropy; return the sum over response tokens."""
+            per_row = (entropy * mask).sum(1) / mask.sum(1).clamp(min=1)
+            seq_entropy[rows] = per_row.double().cpu()
+            return float(entropy[mask].sum())
+
         with torch.no_grad():
             for mb, rows in enumerate(minibatches):
                 batch = collate(
@@ -265,7 +274,7 @@ class Trainer:
                     old_logp, entropy = token_logprobs(
                         self.model, batch, cfg.rollout.temperature, with_entropy=True
                     )
-                    entropy_sum += float(entropy[batch.response_mask].sum())
+                    entropy_sum += note_entropy(rows, entropy, batch.response_mask)
                     forward_tokens += int(batch.attention_mask.sum())
                 token_count += int(batch.response_mask.sum())
                 ref_logp = (
@@ -289,7 +298,7 @@ class Trainer:
                     # The first update runs on the weights that sampled: old log-probs are its own,
                     # detached, so its ratio is exactly 1 without a second forward pass.
                     old_logp = prepared[mb][2] = logp.detach()
-                    entropy_sum += float(entropy[batch.response_mask].sum())
+                    entropy_sum += note_entropy(rows, entropy, batch.response_mask)
                 adv = advantages[rows].to(device=device, dtype=old_logp.dtype)
                 out = self.method.loss(logp, old_logp, adv, batch.response_mask)
                 loss = out.loss
@@ -343,6 +352,7 @@ class Trainer:
                             "S": seq_s,
                             "advantage": a,
                             "reward": float(rewards[row]),
+                            "entropy": float(seq_entropy[row]),
                             "seq_clip": clip,
                             "seq_out": out_of_band,
                         }

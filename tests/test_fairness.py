@@ -134,8 +134,11 @@ def test_s_growth_exponent_from_records_uses_the_median_of_abs_s():
             "seq_clip": 0.0,
         }
     )
-    by_bin, summary = fairness.fairness_summary(frame, edges=np.array([4, 10, 64]))
+    by_bin, summary = fairness.fairness_summary(
+        frame.assign(entropy=[1, 2, 3, 4, 5, 9]), edges=np.array([4, 10, 64])
+    )
     assert by_bin["abs_s_median"].tolist() == [1.0, 4.0]
+    assert by_bin["entropy_mean"].tolist() == [2.0, 6.0]
     assert summary.iloc[0]["s_exponent"] == pytest.approx(0.5)
 
 

@@ -255,6 +255,20 @@ def test_outputs_are_traceable(tmp_path, base_model, parity):
     assert {"generate_s", "score_s", "logprob_s", "update_s", "generate_tokens_per_s"} <= set(perf)
 
 
+def test_records_carry_each_sequence_entropy_consistent_with_the_step_metric(tmp_path, base_model, parity):
+    # The metric `entropy` is the token-weighted mean over the step's responses; the records hold
+    # each sequence's own mean (the same in every update of the step, as it is the sampling policy's).
+    Trainer(small_config(base_model, steps=2), tmp_path / "run", progress=False).run()
+    metrics, records = read_run(tmp_path / "run")
+    assert (records["entropy"] > 0).all()
+    assert (records.groupby(["step", "seq"])["entropy"].nunique() == 1).all()
+    for line in metrics.splitlines():
+        row = json.loads(line)
+        first = records[(records.step == row["step"]) & (records.epoch == 0)]  # every sequence once
+        weighted = (first["entropy"] * first["length"]).sum() / first["length"].sum()
+        assert weighted == pytest.approx(row["entropy"], rel=1e-5)
+
+
 def test_real_verifier_rewards_on_the_tiny_model(tmp_path, base_model):
     # Without the parity reward: a random model earns nothing, so advantages and gradients are 0,
     # and the verifier's statuses are recorded.
