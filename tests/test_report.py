@@ -111,3 +111,27 @@ def test_collect_fairness_carries_the_s_growth_exponent():
     assert len(pooled) == 5 and pooled["s_exponent"].nunique() == 1
     assert pooled["s_exponent"].iloc[0] == pytest.approx(1.0, abs=0.1)
     assert (table[table.scope == "seed"].groupby("seed").size() == 5).all()
+
+
+def test_plots_are_byte_reproducible(tmp_path):
+    # A plot drawn twice from the same tidy data is the same file (no unseeded jitter, no
+    # timestamps): a re-run of a study reproduces its figures as well as its tables.
+    summary = summary_rows()
+    first = report.plot_accuracy(summary, tmp_path / "a.png").read_bytes()
+    assert report.plot_accuracy(summary, tmp_path / "b.png").read_bytes() == first
+    bins = pd.DataFrame(
+        [
+            {
+                "scope": "pooled",
+                "method": m,
+                "length_mean": L,
+                "seq_out": r,
+                "abs_s_median": s,
+                "clip_column": "seq_out",
+            }
+            for m, k in (("fspo", 1.0), ("gspo", 2.0))
+            for L, r, s in ((10, 0.05 * k, 0.01), (40, 0.1 * k, 0.2), (90, 0.2 * k, 1.5))
+        ]
+    )
+    clip = report.plot_clip_by_length(bins, tmp_path / "c.png").read_bytes()
+    assert report.plot_clip_by_length(bins, tmp_path / "d.png").read_bytes() == clip
