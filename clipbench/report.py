@@ -206,7 +206,9 @@ def plot_accuracy(summary: pd.DataFrame, path: str | Path) -> Path:
         data = acc[acc.benchmark == bench]
         sns.barplot(data=data, x="method", y="value", order=order, errorbar=None, alpha=0.6, ax=ax)
         # No jitter: seaborn's jitter draws from an unseeded RNG, and plots must be reproducible.
-        sns.stripplot(data=data, x="method", y="value", order=order, color="black", size=5, jitter=False, ax=ax)
+        sns.stripplot(
+            data=data, x="method", y="value", order=order, color="black", size=5, jitter=False, ax=ax
+        )
         ax.set_title(f"{bench} (avg@{int(data.k.iloc[0])})")
         ax.set_xlabel("")
         ax.set_ylabel("accuracy")

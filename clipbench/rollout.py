@@ -61,24 +61,25 @@ def sample_completions(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
+    n: int,
     max_new_tokens: int,
     temperature: float,
     top_p: float,
     eos_id: int,
     generator: torch.Generator,
 ) -> tuple[list[list[int]], list[bool], list[list[float]]]:
-    """Ancestral sampling from softmax(logits / temperature) (top_p nucleus; no top_k) for a
-    left-padded prompt batch, with a KV cache.
+    """`n` completions per prompt of a left-padded prompt batch (rows prompt-major), by ancestral
+    sampling from softmax(logits / temperature) (top_p nucleus; no top_k) with a KV cache.
 
-    Rows that sampled EOS leave the batch (their KV cache rows are dropped), so each decode step
-    costs only the unfinished rows: with varied response lengths this is most of the saving over
+    Each prompt is run through the model once and its cache copied to its n rows. Rows that
+    sampled EOS leave the batch (their KV cache rows are dropped), so each decode step costs only
+    the unfinished rows: with varied response lengths this is most of the saving over
     transformers `generate`, which computes every row until the longest ends. Returns, per row,
     the completion ids (EOS kept when sampled), whether it ended with EOS, and the log-prob of
     each sampled token under the sampling distribution (before top_p), for checks.
     """
     from transformers import DynamicCache
 
-    rows = input_ids.shape[0]
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     logits = model(
@@ -89,9 +90,12 @@ def sample_completions(
         use_cache=True,
         logits_to_keep=1,
     ).logits[:, -1]
+    cache.batch_repeat_interleave(n)
+    logits = logits.repeat_interleave(n, dim=0)
+    mask = attention_mask.repeat_interleave(n, dim=0)
+    next_position = positions[:, -1].repeat_interleave(n, dim=0) + 1
+    rows = logits.shape[0]
     active = torch.arange(rows, device=input_ids.device)  # the original row of each batch row
-    next_position = positions[:, -1] + 1
-    mask = attention_mask
     completions: list[list[int]] = [[] for _ in range(rows)]
     logprobs: list[list[float]] = [[] for _ in range(rows)]
     finished = [False] * rows
@@ -151,13 +155,13 @@ class HFEngine:
         """`generate`, plus the sampler's log-prob of each completion token (for checks; the
         trainer recomputes old log-probs with the policy)."""
         tok = self.tokenizer
-        expanded = [p for p in prompts for _ in range(n)]
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
+        per_chunk = max(1, self.batch_size // n)  # prompts per chunk: about batch_size rows
         prompt_ids, completion_ids, finished, logprobs = [], [], [], []
-        for start in range(0, len(expanded), self.batch_size):
+        for start in range(0, len(prompts), per_chunk):
             enc = tok(
-                expanded[start : start + self.batch_size],
+                prompts[start : start + per_chunk],
                 return_tensors="pt",
                 padding=True,
                 padding_side="left",
@@ -167,6 +171,7 @@ class HFEngine:
                 self.model,
                 enc["input_ids"],
                 enc["attention_mask"],
+                n=n,
                 max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature,
                 top_p=self.top_p,
@@ -174,7 +179,8 @@ class HFEngine:
                 generator=generator,
             )
             for row, mask in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), strict=True):
-                prompt_ids.append([t for t, m in zip(row, mask, strict=True) if m])
+                ids_of_prompt = [t for t, m in zip(row, mask, strict=True) if m]
+                prompt_ids += [list(ids_of_prompt) for _ in range(n)]
             completion_ids += ids
             finished += done
             logprobs += values

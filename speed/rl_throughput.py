@@ -18,7 +18,7 @@ the ratio (target: clipbench >= 1.5x TRL), and our per-phase share of step time 
 from perf.jsonl.
 
     pip install -e ".[bench]"
-    python speed/rl_throughput.py [--model results/base/model] [--steps 8] [--repeats 2] [--threads 2]
+    python speed/rl_throughput.py [--model results/base/model] [--steps 8] [--repeats 3] [--threads 2]
 
 Without `--model` (or when it does not exist) the script first warms up a base model exactly as the
 default study does (clipbench.sft, ~1-2 min on 2 cores) into speed/.cache/base.
@@ -278,7 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "results" / "base" / "model"))
     parser.add_argument("--steps", type=int, default=8, help="RL steps per run (the first is warm-up)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each trainer, alternating")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child", choices=("clipbench", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
