@@ -14,6 +14,7 @@ runs of different methods draw from the same random streams.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,54 @@ def _trim_completion(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int
     return ids, False
 
 
+GROUPED_SDPA = "clipbench_grouped_sdpa"
+
+
+def grouped_sdpa_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
+    """transformers' "sdpa" attention without copying K/V once per query head: torch's kernel takes
+    grouped K/V together with a mask (`enable_gqa`). transformers copies them whenever a mask is
+    given (CUDA's fast kernels need that), which on a CPU costs a third of a decode step with a
+    left-padded batch. Same outputs (tests/test_rollout.py)."""
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = query.shape[2] > 1 and attention_mask is None and causal
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=causal,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_grouped_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
+    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+
+
+@contextlib.contextmanager
+def _decode_attention(model):
+    """On a CPU, a model on "sdpa" attention decodes with `grouped_sdpa_attention` (restored
+    after); anything else is left as it is."""
+    if model.config._attn_implementation != "sdpa" or model.device.type != "cpu":
+        yield
+        return
+    _register_grouped_sdpa()
+    model.set_attn_implementation(GROUPED_SDPA)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero the tail of each row outside the smallest set of tokens whose mass reaches `top_p`
     (the most likely token always stays; Holtzman et al. 2020), renormalised."""
@@ -55,8 +104,14 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
+def sample_completions(model, input_ids, attention_mask, **settings):
+    """`_sample` with the CPU decode attention (`_decode_attention`); see `_sample`."""
+    with _decode_attention(model):
+        return _sample(model, input_ids, attention_mask, **settings)
+
+
 @torch.no_grad()
-def sample_completions(
+def _sample(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,

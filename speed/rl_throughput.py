@@ -5,7 +5,8 @@ same base model, with the same data, rewards (benchmarks.verify), batch (P promp
 group size, max new tokens, sampling temperature, M minibatches x E epochs, AdamW settings and
 grad clipping, in float32 on the CPU with the same number of threads. TRL is mapped as
 per_device_train_batch_size = P*G/M, steps_per_generation = M, num_iterations = E,
-gradient_accumulation_steps = 1, beta = 0, loss_type "grpo" (our `grpo` rule), so one TRL
+gradient_accumulation_steps = 1, beta = 0, loss_type "grpo" (our `grpo` rule), no gradient
+checkpointing (TRL's GRPOConfig turns it on by default; we keep activations), so one TRL
 generation cycle (M*E optimizer steps) is one of our RL steps.
 
 Each trainer runs in its own subprocess (alternating, `--repeats` times each); a step's time is the
@@ -112,6 +113,7 @@ def trl_arguments(cfg, output_dir: str):
         lr_scheduler_type="constant",
         warmup_steps=0,
         optim="adamw_torch",
+        gradient_checkpointing=False,  # TRL's default is True; clipbench keeps activations
         save_strategy="no",
         report_to="none",
         logging_steps=10**6,

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from clipbench.models import load_model
-from clipbench.rollout import HFEngine, _nucleus, collate, token_logprobs
+from clipbench.rollout import (
+    HFEngine,
+    _nucleus,
+    _sample,
+    collate,
+    grouped_sdpa_attention,
+    sample_completions,
+    token_logprobs,
+)
 
 PROMPTS = ["Compute: 1+2\n", "Compute: 3-1+4-1+5-9+2-6\n", "What?\n"]
 
@@ -119,3 +127,45 @@ def test_nucleus_golden_values():
     assert _nucleus(probs, 0.5)[0].tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0])
     assert _nucleus(probs, 0.01)[0].tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0])  # top token always kept
     assert torch.equal(_nucleus(probs, 1.0), probs)
+
+
+def test_grouped_decode_attention_changes_nothing_but_speed(policy):
+    # On a CPU the sampler decodes with grouped K/V (no per-head copies); the samples and log-probs
+    # are those of transformers' own sdpa path, and the model's attention setting is restored.
+    model, tokenizer = policy
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    settings = {
+        "n": 3,
+        "max_new_tokens": 16,
+        "temperature": 0.7,
+        "top_p": 1.0,
+        "eos_id": tokenizer.eos_token_id,
+    }
+    grouped = sample_completions(
+        model, enc["input_ids"], enc["attention_mask"], generator=torch.Generator().manual_seed(0), **settings
+    )
+    assert model.config._attn_implementation == "sdpa"
+    plain = _sample(
+        model, enc["input_ids"], enc["attention_mask"], generator=torch.Generator().manual_seed(0), **settings
+    )
+    assert grouped[0] == plain[0] and grouped[1] == plain[1]
+    assert [v for row in grouped[2] for v in row] == pytest.approx(
+        [v for row in plain[2] for v in row], abs=1e-6
+    )
+
+
+def test_grouped_sdpa_equals_transformers_sdpa_with_a_padding_mask():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    g = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(3, h, t, 8, generator=g) for h, t in ((4, 1), (2, 9), (2, 9)))
+    mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    mask[0, ..., :4] = False  # a left-padded row
+
+    class Layer(torch.nn.Module):
+        num_key_value_groups = 2
+        is_causal = True
+
+    ours, _ = grouped_sdpa_attention(Layer(), query, key, value, mask, scaling=0.3)
+    theirs, _ = sdpa_attention_forward(Layer(), query, key, value, mask, scaling=0.3)
+    assert torch.allclose(ours, theirs, atol=1e-6)
