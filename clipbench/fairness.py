@@ -6,6 +6,10 @@ the number of response tokens) and a clip indicator column (`seq_out`: the fract
 sequence's units outside the band; `seq_clip`: the fraction whose gradient the clip removed),
 plus grouping columns such as `method` and `seed`.
 
+Records with an `update` column (the trainer's) are first restricted to the off-policy updates
+(`off_policy`): the first update of each step runs at ratio exactly 1 (S = 0) by construction,
+so it cannot clip; kept, it would dilute every rate by 1/(M*E) and put exact zeros into m_b.
+
 Definitions (DESIGN.md, "Length fairness metrics"), for one group and length bins b:
 
 * clip rate r_b: the mean of the clip indicator over the sequences of bin b.
@@ -68,6 +72,12 @@ def assign_bins(lengths: pd.Series | np.ndarray, edges: np.ndarray) -> np.ndarra
     return np.searchsorted(inner, np.asarray(lengths, dtype=float), side="right")
 
 
+def off_policy(records: pd.DataFrame) -> pd.DataFrame:
+    """The records of updates after the first of each step (all records when there is no
+    `update` column, e.g. the simulation's)."""
+    return records[records["update"] > 0] if "update" in records.columns else records
+
+
 def clip_rate_by_bin(
     records: pd.DataFrame,
     edges: np.ndarray,
@@ -78,6 +88,7 @@ def clip_rate_by_bin(
     edges, the clip rate of each clip column and, when records have them, the median |S| (m_b)
     and the mean of `entropy` (the sampling policy's mean per-token entropy of a sequence, which
     shows whether long responses are the uncertain ones). Empty bins are left out."""
+    records = off_policy(records)
     missing = [c for c in (*by, "length", *clip_columns) if c not in records.columns]
     if missing:
         raise ValueError(f"clip_rate_by_bin: records lack columns {missing}; have {list(records.columns)}")
@@ -190,6 +201,6 @@ def fairness_summary(
     """Bins (shared edges from the pooled lengths unless given) and the per-group summary.
     Returns (per-bin table, per-group summary)."""
     if edges is None:
-        edges = length_bin_edges(records["length"], n_bins)
+        edges = length_bin_edges(off_policy(records)["length"], n_bins)
     by_bin = clip_rate_by_bin(records, edges, by=by)
     return by_bin, summarize_bins(by_bin, by=by, clip_column=clip_column)

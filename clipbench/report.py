@@ -68,7 +68,7 @@ def collect_fairness(
     """fairness.csv: a row per (scope, method, seed, bin) with the bin's clip rates, and the
     group's spread, slope and LRE repeated on each of its rows. scope "pooled" pools the seeds
     (seed = -1); scope "seed" is per run. Bin edges are shared by every row."""
-    edges = fairness.length_bin_edges(records["length"], n_bins)
+    edges = fairness.length_bin_edges(fairness.off_policy(records)["length"], n_bins)
     out = []
     for scope, by in (("pooled", ("method",)), ("seed", ("method", "seed"))):
         by_bin, summary = fairness.fairness_summary(records, by=by, edges=edges, clip_column=clip_column)

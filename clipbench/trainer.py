@@ -20,7 +20,8 @@ Run directory:
   perf.jsonl                      seconds and tokens/s per phase per step (not deterministic)
   records/step_NNNNNN.parquet     per sequence and update: step, update, length, S, advantage,
                                   seq_clip, seq_out, reward, entropy (the sequence's mean per-token
-                                  entropy under the sampling policy); what clipbench.fairness reads
+                                  entropy of the policy's softmax at the sampling temperature,
+                                  before top_p); what clipbench.fairness reads
   checkpoints/step_NNNNNN/        model, optimizer, RNG states after NNNNNN steps; `latest` names
                                   the newest complete one. A restarted run resumes from it.
   final/                          the trained model (HF format) and summary.json when done
@@ -376,7 +377,13 @@ class Trainer:
             "updates": update,
         }
         perf = {"step": step, **{f"{k}_s": v.seconds for k, v in timing.items()}}
-        perf.update({f"{k}_tokens_per_s": v.tokens / v.seconds for k, v in timing.items() if v.seconds > 0})
+        perf.update(
+            {
+                f"{k}_tokens_per_s": v.tokens / v.seconds
+                for k, v in timing.items()
+                if v.seconds > 0 and v.tokens
+            }
+        )
         perf["step_s"] = time.perf_counter() - start
         return metrics, perf, pd.DataFrame(records)
 
@@ -478,7 +485,12 @@ def train(config: TrainConfig | dict | str | Path, run_dir: str | Path, *, progr
 
     if not isinstance(config, TrainConfig):
         config = load_config(config)
-    return Trainer(config, run_dir, progress=progress).run()
+    trainer = Trainer(config, run_dir, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        if hasattr(getattr(trainer, "engine", None), "close"):
+            trainer.engine.close()  # vLLM's engine processes
 
 
 __all__ = ["Trainer", "TrainingError", "derive_seed", "prompt_indices", "train"]

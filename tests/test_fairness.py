@@ -149,3 +149,23 @@ def test_missing_columns_and_empty_input_are_reported():
         )
     with pytest.raises(ValueError, match="no lengths"):
         fairness.length_bin_edges([])
+
+
+def test_the_first_update_of_a_step_is_left_out():
+    # Update 0 runs at ratio 1 (S = 0, never clipped): with it, bin L = 4 would have median |S| 0
+    # and both rates would halve. Without it: rates 0.5 and 1.0, medians 2 and 8 -> a = 1.
+    frame = pd.DataFrame(
+        {
+            "method": "m",
+            "update": [0, 0, 1, 1, 0, 0, 1, 1],
+            "length": [4, 4, 4, 4, 16, 16, 16, 16],
+            "S": [0.0, 0.0, 2.0, -2.0, 0.0, 0.0, 8.0, 8.0],
+            "seq_out": [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+            "seq_clip": 0.0,
+        }
+    )
+    by_bin, summary = fairness.fairness_summary(frame, edges=np.array([4, 8, 16]))
+    assert by_bin["n"].tolist() == [2, 2]
+    assert by_bin["seq_out"].tolist() == [0.5, 1.0]
+    assert by_bin["abs_s_median"].tolist() == [2.0, 8.0]
+    assert summary.iloc[0]["s_exponent"] == pytest.approx(1.0)

@@ -169,3 +169,22 @@ def test_grouped_sdpa_equals_transformers_sdpa_with_a_padding_mask():
     ours, _ = grouped_sdpa_attention(Layer(), query, key, value, mask, scaling=0.3)
     theirs, _ = sdpa_attention_forward(Layer(), query, key, value, mask, scaling=0.3)
     assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_no_grad_and_grad_forwards_give_the_same_log_probs(policy):
+    # The trainer's old log-probs of minibatches after the first come from a no-grad forward and
+    # are compared with the update's grad-mode forward: on the same weights they must agree, or
+    # ratios would be off before any update.
+    model, tokenizer = policy
+    samples = engine(policy).generate(PROMPTS, 2, seed=5)
+    batch = collate(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        no_grad, entropy = token_logprobs(model, batch, 0.7, with_entropy=True)
+    with_grad, _ = token_logprobs(model, batch, 0.7)
+    assert with_grad.requires_grad
+    assert torch.equal(no_grad[batch.response_mask], with_grad.detach()[batch.response_mask])
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logp_all = torch.log_softmax(logits.float() / 0.7, -1)
+    expected = -(logp_all.exp() * logp_all).sum(-1)
+    assert torch.allclose(entropy[batch.response_mask], expected[batch.response_mask], atol=1e-5)
