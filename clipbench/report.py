@@ -158,8 +158,8 @@ def main_table(
     lines += [
         "",
         f"Accuracy: avg@k (mean over k samples per problem, then over problems), mean ± std over seeds {seeds}. "
-        "Clip rate, spread and LRE: out-of-band rate (`seq_out`) by response-length bin over all training updates, "
-        "seeds pooled; a token-level rule's rate counts tokens, a sequence-level rule's whole responses, so spread "
+        "Clip rate, spread and LRE: out-of-band rate (`seq_out`) by response-length bin over the off-policy training "
+        "updates (the first update of each step, at ratio 1, left out), seeds pooled; a token-level rule's rate counts tokens, a sequence-level rule's whole responses, so spread "
         "and LRE are compared (bold: lowest) within a level. S growth a: median |S| ~ L^a over the same bins "
         "(1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a fixed band). Best accuracy in bold. "
         "Definitions: `clipbench/fairness.py`.",
