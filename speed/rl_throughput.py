@@ -2,9 +2,9 @@
 
 Both trainers run the default study's tiny config (workflows/config/default.yaml, `train:`) on the
 same base model, with the same data, rewards (benchmarks.verify), batch (P prompts x G samples),
-group size, max new tokens, sampling temperature, M minibatches x E epochs, AdamW settings and
-grad clipping, in float32 on the CPU with the same number of threads. TRL is mapped as
-per_device_train_batch_size = P*G/M, steps_per_generation = M, num_iterations = E,
+group size, max new tokens, sampling temperature, M minibatches x E epochs, AdamW settings (the
+fused kernel on both sides) and grad clipping, in float32 on the CPU with the same number of
+threads. TRL is mapped as per_device_train_batch_size = P*G/M, steps_per_generation = M, num_iterations = E,
 gradient_accumulation_steps = 1, beta = 0, loss_type "grpo" (our `grpo` rule), no gradient
 checkpointing (TRL's GRPOConfig turns it on by default; we keep activations), so one TRL
 generation cycle (M*E optimizer steps) is one of our RL steps.
@@ -112,7 +112,7 @@ def trl_arguments(cfg, output_dir: str):
         max_grad_norm=o.grad_clip,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",  # TRL's default, as our trainer's fused AdamW
         gradient_checkpointing=False,  # TRL's default is True; clipbench keeps activations
         save_strategy="no",
         report_to="none",

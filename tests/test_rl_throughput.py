@@ -58,6 +58,7 @@ def test_trl_is_configured_to_the_same_schedule(bench, base_model, tmp_path):
     assert (args.temperature, args.top_p, args.top_k) == (r.temperature, r.top_p, 0)
     assert args.loss_type == "grpo" and args.scale_rewards == "group"
     assert args.gradient_checkpointing is False  # TRL's default (True) would recompute every forward
+    assert args.optim == "adamw_torch_fused"  # as clipbench's trainer
 
 
 def test_both_trainers_mark_every_rl_step_and_trl_scores_p_times_g(bench, base_model, tmp_path):
