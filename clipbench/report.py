@@ -110,10 +110,10 @@ def main_table(
     benches = sorted(acc.benchmark.unique())
     ks = {b: int(acc[acc.benchmark == b].k.iloc[0]) for b in benches}
     pooled = fairness_table[fairness_table.scope == "pooled"].drop_duplicates("method").set_index("method")
-    methods = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
-    cells: dict[str, dict[str, tuple[float, str]]] = {m: {} for m in methods}
-    level = {m: _level(m) for m in methods}
-    for m in methods:
+    names = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
+    cells: dict[str, dict[str, tuple[float, str]]] = {m: {} for m in names}
+    level = {m: _level(m) for m in names}
+    for m in names:
         for b in benches:
             values = acc[(acc.method == m) & (acc.benchmark == b)].value
             if len(values):
@@ -138,13 +138,13 @@ def main_table(
     for key, _, pick, per_level in columns:
         for lvl in set(level.values()) if per_level else [None]:
             values = [
-                cells[m][key][0] for m in methods if key in cells[m] and (lvl is None or level[m] == lvl)
+                cells[m][key][0] for m in names if key in cells[m] and (lvl is None or level[m] == lvl)
             ]
             if pick and values:
                 best[key, lvl] = pick(values)
     lines = ["| method | level | " + " | ".join(title for _, title, _, _ in columns) + " |"]
     lines.append("|---|---|" + "---:|" * len(columns))
-    for m in methods:
+    for m in names:
         row = []
         for key, _, _, per_level in columns:
             if key not in cells[m]:
