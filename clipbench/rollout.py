@@ -189,7 +189,8 @@ def _sample(
 
 class HFEngine:
     """Samples from the policy object itself with `sample_completions` (transformers model
-    forward with a KV cache; CPU or one GPU)."""
+    forward with a KV cache; CPU or one GPU). `batch_size`: rows decoded together, rounded down
+    to whole prompts (at least one prompt's n rows)."""
 
     name = "hf"
 
@@ -377,6 +378,8 @@ class VLLMEngine:
             for completion in request.outputs:
                 prompt_ids.append(list(request.prompt_token_ids))
                 ids, done = _trim_completion(list(completion.token_ids), tok.eos_token_id)
+                # vLLM also stops on the EOS ids of the model's generation_config: finished too.
+                done = done or completion.finish_reason == "stop"
                 completion_ids.append(ids)
                 finished.append(done)
                 if logprobs:
