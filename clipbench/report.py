@@ -137,9 +137,7 @@ def main_table(
     best = {}
     for key, _, pick, per_level in columns:
         for lvl in set(level.values()) if per_level else [None]:
-            values = [
-                cells[m][key][0] for m in names if key in cells[m] and (lvl is None or level[m] == lvl)
-            ]
+            values = [cells[m][key][0] for m in names if key in cells[m] and (lvl is None or level[m] == lvl)]
             if pick and values:
                 best[key, lvl] = pick(values)
     lines = ["| method | level | " + " | ".join(title for _, title, _, _ in columns) + " |"]
