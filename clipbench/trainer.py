@@ -47,7 +47,7 @@ import yaml
 
 import benchmarks
 from clipbench.advantages import compute_advantages
-from clipbench.config import ConfigError, TrainConfig, validate
+from clipbench.config import ConfigError, DataConfig, TrainConfig, validate
 from clipbench.models import load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance
 from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, token_logprobs
@@ -76,6 +76,23 @@ def prompt_indices(seed: int, step: int, per_step: int, n_problems: int) -> list
         perm = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED, epoch])).permutation(n_problems)
         out.append(int(perm[offset]))
     return out
+
+
+def training_prompts(data: DataConfig, tokenizer) -> tuple[list, list[str]]:
+    """The training problems of `data` and their prompts, as the trainer feeds them to the engine."""
+    spec = benchmarks.get_spec(data.benchmark)
+    problems = benchmarks.load(
+        data.benchmark,
+        data_dir=data.data_dir,
+        split=data.split,
+        n=data.n,
+        **({"seed": data.seed} if spec.generated else {}),
+    )
+    prompts = [
+        benchmarks.build_prompt(p, tokenizer, style=data.prompt_style, template=spec.prompt_template)
+        for p in problems
+    ]
+    return problems, prompts
 
 
 def _p90(values: list[int]) -> float:
@@ -148,20 +165,7 @@ class Trainer:
             self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
             torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
         self._truncate_logs(done)
-        problems = benchmarks.load(
-            cfg.data.benchmark,
-            data_dir=cfg.data.data_dir,
-            split=cfg.data.split,
-            n=cfg.data.n,
-            **({"seed": cfg.data.seed} if self.spec.generated else {}),
-        )
-        self.problems = problems
-        self.prompts = [
-            benchmarks.build_prompt(
-                p, self.tokenizer, style=cfg.data.prompt_style, template=self.spec.prompt_template
-            )
-            for p in problems
-        ]
+        self.problems, self.prompts = training_prompts(cfg.data, self.tokenizer)
         self.engine = self._make_engine(source)
         return done
 
@@ -494,4 +498,4 @@ def train(config: TrainConfig | dict | str | Path, run_dir: str | Path, *, progr
             trainer.engine.close()  # vLLM's engine processes
 
 
-__all__ = ["Trainer", "TrainingError", "derive_seed", "prompt_indices", "train"]
+__all__ = ["Trainer", "TrainingError", "derive_seed", "prompt_indices", "train", "training_prompts"]

@@ -132,29 +132,19 @@ def run_trl(config: dict, out: Path) -> dict:
     import benchmarks
     from clipbench.config import load_config
     from clipbench.models import load_model
-    from clipbench.trainer import prompt_indices
+    from clipbench.trainer import prompt_indices, training_prompts
 
     cfg = load_config(config)
     spec = benchmarks.get_spec(cfg.data.benchmark)
     model, tokenizer = load_model(cfg.model, device="cpu")
-    problems = benchmarks.load(
-        cfg.data.benchmark,
-        data_dir=cfg.data.data_dir,
-        split=cfg.data.split,
-        n=cfg.data.n,
-        **({"seed": cfg.data.seed} if spec.generated else {}),
-    )
+    problems, all_prompts = training_prompts(cfg.data, tokenizer)
     # Our prompt order (clipbench.trainer.prompt_indices), unshuffled: TRL's step k gets the same
     # P prompts as ours, so both sample the same problems (their completions still differ).
     p = cfg.rollout.prompts_per_step
     order = [i for step in range(cfg.steps) for i in prompt_indices(cfg.seed, step, p, len(problems))]
-    prompts = [
-        benchmarks.build_prompt(
-            problems[i], tokenizer, style=cfg.data.prompt_style, template=spec.prompt_template
-        )
-        for i in order
-    ]
-    dataset = Dataset.from_dict({"prompt": prompts, "answer": [problems[i].answer for i in order]})
+    dataset = Dataset.from_dict(
+        {"prompt": [all_prompts[i] for i in order], "answer": [problems[i].answer for i in order]}
+    )
     scored: list[tuple[int, int]] = []  # (completions, completion tokens) per reward call = RL step
 
     def correct(prompts, completions, answer, completion_ids, **_):
