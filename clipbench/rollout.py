@@ -43,11 +43,16 @@ def _trim_completion(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
     return ids, False
 
 
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed that depends on (seed, *parts) only."""
+    state = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
 def _prompt_seed(seed: int, prompt: int) -> int:
-    """vLLM's seed for prompt j of a call: a hash of (seed, j), so calls with nearby seeds share no
-    random stream (vLLM gives completion i of a request seed + i)."""
-    state = np.random.SeedSequence([seed, prompt]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 62) - 1)
+    """vLLM's seed for prompt j of a call: `derive_seed(seed, j)` cut to 62 bits (vLLM gives
+    completion i of a request seed + i), so calls with nearby seeds share no random stream."""
+    return derive_seed(seed, prompt) & ((1 << 62) - 1)
 
 
 GROUPED_SDPA = "clipbench_grouped_sdpa"

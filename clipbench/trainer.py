@@ -50,7 +50,7 @@ from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, validate
 from clipbench.models import load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance
-from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, token_logprobs
+from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, derive_seed, token_logprobs
 from methods import prepare_batch
 
 CHECKPOINTS = "checkpoints"
@@ -59,12 +59,6 @@ LATEST = "latest"
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss or gradient); the message says where and why."""
-
-
-def derive_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed that depends on (seed, *parts) only."""
-    state = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
 def prompt_indices(seed: int, step: int, per_step: int, n_problems: int) -> list[int]:
@@ -259,7 +253,7 @@ class Trainer:
 
         t0 = time.perf_counter()
         device = cfg.device
-        prepared, entropy_sum, token_count, forward_tokens = [], 0.0, 0, 0
+        prepared, entropy_sum, token_count, forward_tokens, all_tokens = [], 0.0, 0, 0, 0
         seq_entropy = torch.zeros(p * g, dtype=torch.float64)  # per sequence, of the sampling policy
 
         def note_entropy(rows: list[int], entropy: torch.Tensor, mask: torch.Tensor) -> float:
@@ -275,13 +269,15 @@ class Trainer:
                     [samples.completion_ids[i] for i in rows],
                     self.tokenizer.pad_token_id,
                 ).to(device)
+                batch_tokens = int(batch.attention_mask.sum())
+                all_tokens += batch_tokens
                 old_logp = None  # the first update's own forward gives them (same weights, same tensors)
                 if mb > 0:
                     old_logp, entropy = token_logprobs(
                         self.model, batch, cfg.rollout.temperature, with_entropy=True
                     )
                     entropy_sum += note_entropy(rows, entropy, batch.response_mask)
-                    forward_tokens += int(batch.attention_mask.sum())
+                    forward_tokens += batch_tokens
                 token_count += int(batch.response_mask.sum())
                 ref_logp = (
                     token_logprobs(self.reference, batch, cfg.rollout.temperature)[0]
@@ -364,7 +360,6 @@ class Trainer:
                         }
                     )
                 update += 1
-        all_tokens = sum(int(batch.attention_mask.sum()) for _, batch, _, _ in prepared)
         timing["update"] = Phase(time.perf_counter() - t0, cfg.optim.epochs * all_tokens)
 
         lengths = [len(c) for c in samples.completion_ids]
