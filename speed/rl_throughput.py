@@ -7,7 +7,10 @@ fused kernel on both sides) and grad clipping, in float32 on the CPU with the sa
 threads. TRL is mapped as per_device_train_batch_size = P*G/M, steps_per_generation = M, num_iterations = E,
 gradient_accumulation_steps = 1, beta = 0, loss_type "grpo" (our `grpo` rule), no gradient
 checkpointing (TRL's GRPOConfig turns it on by default; we keep activations), so one TRL
-generation cycle (M*E optimizer steps) is one of our RL steps.
+generation cycle (M*E optimizer steps) is one of our RL steps. Otherwise TRL runs at its
+defaults: it pads each batch to its longest sequence (GRPOConfig has no padding-free option in
+1.16), where clipbench's forward runs on the sequences packed back to back
+(clipbench.rollout.token_logprobs); that is one of the things compared.
 
 Each trainer runs in its own subprocess (alternating, `--repeats` times each); a step's time is the
 wall clock between the ends of consecutive RL steps (so it includes everything the loop does:
