@@ -7,7 +7,7 @@
 * `collate` and `token_logprobs`: the (B, T) tensors a clipping rule consumes, computed by the
   policy at the sampling temperature (vLLM's own log-probs are of the raw logits and are never
   used for ratios). The forward runs on the sequences packed back to back
-  (`packed_sdpa_attention`): no padding token is computed.
+  (`packed_sdpa_attention`): no linear layer or LM head computes a padding token.
 
 Sampling seeds are given per call; the trainer derives them from (seed, step) only, so matched
 runs of different methods draw from the same random streams.
@@ -474,7 +474,9 @@ def packed_sdpa_attention(
     positions are gathered back (`pack_index`). Sliding-window layers get a banded causal mask."""
     if unpack_index is None or pack_index is None or query.shape[0] != 1:
         raise ValueError(f"{PACKED_SDPA} needs one packed row and its `TokenBatch` indices")
-    for name in ("softcap", "s_aux"):
+    if attention_mask is not None or not getattr(module, "is_causal", True):
+        raise NotImplementedError(f"{PACKED_SDPA} implements plain causal attention only (no extra mask)")
+    for name in ("softcap", "s_aux", "position_bias"):
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"{PACKED_SDPA} does not implement attention {name}")
 
@@ -482,10 +484,16 @@ def packed_sdpa_attention(
         return x[0].index_select(1, unpack_index.flatten()).unflatten(1, unpack_index.shape).transpose(0, 1)
 
     mask = None
-    if sliding_window is not None:
+    if sliding_window is not None:  # transformers' sliding_window_overlay: key > query - window
         position = torch.arange(unpack_index.shape[1], device=query.device)
         distance = position.unsqueeze(1) - position.unsqueeze(0)  # query minus key position
         mask = (distance >= 0) & (distance < sliding_window)
+    grouped = query.shape[1] != key.shape[1]
+    if grouped and mask is not None and query.device.type == "cuda":
+        # CUDA's fused kernels take grouped K/V only without a mask (as transformers' sdpa path).
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        grouped = False
     out = torch.nn.functional.scaled_dot_product_attention(
         unpack(query),
         unpack(key),
@@ -494,7 +502,7 @@ def packed_sdpa_attention(
         dropout_p=dropout,
         scale=scaling,
         is_causal=mask is None,
-        enable_gqa=query.shape[1] != key.shape[1],
+        enable_gqa=grouped,
     )
     return out.transpose(1, 2).flatten(0, 1).index_select(0, pack_index).unsqueeze(0), None
 
@@ -516,9 +524,16 @@ def _register_attention() -> None:
 
 def _packs(model) -> bool:
     """Whether `token_logprobs` runs `model` on the packed layout: models on "sdpa" attention
-    (whose attention `packed_sdpa_attention` reproduces) without attention logit soft-capping."""
+    (whose attention `packed_sdpa_attention` reproduces) without attention logit soft-capping or
+    chunked attention, and not under gradient checkpointing (its recomputation in backward would
+    run after `token_logprobs` has put the model back on plain "sdpa", across sequences)."""
     config = model.config
-    return config._attn_implementation == "sdpa" and getattr(config, "attn_logit_softcapping", None) is None
+    return (
+        config._attn_implementation == "sdpa"
+        and getattr(config, "attn_logit_softcapping", None) is None
+        and getattr(config, "attention_chunk_size", None) is None
+        and not getattr(model, "is_gradient_checkpointing", False)
+    )
 
 
 def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
@@ -526,8 +541,9 @@ def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: b
     per-position entropy of that distribution when asked (else None); both are computed at the
     response positions only (zero elsewhere).
 
-    Models on "sdpa" attention run on the packed layout (`packed_sdpa_attention`): no compute on
-    padding, and logits only where a response token is predicted. Others run on the padded one."""
+    Models on "sdpa" attention run on the packed layout (`packed_sdpa_attention`, see `_packs`):
+    the linear layers see no padding (attention itself runs per sequence, padded), and logits
+    are computed only where a response token is predicted. Others run on the padded layout."""
     if _packs(model):
         with _attention(model, PACKED_SDPA):
             logits = model(

@@ -8,11 +8,14 @@ masks stay right after rows are dropped.
 
 import pytest
 import torch
+from transformers.masking_utils import and_masks, causal_mask_function, sliding_window_overlay
 
+from clipbench import rollout
 from clipbench.models import load_model
 from clipbench.rollout import (
     HFEngine,
     _nucleus,
+    _packs,
     _sample,
     collate,
     grouped_sdpa_attention,
@@ -232,7 +235,7 @@ def one_at_a_time_logprobs(model, prompt_ids, completion_ids, temperature):
     return torch.cat(out)
 
 
-def test_packed_forward_equals_each_sequence_alone_values_and_gradients(device_policy):
+def test_packed_forward_equals_each_sequence_alone_values_and_gradients(device_policy, monkeypatch):
     # `token_logprobs` runs the packed layout: positions restart per sequence and no sequence
     # attends to another. Both are checked against each sequence run alone (a packing that let
     # tokens see the previous sequence changes these numbers; RoPE makes a position offset
@@ -243,8 +246,17 @@ def test_packed_forward_equals_each_sequence_alone_values_and_gradients(device_p
     batch = collate(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id).to(model.device)
     weights = torch.linspace(-1.0, 1.0, int(batch.response_mask.sum()), device=model.device)
     params = [p for p in model.parameters() if p.requires_grad]
+    calls = []
 
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return packed_sdpa_attention(*args, **kwargs)
+
+    monkeypatch.setattr(rollout, "packed_sdpa_attention", counted)
+    assert _packs(model)
     packed, _ = token_logprobs(model, batch, 0.7)
+    assert len(calls) == model.config.num_hidden_layers  # the packed path ran, once per layer
+    assert model.config._attn_implementation == "sdpa"  # and the model is back on sdpa
     assert not packed[~batch.response_mask].any()  # zero off the response positions
     packed_grads = torch.autograd.grad((packed[batch.response_mask] * weights).sum(), params)
     alone = one_at_a_time_logprobs(model, samples.prompt_ids, samples.completion_ids, 0.7)
@@ -290,12 +302,17 @@ def test_packed_attention_equals_attention_per_sequence(window):
         unpack_index=batch.unpack_index,
         pack_index=batch.pack_index,
     )
+    allows = (
+        causal_mask_function
+        if window is None
+        else and_masks(causal_mask_function, sliding_window_overlay(window))
+    )
     expected, start = [], 0
-    for n in lengths:  # eager attention, one sequence at a time, with the band mask
+    for n in lengths:  # eager attention, one sequence at a time, with transformers' mask
         q = query[0, :, start : start + n]
         k, v = (x[0, :, start : start + n].repeat_interleave(2, dim=0) for x in (key, value))
-        distance = torch.arange(n).unsqueeze(1) - torch.arange(n).unsqueeze(0)
-        allowed = (distance >= 0) & (distance < (window or n))
+        i, j = torch.arange(n).unsqueeze(1), torch.arange(n).unsqueeze(0)
+        allowed = allows(torch.tensor(0), torch.tensor(0), i, j).expand(n, n)
         scores = (q @ k.transpose(-1, -2) * 0.3).masked_fill(~allowed, float("-inf"))
         expected.append((scores.softmax(-1) @ v).transpose(0, 1))  # (n, H, D)
         start += n
@@ -311,3 +328,14 @@ def test_packed_attention_refuses_what_it_does_not_implement():
         packed_sdpa_attention(None, x, x, x, None)
     with pytest.raises(NotImplementedError, match="softcap"):
         packed_sdpa_attention(None, x, x, x, None, softcap=30.0, **indices)
+    with pytest.raises(NotImplementedError, match="no extra mask"):
+        packed_sdpa_attention(None, x, x, x, torch.ones(1, 1, 3, 3, dtype=torch.bool), **indices)
+
+
+def test_gradient_checkpointing_runs_padded(base_model):
+    # Checkpointing recomputes the forward during backward, after token_logprobs has put the
+    # model back on plain sdpa: packed, that recomputation would attend across sequences.
+    model, _ = load_model(base_model)
+    assert _packs(model)
+    model.gradient_checkpointing_enable()
+    assert not _packs(model)
