@@ -7,6 +7,8 @@
 
 from snakemake.utils import min_version, validate
 
+from clipbench.config import exponent_numbers
+
 min_version("9.0")
 
 
@@ -17,6 +19,8 @@ if not workflow.overwrite_configfiles:
     configfile: "workflows/config/default.yaml"
 
 
+# `lr: 1e-5` is text to YAML 1.1 (Snakemake's loader); clipbench reads it as the number it means.
+config.update(exponent_numbers(config))
 validate(config, "workflows/config/schema.yaml")
 
 

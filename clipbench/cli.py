@@ -57,15 +57,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _parse_sets(items: Sequence[str]) -> dict[str, object]:
-    """`--set optim.lr=1e-3` -> {"optim.lr": 0.001} (values read as YAML scalars)."""
-    import yaml
+    """`--set optim.lr=1e-3` -> {"optim.lr": 0.001} (values read as YAML scalars, `load_yaml`)."""
+    from clipbench.config import load_yaml
 
     out: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
-        out[key] = yaml.safe_load(raw)
+        out[key] = load_yaml(raw)
     return out
 
 
@@ -81,14 +81,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
+    from clipbench.config import from_dict
     from clipbench.sft import SFTConfig, run_sft
 
-    overrides = _parse_sets(args.set)
-    known = SFTConfig.__dataclass_fields__
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ValueError(f"sft.{unknown[0]}: unknown field; valid: {', '.join(known)}")
-    out = run_sft(SFTConfig(**overrides), args.out)
+    out = run_sft(from_dict(SFTConfig, _parse_sets(args.set), "sft"), args.out)
     print(f"base model: {out}")
     return 0
 
@@ -118,13 +114,13 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
-    import yaml
 
     from clipbench import report
+    from clipbench.config import load_yaml
     from clipbench.provenance import atomic_write_text, config_hash, git_commit
 
     summary, fairness_table = pd.read_csv(args.summary), pd.read_csv(args.fairness)
-    study = yaml.safe_load(args.study_config.read_text()) if args.study_config else {}
+    study = load_yaml(args.study_config.read_text()) if args.study_config else {}
     if args.table:
         seeds = sorted(int(s) for s in summary.seed.unique() if s >= 0)
         text = report.main_table(

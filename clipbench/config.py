@@ -7,6 +7,7 @@ Each field's comment says what it means; the defaults are the tiny offline profi
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,29 @@ PROMPT_STYLES = ("base", "chat")
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names the field."""
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def exponent_numbers(value: Any) -> Any:
+    """`value` (a parsed YAML document) with every string like "1e-5" read as the number it is.
+
+    PyYAML (and so Snakemake's config loading) follows YAML 1.1, where a float needs a dot:
+    `lr: 1e-5` arrives as the string "1e-5" while `lr: 1.0e-5` is a number. Every config
+    clipbench reads goes through here (`load_yaml`, the Snakefile), so both spellings work."""
+    if isinstance(value, dict):
+        return {k: exponent_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [exponent_numbers(v) for v in value]
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        return float(value)
+    return value
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as clipbench reads it: `yaml.safe_load`, then `exponent_numbers`."""
+    return exponent_numbers(yaml.safe_load(text))
 
 
 @dataclass(frozen=True)
@@ -216,7 +240,7 @@ def load_config(source: str | Path | dict, overrides: dict[str, Any] | None = No
     else:
         path = Path(source)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
     for key, value in (overrides or {}).items():

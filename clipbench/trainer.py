@@ -47,7 +47,7 @@ import yaml
 
 import benchmarks
 from clipbench.advantages import compute_advantages
-from clipbench.config import ConfigError, DataConfig, TrainConfig, validate
+from clipbench.config import ConfigError, DataConfig, TrainConfig, load_yaml, validate
 from clipbench.models import load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance
 from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, derive_seed, token_logprobs
@@ -114,7 +114,7 @@ class Trainer:
     def _check_run_dir(self) -> None:
         saved = self.run_dir / "config.yaml"
         if saved.exists():
-            previous = yaml.safe_load(saved.read_text())
+            previous = load_yaml(saved.read_text())
             if config_hash(previous) != config_hash(self.config.to_dict()):
                 raise ConfigError(
                     f"{self.run_dir} holds a run with another config (hash {config_hash(previous)} != "

@@ -20,7 +20,8 @@ import torch
 
 from clipbench import trainer as trainer_module
 from clipbench.advantages import available_estimators, compute_advantages
-from clipbench.config import ConfigError, TrainConfig, load_config
+from clipbench.cli import _parse_sets
+from clipbench.config import ConfigError, TrainConfig, exponent_numbers, load_config
 from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,22 @@ def test_yaml_config_and_overrides(tmp_path):
     config = load_config(path, overrides={"optim.lr": 1e-3, "method_params": {"eps_low": 1e-3}})
     assert config.rollout.temperature == 0.8 and config.optim.lr == 1e-3
     assert config.build_method().eps_low == 1e-3
+
+
+def test_numbers_written_with_an_exponent_are_numbers(tmp_path):
+    # YAML 1.1 (PyYAML) reads `1e-5` as text; every config clipbench reads treats it as a number.
+    assert exponent_numbers({"a": "1e-5", "b": ["2E3", "x1e5", "+1.5e-3", ".5e1"], "c": "1e", "d": 3}) == {
+        "a": 1e-5,
+        "b": [2000.0, "x1e5", 1.5e-3, 5.0],
+        "c": "1e",
+        "d": 3,
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text("model: base\nmethod: gspo\nmethod_params: {eps_low: 5e-3}\noptim:\n  lr: 1e-5\n")
+    config = load_config(path, overrides=_parse_sets(["optim.weight_decay=1e-2"]))
+    assert config.optim.lr == 1e-5 and config.optim.weight_decay == 1e-2
+    assert config.build_method().eps_low == 5e-3
+    assert _parse_sets(["optim.lr=1e-3", "model=dir/1e3x"]) == {"optim.lr": 1e-3, "model": "dir/1e3x"}
 
 
 # --------------------------------------------------------------------------- seeds and data order

@@ -128,6 +128,11 @@ def test_an_interrupted_study_restarts_with_the_plain_command(tmp_path):
             {"evaluate": {"data_dir": "/nonexistent", "benchmarks": {"m": {"benchmark": "math500"}}}},
             "config evaluate.benchmarks.m: local data file /nonexistent/math500/test.jsonl does not exist",
         ),
+        ({"train": {"steps": "many"}}, "config train: steps: expected an integer, got 'many'"),
+        (
+            {"base": {"kind": "sft", "sft": {"lr": "fast"}}},
+            "config base.sft.lr: expected a number, got 'fast'",
+        ),
         pytest.param({"seeds": []}, "seeds", marks=pytest.mark.slow),
         pytest.param({"train": {"method": "ppo"}}, "train", marks=pytest.mark.slow),
     ],
@@ -140,6 +145,16 @@ def test_bad_configs_fail_at_dag_construction_naming_the_key(tmp_path, override,
     result = snakemake("-n", "--configfile", str(path))
     assert result.returncode != 0
     assert re.search(message, result.stdout + result.stderr), result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_a_study_config_may_write_numbers_with_an_exponent(tmp_path):
+    # Snakemake's YAML 1.1 loader gives `lr: 1e-5` as text; the Snakefile reads it as a number.
+    text = (ROOT / "workflows" / "config" / "smoke.yaml").read_text()
+    assert "lr: 0.0001" in text
+    path = tmp_path / "study.yaml"
+    path.write_text(text.replace("lr: 0.0001", "lr: 1e-5"))
+    result = snakemake("-n", "--forceall", "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_lint_is_clean():

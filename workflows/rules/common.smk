@@ -128,3 +128,24 @@ def eval_args(bench):
 
 def resources_of(group):
     return (config.get("resources") or {}).get(group, {})
+
+
+def _check_run_settings():
+    """The SFT settings and every run's TrainConfig, validated now: a bad field fails the DAG,
+    not a job after hours of compute."""
+    from clipbench.config import ConfigError, from_dict, load_config
+    from clipbench.sft import SFTConfig
+
+    if config["base"]["kind"] == "sft":
+        try:
+            from_dict(SFTConfig, config["base"].get("sft") or {}, "base.sft")
+        except ValueError as err:  # ConfigError, or SFTConfig's range checks
+            raise StudyConfigError(f"config {err}") from None
+    for method, seed in RUNS:
+        try:
+            load_config(run_config(method, seed))
+        except ConfigError as err:
+            raise StudyConfigError(f"config train: {err}") from None
+
+
+_check_run_settings()
