@@ -536,6 +536,9 @@ def _packs(model) -> bool:
     )
 
 
+ENTROPY_CHUNK = 1024  # response positions per chunk of the entropy computation
+
+
 def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
     """Log-probs (B, T - 1) of each next token under softmax(logits / temperature), and the
     per-position entropy of that distribution when asked (else None); both are computed at the
@@ -568,6 +571,3 @@ def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: b
             entropy = torch.cat([-(c.exp() * c).sum(-1) for c in logp_all.split(ENTROPY_CHUNK)])
         entropy = zeros.masked_scatter(batch.response_mask, entropy)
     return zeros.masked_scatter(batch.response_mask, logp), entropy
-
-
-ENTROPY_CHUNK = 1024  # response positions per chunk of the entropy computation
