@@ -136,6 +136,11 @@ def _check_installed(backend: str) -> None:
         raise ModuleNotFoundError(
             "evaluation runs through lm-eval: pip install -e '.[eval]' (lm-eval==0.4.13)"
         )
+    if backend == "hf" and importlib.util.find_spec("accelerate") is None:
+        raise ModuleNotFoundError(
+            "lm-eval's hf backend imports accelerate, which plain lm-eval does not install: "
+            "pip install -e '.[eval]' (it names accelerate)"
+        )
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ModuleNotFoundError("backend='vllm' needs vLLM on a GPU machine: pip install -e '.[gpu]'")
 

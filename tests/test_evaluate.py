@@ -376,3 +376,24 @@ def test_missing_backend_package_says_how_to_install(tiny_dir, tmp_path, monkeyp
     with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[gpu\]'"):
         ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "s.json", backend="vllm")
     assert not (tmp_path / "s.prompts.jsonl").exists()
+
+
+def test_missing_accelerate_says_how_to_install(tiny_dir, tmp_path, monkeypatch):
+    # lm-eval's hf backend imports accelerate; plain lm-eval does not install it (the hole that
+    # broke every evaluation of a fresh `pip install -e ".[dev,eval]"`): say so before any work.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "accelerate" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"accelerate.*pip install -e '\.\[eval\]'"):
+        ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "s.json")
+    assert not (tmp_path / "s.prompts.jsonl").exists()
+
+
+def test_the_eval_extra_brings_what_the_hf_backend_imports():
+    # The backend module clipbench evaluates through imports with nothing but the `eval` extra
+    # (CI runs the fast suite in a venv holding only `.[dev,eval]`).
+    pytest.importorskip("lm_eval")
+    importlib.import_module("lm_eval.models.huggingface")

@@ -176,7 +176,7 @@ def test_conda_envs_name_the_dependencies_of_pyproject():
         pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
         names = _requirement_names(pip)
         assert core <= names, f"{env_file.name} lacks {sorted(core - names)}"
-        extra = names - core - {"lm-eval"}
+        extra = names - core - _requirement_names(project["optional-dependencies"]["eval"])
         assert not extra, f"{env_file.name} names packages pyproject does not: {sorted(extra)}"
         for name, pin in pins.items():
             if name in core:
