@@ -19,20 +19,55 @@ def _parse_lengths(text: str) -> tuple[int, ...]:
     return values
 
 
-def _parse_params(items: Sequence[str]) -> dict[str, dict]:
-    """`--param fspo.c_low=0.015` -> {"fspo": {"c_low": 0.015}} (values read as JSON, else as text)."""
-    params: dict[str, dict] = {}
+def _parse_sets(items: Sequence[str]) -> dict[str, object]:
+    """`--set optim.lr=1e-3` -> {"optim.lr": 0.001} (values read as YAML scalars, `load_yaml`, so
+    `1e-5` is a number and `kl` is text). A malformed item raises ValueError naming it."""
+    import yaml
+
+    from clipbench.config import load_yaml
+
+    out: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        method, dot, field = key.partition(".")
-        if not sep or not dot or not method or not field:
-            raise SystemExit(f"--param {item!r}: expected METHOD.FIELD=VALUE, e.g. fspo.c_low=0.015")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        params.setdefault(method, {})[field] = value
+            out[key] = load_yaml(raw)
+        except yaml.YAMLError as err:
+            reason = str(err).splitlines()[0]
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({reason})") from None
+    return out
+
+
+def _parse_method_sets(items: Sequence[str]) -> dict[str, dict]:
+    """`--set fspo.c_low=0.015` -> {"fspo": {"c_low": 0.015}} (values as in `_parse_sets`)."""
+    params: dict[str, dict] = {}
+    for item in items:
+        key = item.partition("=")[0]
+        method, dot, field = key.partition(".")
+        if "=" not in item or not dot or not method or not field:
+            raise ValueError(f"--set {item!r}: expected METHOD.FIELD=VALUE, e.g. fspo.c_low=0.015")
+        params.setdefault(method, {})[field] = _parse_sets([item])[key]
     return params
+
+
+class _DeprecatedAlias(argparse._AppendAction):
+    """A hidden old spelling of an append option: works as before, with a one-line warning on stderr."""
+
+    def __init__(self, *args, replacement: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        warned = "_warned_" + self.dest
+        if not getattr(namespace, warned, False):
+            setattr(namespace, warned, True)
+            print(
+                f"{parser.prog}: warning: {option_string} is deprecated and will be removed; "
+                f"use {self.replacement} (same syntax)",
+                file=sys.stderr,
+            )
+        super().__call__(parser, namespace, values, option_string)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -45,7 +80,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         n=args.n,
         seed=args.seed,
         methods=tuple(args.methods or ()),
-        method_params=_parse_params(args.param),
+        method_params=_parse_method_sets(args.set),
     )
     config.build_methods()  # fail on a bad method or hyperparameter before any compute
     result = simulate(config)
@@ -54,19 +89,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
-
-
-def _parse_sets(items: Sequence[str]) -> dict[str, object]:
-    """`--set optim.lr=1e-3` -> {"optim.lr": 0.001} (values read as YAML scalars, `load_yaml`)."""
-    from clipbench.config import load_yaml
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
-        out[key] = load_yaml(raw)
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -104,23 +126,103 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from clipbench import report
     from clipbench.provenance import atomic_write_text
 
+    # Both files are computed before either is written: a run without clip records must not
+    # leave a new summary.csv beside a stale fairness.csv.
     runs = _runs_from_dirs(args.runs)
-    atomic_write_text(args.summary, report.collect_evals(args.evals).to_csv(index=False))
+    problems = [f"--evals {path}: no such file" for path in args.evals if not path.is_file()]
+    absent = [str(d) for d in args.runs if not (d / "final" / "clip_records.parquet").is_file()]
+    if absent:
+        problems.append(f"--runs: no final/clip_records.parquet (an unfinished run?) in {', '.join(absent)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    summary = report.collect_evals(args.evals)
     records = report.read_clip_records(runs)
     table = report.collect_fairness(records, n_bins=args.bins, clip_column=args.clip_column)
+    atomic_write_text(args.summary, summary.to_csv(index=False))
     atomic_write_text(args.fairness, table.to_csv(index=False))
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+# The files `clipbench report --plots DIR` writes in DIR, one per plot.
+_PLOT_FILES = {
+    "accuracy": "accuracy.png",
+    "clip_by_length": "clip_by_length.png",
+    "training_curves": "training_curves.png",
+}
+
+
+def _report_outputs(args: argparse.Namespace) -> list[str]:
+    """The outputs asked for: "table" (--table) and the plots (--plots)."""
+    return (["table"] if args.table else []) + (list(_PLOT_FILES) if args.plots else [])
+
+
+def _has_lines(path: Path) -> bool:
+    return path.is_file() and bool(path.read_text().strip())
+
+
+def _report_problems(args: argparse.Namespace) -> list[str]:
+    """What the requested outputs need and was not given (flags, files), before reading anything."""
+    outputs = _report_outputs(args)
+    if not outputs:
+        return ["nothing to write: give --table FILE and/or --plots DIR"]
+    problems = [
+        f"{flag} {path}: no such file"
+        for flag, path in (
+            ("--summary", args.summary),
+            ("--fairness", args.fairness),
+            ("--study-config", args.study_config),
+        )
+        if path is not None and not path.is_file()
+    ]
+    if "training_curves" in outputs:
+        if not args.runs:
+            problems.append(
+                "--plots: the training_curves plot needs --runs (the run directories' metrics.jsonl)"
+            )
+        absent = [str(d) for d in args.runs if not _has_lines(d / "metrics.jsonl")]
+        if absent:
+            problems.append(
+                f"--plots: the training_curves plot needs a metrics.jsonl with at least one step in every "
+                f"--runs directory; missing or empty in {', '.join(absent)}"
+            )
+        try:
+            _runs_from_dirs(args.runs)
+        except ValueError as err:
+            problems.append(f"--runs: {err}")
+    return problems
+
+
+def _read_csv(flag: str, path: Path):
     import pandas as pd
 
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{flag} {path}: empty file") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
     from clipbench import report
     from clipbench.config import load_yaml
     from clipbench.provenance import atomic_write_text, config_hash, git_commit
 
-    summary, fairness_table = pd.read_csv(args.summary), pd.read_csv(args.fairness)
+    # Every requested output is checked against what it needs before any is written: a missing
+    # input never leaves some outputs new and the others stale.
+    problems = _report_problems(args)
+    if problems:
+        raise ValueError("; ".join(problems))
+    outputs = _report_outputs(args)
+    summary = _read_csv("--summary", args.summary)
+    fairness_table = _read_csv("--fairness", args.fairness)
     study = load_yaml(args.study_config.read_text()) if args.study_config else {}
+    metrics = report.read_metrics(_runs_from_dirs(args.runs)) if "training_curves" in outputs else None
+    for output in outputs:
+        need = report.unmet_needs(output, summary, fairness_table, metrics)
+        if need:
+            what = "--table: the main table" if output == "table" else f"--plots: the {output} plot"
+            problems.append(f"{what} needs {need}")
+    if problems:
+        raise ValueError("; ".join(problems))
     if args.table:
         seeds = sorted(int(s) for s in summary.seed.unique() if s >= 0)
         text = report.main_table(
@@ -133,11 +235,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         atomic_write_text(args.table, text)
     if args.plots:
-        report.plot_accuracy(summary, args.plots / "accuracy.png")
-        report.plot_clip_by_length(fairness_table, args.plots / "clip_by_length.png")
-        report.plot_training_curves(
-            report.read_metrics(_runs_from_dirs(args.runs)), args.plots / "training_curves.png"
-        )
+        report.plot_accuracy(summary, args.plots / _PLOT_FILES["accuracy"])
+        report.plot_clip_by_length(fairness_table, args.plots / _PLOT_FILES["clip_by_length"])
+        report.plot_training_curves(metrics, args.plots / _PLOT_FILES["training_curves"])
     return 0
 
 
@@ -149,15 +249,33 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed distribution's version, else the package's `__version__`."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("clipbench")
+    except metadata.PackageNotFoundError:
+        import clipbench
+
+        return getattr(clipbench, "__version__", "unknown")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipbench.simulate import DEFAULT_LENGTHS
 
     parser = argparse.ArgumentParser(
         prog="clipbench", description="Benchmark suite for clipping rules in LLM RLVR."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("methods", help="list the registered clipping rules and their hyperparameters")
+    p = sub.add_parser(
+        "methods",
+        help="list the registered clipping rules and their hyperparameters",
+        description="Print every registered clipping rule (the modules of methods/) with its level "
+        "(token or sequence) and each hyperparameter's default, valid range and meaning.",
+    )
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser(
@@ -181,11 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="*", help="rules to simulate (default: every registered rule)")
     p.add_argument(
-        "--param",
+        "--set",
         action="append",
         default=[],
         metavar="METHOD.FIELD=VALUE",
-        help="override a hyperparameter (repeatable)",
+        help="override a rule's hyperparameter, e.g. fspo.c_low=0.015 (repeatable; values read as YAML)",
+    )
+    p.add_argument(  # the old spelling, kept so old scripts run; hidden from --help
+        "--param",
+        dest="set",
+        action=_DeprecatedAlias,
+        replacement="--set",
+        default=[],
+        metavar="METHOD.FIELD=VALUE",
+        help=argparse.SUPPRESS,
     )
     p.add_argument(
         "--out",
@@ -227,7 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub)
 
     p = sub.add_parser(
-        "aggregate", help="tidy summary.csv (accuracy) and fairness.csv (clip rate by length bin)"
+        "aggregate",
+        help="tidy summary.csv (accuracy) and fairness.csv (clip rate by length bin)",
+        description="Collect the evaluation summaries into summary.csv (one row per model, benchmark and "
+        "metric) and the runs' per-sequence clip records into fairness.csv (clip rate and median |S| per "
+        "length bin, with spread, slope, LRE and the S-growth exponent; bin edges shared by every run). "
+        "Both are computed before either is written.",
     )
     p.add_argument(
         "--evals",
@@ -246,12 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser(
-        "report", help="the main table (markdown) and the plots from summary.csv and fairness.csv"
+        "report",
+        help="the main table (markdown) and the plots from summary.csv and fairness.csv",
+        description="Write the main table (--table: needs --summary and --fairness) and/or the plots "
+        "(--plots: accuracy.png from --summary, clip_by_length.png from --fairness, training_curves.png "
+        "from the --runs directories' metrics.jsonl). What every requested output needs is checked "
+        "before any is written; a missing input exits with code 2 and writes nothing.",
     )
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--fairness", type=Path, required=True)
     p.add_argument(
-        "--runs", type=Path, nargs="*", default=[], help="run directories (for the training curves)"
+        "--runs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="run directories results/runs/{method}/seed{seed} (needed by --plots: the training curves)",
     )
     p.add_argument("--table", type=Path, help="write the main table here")
     p.add_argument(

@@ -9,6 +9,8 @@
 * `main_table` -> results/tables/main.md: a row per method plus the base model, with its clipping
   level; per benchmark the accuracy as mean +- std over seeds; clip rate, spread, LRE and S growth.
 * `plot_accuracy`, `plot_clip_by_length`, `plot_training_curves` -> results/plots/*.png.
+* `unmet_needs`: what an output needs from its inputs and they lack, so that a report checks every
+  requested output before it writes any.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ import methods
 from clipbench import fairness
 
 BASE = "base"
+SUMMARY_COLUMNS = ["model", "method", "seed", "benchmark", "metric", "k", "value"]
+TRAINING_CURVE_PANELS = [
+    ("reward_mean", "reward"),
+    ("clip_frac", "clip fraction"),
+    ("response_length_mean", "response length"),
+]
+OUTPUTS = ("table", "accuracy", "clip_by_length", "training_curves")
 
 
 # --------------------------------------------------------------------------- tidy files
@@ -50,7 +59,7 @@ def collect_evals(eval_files: Iterable[str | Path]) -> pd.DataFrame:
                     "value": float(summary[metric]),
                 }
             )
-    return pd.DataFrame(rows, columns=["model", "method", "seed", "benchmark", "metric", "k", "value"])
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def read_clip_records(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame:
@@ -250,13 +259,8 @@ def plot_clip_by_length(fairness_table: pd.DataFrame, path: str | Path) -> Path:
 def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> Path:
     """Reward, clip fraction and mean response length over steps (mean over seeds, band = range)."""
     plt, sns = pyplot()
-    panels = [
-        ("reward_mean", "reward"),
-        ("clip_frac", "clip fraction"),
-        ("response_length_mean", "response length"),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, (column, label) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(1, len(TRAINING_CURVE_PANELS), figsize=(14, 3.8))
+    for ax, (column, label) in zip(axes, TRAINING_CURVE_PANELS, strict=True):
         sns.lineplot(data=metrics, x="step", y=column, hue="method", errorbar=("pi", 100), ax=ax)
         ax.set_ylabel(label)
         if ax is not axes[-1]:
@@ -272,3 +276,54 @@ def read_metrics(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame
         lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
         frames.append(pd.DataFrame([json.loads(line) for line in lines]).assign(method=method, seed=seed))
     return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- what each output needs
+
+
+def _lacking(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+    return [c for c in columns if c not in frame.columns]
+
+
+def unmet_needs(
+    output: str,
+    summary: pd.DataFrame | None = None,
+    fairness_table: pd.DataFrame | None = None,
+    metrics: pd.DataFrame | None = None,
+) -> str | None:
+    """What `output` (one of OUTPUTS) needs from its inputs and they lack, as a phrase that
+    completes "the <output> needs ..."; None when it can be made. Inputs it does not read may be
+    None. The table and the accuracy plot read summary.csv, the table and the clip-by-length plot
+    fairness.csv, the training curves the runs' metrics."""
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown report output {output!r}; known: {', '.join(OUTPUTS)}")
+    if output in ("table", "accuracy"):
+        lacking = _lacking(summary, SUMMARY_COLUMNS[1:])
+        if lacking:
+            return f"--summary with the columns {lacking} (a summary.csv from `clipbench aggregate`)"
+        if output == "accuracy" and not (summary["metric"] == "avg@k").any():
+            return "--summary with avg@k rows (it has none)"
+    if output == "table":
+        lacking = _lacking(fairness_table, ["scope", "method", "clip_rate", "spread", "lre", "s_exponent"])
+        if lacking:
+            return f"--fairness with the columns {lacking} (a fairness.csv from `clipbench aggregate`)"
+    if output == "clip_by_length":
+        lacking = _lacking(fairness_table, ["scope", "method", "length_mean", "clip_column"])
+        if lacking:
+            return f"--fairness with the columns {lacking} (a fairness.csv from `clipbench aggregate`)"
+        pooled = fairness_table[fairness_table["scope"] == "pooled"]
+        if pooled.empty:
+            return "--fairness with pooled rows (it has none)"
+        column = str(pooled["clip_column"].iloc[0])
+        if column not in fairness_table.columns:
+            return f"--fairness with its clip column {column!r}"
+    if output == "training_curves":
+        needed = ["step", *(c for c, _ in TRAINING_CURVE_PANELS)]
+        lacking = _lacking(metrics, needed)
+        if lacking:
+            return f"--runs whose metrics.jsonl have the columns {lacking}"
+        runs = metrics.groupby(["method", "seed"])[needed]
+        without = [f"{m}/seed{s}" for (m, s), frame in runs if frame.isna().all().any()]
+        if without:
+            return f"--runs whose metrics.jsonl have the columns {needed} (not in {', '.join(without)})"
+    return None
