@@ -310,7 +310,7 @@ class Trainer:
                     k3 = torch.exp(delta) - delta - 1
                     kl = (k3 * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1)
                     loss = loss + cfg.kl_beta * kl
-                    extra["kl_ref"] = float(kl)
+                    extra["kl_ref"] = kl.item()
 
                 def debug(logp=logp, old_logp=old_logp, adv=adv, batch=batch, rows=rows):
                     return {

@@ -48,6 +48,29 @@ def test_lre_with_unequal_shares():
     assert fairness.length_reweighting_error([0.0, 0.4], [1, 3]) == pytest.approx(1.5 / 7)
 
 
+def test_summary_weights_bins_by_their_share_of_sequences():
+    # Off-policy updates only (update > 0): bin 0 (L = 10) holds 5 sequences, none out -> r = 0;
+    # bin 1 (L = 100) holds 15, 6 out -> r = 0.4. Shares p = (0.25, 0.75).
+    # clip rate = sum p_b r_b = 0.3 (= 6 / 20; the unweighted mean of the bins would be 0.2);
+    # k = (1, 0.6), k_bar = 0.25 * 1 + 0.75 * 0.6 = 0.7,
+    # LRE = 0.25 |1 / 0.7 - 1| + 0.75 |0.6 / 0.7 - 1| = 0.25 * 3/7 + 0.75 * 1/7 = 1.5 / 7 = 0.2143
+    # (equal shares would give k_bar = 0.8 and LRE = 0.25); spread = (0.4 - 0) / 0.2 = 2 (by definition
+    # over the bins, unweighted). The update-0 rows (20 never-clipped short ones) are left out: kept,
+    # they would make the shares (25/40, 15/40).
+    rows = [(10, 0.0, 0.0)] * 5 + [(100, float(i < 6), 0.0) for i in range(15)]
+    frame = pd.concat(
+        [records("m", rows).assign(update=1), records("m", [(10, 0.0, 0.0)] * 20).assign(update=0)]
+    )
+    by_bin, summary = fairness.fairness_summary(frame, edges=np.array([10, 50, 100]))
+    assert by_bin["n"].tolist() == [5, 15]
+    assert by_bin["share"].tolist() == [0.25, 0.75]
+    assert by_bin["seq_out"].tolist() == pytest.approx([0.0, 0.4])
+    row = summary.iloc[0]
+    assert row["clip_rate"] == pytest.approx(0.3)
+    assert row["lre"] == pytest.approx(1.5 / 7)
+    assert row["spread"] == pytest.approx(2.0)
+
+
 def test_flat_and_degenerate_cases():
     assert fairness.clip_spread([0.2, 0.2, 0.2]) == 0.0
     assert fairness.length_reweighting_error([0.2, 0.2], [0.5, 0.5]) == 0.0

@@ -3,10 +3,13 @@ resume after an interruption (a raised error and a real SIGKILL), failure behavi
 
 Runs use a tiny random model built here (no SFT), so the verifier would give every sample reward 0
 and no gradient; the mechanics tests therefore replace `Trainer._score` with a deterministic reward
-of the completion text (its length parity), keeping everything else on the real code path.
+of the completion text (its length parity), keeping everything else on the real code path. The real
+`_score` is tested on its own, on completions written for it. Rewards, advantages, the KL penalty and
+the old log-probs are checked against values recomputed from what spies saw pass on the real path.
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,8 +24,10 @@ import torch
 from clipbench import trainer as trainer_module
 from clipbench.advantages import available_estimators, compute_advantages
 from clipbench.cli import _parse_sets
-from clipbench.config import ConfigError, TrainConfig, exponent_numbers, load_config
-from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices
+from clipbench.config import ConfigError, exponent_numbers, load_config
+from clipbench.models import load_model
+from clipbench.rollout import Samples
+from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices, training_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -295,6 +300,178 @@ def test_real_verifier_rewards_on_the_tiny_model(tmp_path, base_model):
     assert sum(v for k, v in line.items() if k.startswith("verifier_")) == 16
 
 
-def test_trainer_module_documents_the_minibatch_rule():
-    assert "M * E > 1" in trainer_module.__doc__
-    assert isinstance(small_config("x"), TrainConfig)
+# --------------------------------------------------------------------------- rewards, advantages, KL
+#
+# These tests watch the real trainer through spies that call the real function and keep a copy of
+# what passed through (the method's loss, the log-prob forward, the minibatch collation).
+
+
+def spy_on_loss(monkeypatch, config) -> list[dict]:
+    """Every call of the method's real `loss`, in update order: its inputs and the loss it returned."""
+    cls = type(config.build_method())
+    real_loss = cls.loss
+    calls = []
+
+    def recording(self, logp, old_logp, advantages, mask):
+        out = real_loss(self, logp, old_logp, advantages, mask)
+        calls.append(
+            {
+                "logp": logp.detach().clone(),
+                "old_logp": old_logp.detach().clone(),
+                "mask": mask.clone(),
+                "loss": out.loss.item(),
+            }
+        )
+        return out
+
+    monkeypatch.setattr(cls, "loss", recording)
+    return calls
+
+
+def test_real_score_rewards_only_a_verified_answer_and_counts_timeouts(tmp_path, base_model):
+    # The trainer's own `_score` with the real math-verify verifier (worker pool, default 5 s limit)
+    # and the synthetic set's strict extraction (\boxed{} only, no fallbacks).
+    pytest.importorskip("math_verify", reason="the verifier needs math-verify (the 'eval' extra)")
+    trainer = Trainer(small_config(base_model), tmp_path / "run", progress=False)
+    texts = [
+        "3+5=8\n8-5=3\n\\boxed{3}",  # correct
+        "3+5=8\n\\boxed{8}",  # wrong
+        "\\boxed{9^{9^{9^{9}}}}",  # math-verify cannot finish: killed at the time limit
+        "so the answer is 3",  # right number, but no \boxed{}: this set rewards only the box
+    ]
+    answers = ["3", "3", "1", "3"]
+    samples = Samples(
+        prompt_ids=[[1]] * len(texts), completion_ids=[[2]] * len(texts), texts=texts, finished=[True] * 4
+    )
+    rewards, statuses = trainer._score(samples, answers)
+    assert rewards.dtype == torch.float64
+    assert rewards.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert statuses == {"ok": 2, "no_answer": 1, "timeout": 1, "error": 0}
+
+
+def test_each_record_carries_the_advantage_of_its_own_group(tmp_path, base_model, parity, monkeypatch):
+    # Sequence `seq` of a step is sample seq % G of prompt seq // G: recompute every group's
+    # advantages from its rewards and find each one on its own sequence's records.
+    seen = {}
+    reward = Trainer._score  # the parity reward
+
+    def remember(self, samples, answers):
+        seen["texts"], seen["answers"] = list(samples.texts), list(answers)
+        return reward(self, samples, answers)
+
+    monkeypatch.setattr(Trainer, "_score", remember)
+    config = small_config(base_model, steps=1)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.run()
+    p, g = config.rollout.prompts_per_step, config.rollout.samples_per_prompt
+    problems, _ = training_prompts(config.data, trainer.tokenizer)
+    step_prompts = prompt_indices(config.seed, 0, p, len(problems))
+    assert seen["answers"] == [problems[i].answer for i in step_prompts for _ in range(g)]
+
+    _, records = read_run(tmp_path / "run")
+    assert sorted(records["seq"].unique()) == list(range(p * g))
+    rewards = records.groupby("seq")["reward"].agg(["nunique", "first"])
+    assert (rewards["nunique"] == 1).all()  # one reward per sequence, in every update
+    assert rewards["first"].tolist() == [float(len(t) % 2 == 0) for t in seen["texts"]]
+    expected = compute_advantages(
+        torch.tensor(rewards["first"].tolist()).view(p, g), config.advantage.estimator, config.advantage.eps
+    ).view(-1)
+    assert len(set(expected.tolist())) > 2  # mixed groups: a misplaced advantage shows
+    assert records["advantage"].to_numpy() == pytest.approx(
+        expected.numpy()[records["seq"].to_numpy()], rel=1e-6, abs=1e-7
+    )
+
+
+def k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || pi_ref) per token, from log(pi_ref / pi) at a token
+    sampled from pi: r - 1 - log r with r = pi_ref / pi (>= 0, 0 only at r = 1)."""
+    return log_ratio.exp() - 1 - log_ratio
+
+
+def test_kl_penalty_to_the_reference_model(tmp_path, base_model, parity, monkeypatch):
+    # Hand values of the estimator: r = 2 -> 1 - ln 2; r = 1/2 -> ln 2 - 1/2; r = 1 -> 0.
+    ln2 = math.log(2)
+    assert k3(torch.tensor([ln2, -ln2, 0.0])).tolist() == pytest.approx([1 - ln2, ln2 - 0.5, 0.0])
+
+    beta = 0.5
+    config = small_config(base_model, steps=1, kl_beta=beta)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    ref_logps = []
+    real_logprobs = trainer_module.token_logprobs
+
+    def watch_reference(model, batch, temperature, with_entropy=False):
+        out = real_logprobs(model, batch, temperature, with_entropy=with_entropy)
+        if model is trainer.reference:
+            ref_logps.append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(trainer_module, "token_logprobs", watch_reference)
+    calls = spy_on_loss(monkeypatch, config)
+    trainer.run()
+
+    # The reference is a frozen copy of the base model, not the policy.
+    m = config.optim.minibatches
+    assert trainer.reference is not None, "kl_beta > 0 but no reference model was loaded"
+    assert trainer.reference is not trainer.model, "the reference must be a copy, not the policy"
+    assert len(ref_logps) == m and len(calls) == m * config.optim.epochs
+    base, _ = load_model(base_model)
+    for (name, ref), (_, b) in zip(
+        trainer.reference.named_parameters(), base.named_parameters(), strict=True
+    ):
+        assert not ref.requires_grad and torch.equal(ref, b), name
+    # Per update: the token mean of k3 of the reference's log-probs against the policy's.
+    kls = []
+    for update, call in enumerate(calls):
+        mask = call["mask"]
+        kls.append(float(k3(ref_logps[update % m][mask] - call["logp"][mask]).mean()))
+    torch.testing.assert_close(ref_logps[0][calls[0]["mask"]], calls[0]["logp"][calls[0]["mask"]])
+    assert kls[0] == pytest.approx(0.0, abs=1e-9)  # update 0: the policy still is the base model
+    assert min(kls[1:]) > 1e-5  # later ones have moved away from it: a positive KL
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert line["kl_ref"] == pytest.approx(sum(kls) / len(kls), rel=1e-4)
+    # The penalty is added to the rule's loss: loss = rule loss + beta * KL, in every update.
+    total = [call["loss"] + beta * kl for call, kl in zip(calls, kls, strict=True)]
+    assert line["loss"] == pytest.approx(sum(total) / len(total), rel=1e-5, abs=1e-7)
+
+
+def test_old_logprobs_are_the_sampling_policys_so_only_the_first_update_is_on_policy(
+    tmp_path, base_model, parity, monkeypatch
+):
+    # The rule of the module docstring ("Why M * E > 1"): old log-probs are those of the weights
+    # that sampled, at the sampling temperature, for every minibatch and epoch (the first
+    # minibatch's are its first update's own, detached; the others' are computed before any
+    # update). So update 0 runs at ratio exactly 1 and every later one is off-policy; with
+    # M = E = 1 no rule could ever clip, and the config refuses it.
+    temperature = 0.7
+    rollout = {
+        "prompts_per_step": 4,
+        "samples_per_prompt": 4,
+        "max_new_tokens": 24,
+        "temperature": temperature,
+    }
+    config = small_config(base_model, steps=1, rollout=rollout)
+    batches = []
+    real_collate = trainer_module.collate
+
+    def watch_collate(*args, **kwargs):
+        batches.append(real_collate(*args, **kwargs))
+        return batches[-1]
+
+    monkeypatch.setattr(trainer_module, "collate", watch_collate)
+    calls = spy_on_loss(monkeypatch, config)
+    Trainer(config, tmp_path / "run", progress=False).run()
+
+    m = config.optim.minibatches
+    assert len(batches) == m and len(calls) == m * config.optim.epochs
+    sampler, _ = load_model(base_model)  # the weights that sampled step 0
+    sampler.eval()
+    with torch.no_grad():
+        expected = [trainer_module.token_logprobs(sampler, b, temperature)[0] for b in batches]
+    assert torch.equal(calls[0]["logp"], calls[0]["old_logp"])  # ratio exactly 1
+    for update, call in enumerate(calls):
+        mask = call["mask"]
+        torch.testing.assert_close(call["old_logp"][mask], expected[update % m][mask], rtol=0, atol=1e-5)
+        if update > 0:
+            assert (call["logp"][mask] - call["old_logp"][mask]).abs().max() > 1e-4, update
+    with pytest.raises(ConfigError, match=r"optim.minibatches \* optim.epochs: must be > 1"):
+        small_config(base_model, optim={"minibatches": 1, "epochs": 1})
