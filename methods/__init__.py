@@ -7,13 +7,26 @@
 Adding a rule is adding one module to this folder that defines a frozen dataclass subclass of
 `Method` decorated with `@register("name")`: every module here is imported with the package, so the rule joins every CLI command, config, table and plot with no other edit.
 This package imports nothing from the rest of the project.
+
+Discovery (`_discover`): every module of this folder whose name is a Python identifier not
+starting with `_` (and not `base`) is imported. A module that registers nothing is simply
+imported (helpers, notes). A `.py` file whose name is not a module name (`fspo copy.py`,
+`fspo-old.py`) is skipped with a warning naming it. A name registered twice is an error naming
+both files, and for a file that looks like a copy (identical class source, or a name such as
+`fspo_backup.py`) it says which file to delete or rename. A module whose import fails raises
+ImportError naming its file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import pkgutil
+import re
+import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 from methods.base import (
@@ -35,6 +48,7 @@ from methods.base import (
 __all__ = [
     "LOG_WEIGHT_CLAMP",
     "ClippedUnits",
+    "DuplicateMethodError",
     "LossOutput",
     "Method",
     "RolloutBatch",
@@ -54,6 +68,58 @@ __all__ = [
 
 _REGISTRY: dict[str, type[Method]] = {}
 _LEVELS = ("token", "sequence")
+# A method name is used in paths, wildcards and configs (the study's schema asks the same).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words that mark a file as a copy of another: fspo_backup.py, fspo_copy2.py, old_fspo.py.
+_COPY_WORDS = {"backup", "bak", "copy", "orig", "old", "tmp", "temp", "save", "saved"}
+
+
+class DuplicateMethodError(ValueError):
+    """A method name registered by two classes (raised by `register`, naming both files)."""
+
+
+def _source_file(cls: type) -> str:
+    """Where `cls` was defined, for messages: `methods/fspo.py` for this package's modules."""
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if path is None:
+        return f"module {cls.__module__}"
+    path = Path(path)
+    return f"methods/{path.name}" if path.parent.resolve() == Path(__file__).resolve().parent else str(path)
+
+
+def _class_source(cls: type) -> str | None:
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        return None
+
+
+def _looks_like_a_copy(path: str) -> bool:
+    stem = Path(path).stem.lower()
+    return "copy" in stem or bool(_COPY_WORDS & set(re.split(r"[^a-z]+", stem)))
+
+
+def _duplicate_message(name: str, existing: type, cls: type) -> str:
+    first, again = _source_file(existing), _source_file(cls)
+    text = (
+        f"method name {name!r} is already registered by {existing.__module__}.{existing.__qualname__} "
+        f"({first}); {cls.__module__}.{cls.__qualname__} ({again}) registers it again"
+    )
+    same_source = _class_source(existing) is not None and _class_source(existing) == _class_source(cls)
+    # The copy: the file named like one; else, for the same class source, the file not named
+    # after the method (fspo.py is where 'fspo' belongs).
+    copies = [p for p in (first, again) if _looks_like_a_copy(p)]
+    if len(copies) != 1 and same_source:
+        copies = [p for p in (first, again) if Path(p).stem != name]
+    if len(copies) == 1:
+        copy = copies[0]
+        original = again if copy == first else first
+        why = "the same class source" if same_source else "its file name"
+        return (
+            f"{text}. {copy} looks like a copy of {original} ({why}): delete it or move it out of "
+            f"methods/, or, if it is a new rule, give it another name in @register(...)"
+        )
+    return f"{text}: give one of them another name in @register(...)"
 
 
 def register(name: str):
@@ -62,9 +128,10 @@ def register(name: str):
     Raises ValueError on a name already taken by another class, TypeError when the class is not
     a frozen dataclass subclass of `Method` or declares no valid `level`.
     """
-    if not isinstance(name, str) or not name.isidentifier():
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
-            f"method name {name!r}: must be a Python identifier (it is used in paths and configs)"
+            f"method name {name!r}: must be a Python identifier of ASCII letters, digits and _ "
+            "(it is used in paths and configs)"
         )
 
     def decorate(cls: type) -> type:
@@ -89,10 +156,7 @@ def register(name: str):
             cls.__qualname__,
         )
         if existing is not None and not same:
-            raise ValueError(
-                f"method name {name!r} is already registered by {existing.__module__}.{existing.__qualname__}; "
-                f"{cls.__module__}.{cls.__qualname__} must use another name"
-            )
+            raise DuplicateMethodError(_duplicate_message(name, existing, cls))
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -101,10 +165,25 @@ def register(name: str):
 
 
 def _discover() -> None:
-    """Import every module of this package, so that their @register calls run."""
+    """Import every module of this package, so that their @register calls run (the rules in
+    the module docstring)."""
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if info.name != "base" and not info.name.startswith("_"):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        shown = f"methods/{info.name}{'/' if info.ispkg else '.py'}"
+        if not info.name.isidentifier():
+            warnings.warn(
+                f"{shown}: skipped, {info.name!r} is not a Python module name (a copy?); name a "
+                "method file like my_rule.py, or move this one out of methods/",
+                stacklevel=2,
+            )
+            continue
+        try:
             importlib.import_module(f"{__name__}.{info.name}")
+        except DuplicateMethodError:
+            raise  # names both files already
+        except Exception as err:
+            raise ImportError(f"{shown}: importing it failed: {type(err).__name__}: {err}") from err
 
 
 def available_methods() -> list[str]:

@@ -66,7 +66,89 @@ def test_a_duplicate_name_in_a_new_module_fails_on_discovery(tmp_path):
     (copy_methods(tmp_path) / "impostor.py").write_text(NEW_METHOD.replace('"seq_ppo_copy"', '"gspo"'))
     result = run_python("import methods; methods.available_methods()", tmp_path)
     assert result.returncode != 0
-    assert "'gspo' is already registered by methods.gspo.GSPO" in result.stderr
+    # Both files named; not a copy (another class), so the fix is a new name.
+    assert (
+        "DuplicateMethodError: method name 'gspo' is already registered by methods.gspo.GSPO (methods/gspo.py); "
+        "methods.impostor.SeqPPOCopy (methods/impostor.py) registers it again: "
+        "give one of them another name in @register(...)"
+    ) in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("copy", "first", "again"),
+    [
+        # Before: "method name 'fspo' is already registered by methods.fspo.FSPO;
+        # methods.fspo_backup.FSPO must use another name" (no files, no hint it is a stray copy).
+        ("fspo_backup.py", "fspo", "fspo_backup"),
+        # A copy that sorts first registers the name first: still the copy that is named, not fspo.py
+        # (before: "... registered by methods.a_copy.FSPO; methods.fspo.FSPO must use another name").
+        ("a_copy.py", "a_copy", "fspo"),
+        # Named like nothing in particular: the same class source says which file is the copy.
+        ("fspo2.py", "fspo", "fspo2"),
+    ],
+)
+def test_a_stray_copy_of_a_method_file_is_named_with_the_fix(tmp_path, copy, first, again):
+    folder = copy_methods(tmp_path)
+    shutil.copy(folder / "fspo.py", folder / copy)
+    result = run_python("import methods", tmp_path)
+    assert result.returncode != 0
+    why = "the same class source"
+    expected = (
+        f"DuplicateMethodError: method name 'fspo' is already registered by methods.{first}.FSPO "
+        f"(methods/{first}.py); methods.{again}.FSPO (methods/{again}.py) registers it again. "
+        f"methods/{copy} looks like a copy of methods/fspo.py ({why}): delete it or move it out of "
+        "methods/, or, if it is a new rule, give it another name in @register(...)"
+    )
+    assert expected in result.stderr, result.stderr[-2000:]
+
+
+def test_a_backup_named_file_with_edits_is_still_named_as_the_copy(tmp_path):
+    folder = copy_methods(tmp_path)
+    source = (folder / "fspo.py").read_text().replace("class FSPO(", "class FSPOOld(")
+    (folder / "fspo_old.py").write_text(source)
+    result = run_python("import methods", tmp_path)
+    assert "methods/fspo_old.py looks like a copy of methods/fspo.py (its file name)" in result.stderr, (
+        result.stderr
+    )
+
+
+def test_modules_that_register_nothing_or_are_not_module_names_are_ignored(tmp_path):
+    folder = copy_methods(tmp_path)
+    (folder / "notes.py").write_text('"""Scratch notes: registers nothing."""\nTHRESHOLD = 0.1\n')
+    (folder / "helpers.py").write_text(
+        "from methods.base import masked_mean\n\ndef twice(x):\n    return 2 * x\n"
+    )
+    # A file manager's copy: not an importable module name, skipped with a warning naming it.
+    shutil.copy(folder / "fspo.py", folder / "fspo copy.py")
+    shutil.copy(folder / "fspo.py", folder / "fspo.py.orig")  # not a .py module at all
+    result = run_python(
+        "import warnings; warnings.simplefilter('always'); import methods, sys; "
+        "print(methods.available_methods()); print(sorted(m for m in sys.modules if m.startswith('methods.')))",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    names, modules = result.stdout.splitlines()
+    assert names == "['fspo', 'grpo', 'gspo', 'ppo', 'seq_ppo']"
+    assert "'methods.notes'" in modules and "'methods.helpers'" in modules
+    assert "methods/fspo copy.py: skipped, 'fspo copy' is not a Python module name" in result.stderr
+    assert result.stderr.count("is not a Python module name") == 1, result.stderr
+    assert "notes" not in result.stderr and "helpers" not in result.stderr, result.stderr
+
+
+def test_a_module_whose_import_fails_is_named(tmp_path):
+    (copy_methods(tmp_path) / "broken.py").write_text("import not_a_package_anywhere\n")
+    result = run_python("import methods", tmp_path)
+    assert result.returncode != 0
+    assert (
+        "ImportError: methods/broken.py: importing it failed: "
+        "ModuleNotFoundError: No module named 'not_a_package_anywhere'"
+    ) in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", ["naïve", "a-b", "a b", "../x", "1abc", ""])
+def test_method_names_are_ascii_identifiers(name):
+    with pytest.raises(ValueError, match="must be a Python identifier of ASCII letters, digits and _"):
+        register(name)
 
 
 def test_duplicate_name_raises():

@@ -5,7 +5,7 @@ rule base_model_sft:
     output:
         "results/base/model/clipbench_model.json",
     params:
-        sets=lambda w: " ".join(f"--set {k}={v}" for k, v in (config["base"].get("sft") or {}).items()),
+        sets=sft_args(),
     log:
         "results/logs/base_model.log",
     threads: 2
@@ -14,7 +14,7 @@ rule base_model_sft:
     conda:
         "../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m clipbench.cli sft --out results/base/model {params.sets} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m clipbench.cli sft --out results/base/model {params.sets:q} > {log:q} 2>&1"
 
 
 if config["base"]["kind"] == "smollm2":
@@ -29,4 +29,4 @@ if config["base"]["kind"] == "smollm2":
         conda:
             "../envs/train.yaml"
         shell:
-            "python -c 'from clipbench.models import smollm2_to_hf; smollm2_to_hf(\"results/base/model\")' > {log} 2>&1"
+            "python -c 'from clipbench.models import smollm2_to_hf; smollm2_to_hf(\"results/base/model\")' > {log:q} 2>&1"

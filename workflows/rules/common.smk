@@ -2,6 +2,7 @@
 # (before any job runs) with a message naming the offending key.
 
 import json
+import re
 from pathlib import Path
 
 import benchmarks
@@ -13,14 +14,29 @@ class StudyConfigError(ValueError):
     pass
 
 
+# Names that become file names and wildcards (method names, benchmark keys): the schema asks the
+# same pattern; checked here again before any path is built from them.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _check_name(where, name):
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise StudyConfigError(
+            f"config {where}: {name!r} is not a valid name: use letters, digits and _ only "
+            "(it becomes a file name under results/)"
+        )
+
+
 def _study_methods():
     names = list(config.get("methods") or methods.available_methods())
     for name in names:
+        _check_name("methods", name)
         if name not in methods.available_methods():
             raise StudyConfigError(
                 f"config methods: unknown method {name!r}; available: {', '.join(methods.available_methods())}"
             )
     for name, params in (config.get("method_params") or {}).items():
+        _check_name("method_params", name)
         if name not in methods.available_methods():
             raise StudyConfigError(f"config method_params.{name}: unknown method; available: {', '.join(methods.available_methods())}")
         try:
@@ -34,6 +50,7 @@ def _study_benchmarks():
     evaluate = config["evaluate"]
     data_dir = evaluate.get("data_dir")
     for key, entry in evaluate["benchmarks"].items():
+        _check_name("evaluate.benchmarks", key)
         name = entry["benchmark"]
         if name not in benchmarks.available():
             raise StudyConfigError(
@@ -61,11 +78,12 @@ MODELS = ["base"] + [f"{m}-seed{s}" for m, s in RUNS]
 CONFIG_HASH = config_hash(config)
 
 
+# Each wildcard matches only the study's own (checked) names: never a `/` or `..`.
 wildcard_constraints:
-    method="|".join(METHODS) or "NONE",
+    method="|".join(map(re.escape, METHODS)) or "NONE",
     seed=r"\d+",
-    model="|".join(["base"] + [f"{m}-seed\\d+" for m in METHODS]),
-    bench="|".join(BENCHES),
+    model="|".join(["base"] + [f"{re.escape(m)}-seed\\d+" for m in METHODS]),
+    bench="|".join(map(re.escape, BENCHES)),
 
 
 def base_model_dir():
@@ -113,17 +131,27 @@ def model_input(wildcards):
 
 
 def eval_args(bench):
+    """The evaluate command's arguments, one list item per shell word: the rule writes them
+    `{params.args:q}`, each quoted (a data_dir with a space or `$(...)` stays one argument)."""
     entry = config["evaluate"]["benchmarks"][bench]
     evaluate = config["evaluate"]
-    args = [f"--benchmark {entry['benchmark']}"]
+    args = ["--benchmark", entry["benchmark"]]
     for key, flag in (("split", "--split"), ("k", "--k"), ("limit", "--limit"), ("max_new_tokens", "--max-new-tokens"), ("temperature", "--temperature")):
         if entry.get(key) is not None:
-            args.append(f"{flag} {entry[key]}")
+            args += [flag, str(entry[key])]
     if evaluate.get("data_dir"):
-        args.append(f"--data-dir {evaluate['data_dir']}")
-    args.append(f"--backend {evaluate.get('backend', 'hf')}")
-    args.append(f"--prompt-style {evaluate.get('prompt_style', 'base')}")
-    return " ".join(args)
+        args += ["--data-dir", str(evaluate["data_dir"])]
+    args += ["--backend", evaluate.get("backend", "hf")]
+    args += ["--prompt-style", evaluate.get("prompt_style", "base")]
+    return args
+
+
+def sft_args():
+    """`--set FIELD=VALUE` for each base.sft field, one list item per shell word (quoted by the rule)."""
+    args = []
+    for key, value in (config["base"].get("sft") or {}).items():
+        args += ["--set", f"{key}={value}"]
+    return args
 
 
 def resources_of(group):

@@ -17,4 +17,5 @@ rule evaluate:
     conda:
         "../envs/evaluate.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m clipbench.cli evaluate --model {params.model} {params.args} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m clipbench.cli evaluate --model {params.model:q} {params.args:q} "
+        "--out {output:q} > {log:q} 2>&1"

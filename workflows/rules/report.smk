@@ -17,8 +17,8 @@ rule aggregate:
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m clipbench.cli aggregate --evals {input.evals} --runs {params.runs} --bins {params.bins} "
-        "--clip-column {params.column} --summary {output.summary} --fairness {output.fairness} > {log} 2>&1"
+        "python -m clipbench.cli aggregate --evals {input.evals:q} --runs {params.runs:q} --bins {params.bins:q} "
+        "--clip-column {params.column:q} --summary {output.summary:q} --fairness {output.fairness:q} > {log:q} 2>&1"
 
 
 rule main_table:
@@ -35,8 +35,8 @@ rule main_table:
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m clipbench.cli report --summary {input.summary} --fairness {input.fairness} "
-        "--config-name {params.name:q} --config-hash {params.hash} --table {output} > {log} 2>&1"
+        "python -m clipbench.cli report --summary {input.summary:q} --fairness {input.fairness:q} "
+        "--config-name {params.name:q} --config-hash {params.hash:q} --table {output:q} > {log:q} 2>&1"
 
 
 rule plots:
@@ -55,5 +55,5 @@ rule plots:
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m clipbench.cli report --summary {input.summary} --fairness {input.fairness} "
-        "--runs {params.runs} --plots results/plots > {log} 2>&1"
+        "python -m clipbench.cli report --summary {input.summary:q} --fairness {input.fairness:q} "
+        "--runs {params.runs:q} --plots results/plots > {log:q} 2>&1"

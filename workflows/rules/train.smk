@@ -20,4 +20,4 @@ rule train:
         "../envs/train.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m clipbench.cli train --config-json {params.cfg:q} "
-        "--out {params.run_dir} --no-progress > {log} 2>&1"
+        "--out {params.run_dir:q} --no-progress > {log:q} 2>&1"
