@@ -91,21 +91,48 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_source(args: argparse.Namespace) -> dict | Path:
+    """The config `clipbench train` was given: --config's file or --config-json's object."""
+    from clipbench.config import ConfigError
+
+    if args.config is not None and args.config_json is not None:
+        raise ConfigError("give --config FILE or --config-json JSON, not both")
+    if args.config_json is not None:
+        try:
+            source = json.loads(args.config_json)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--config-json: not valid JSON ({err})") from None
+        if not isinstance(source, dict):
+            raise ConfigError(
+                f"--config-json: expected a JSON object of TrainConfig fields, e.g. "
+                f'\'{{"model": "DIR"}}\', got {type(source).__name__} {args.config_json[:80]}'
+            )
+        return source
+    if args.config is not None:
+        if not args.config.is_file():
+            why = "is a directory" if args.config.is_dir() else "no such file"
+            raise ConfigError(f"--config {args.config}: {why}; give a YAML file of TrainConfig fields")
+        return args.config
+    return {}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from clipbench.config import load_config
-    from clipbench.trainer import train
+    from clipbench.trainer import check_run_dir_path, train
 
-    source = json.loads(args.config_json) if args.config_json else (args.config or {})
-    config = load_config(source, overrides=_parse_sets(args.set))
+    check_run_dir_path(args.out)  # before anything is read or loaded
+    config = load_config(_train_source(args), overrides=_parse_sets(args.set))
     final = train(config, args.out, progress=not args.no_progress)
     print(f"final model: {final}")
     return 0
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from clipbench.config import from_dict
+    from clipbench.config import ConfigError, from_dict
     from clipbench.sft import SFTConfig, run_sft
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: exists and is not a directory; give a directory for the model")
     out = run_sft(from_dict(SFTConfig, _parse_sets(args.set), "sft"), args.out)
     print(f"base model: {out}")
     return 0
@@ -268,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clipbench", description="Benchmark suite for clipping rules in LLM RLVR."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error instead of the one-line message",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -405,13 +437,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors of input the user gives (values, files, directories): one line, exit code 2. A
+# ValueError is one by convention here (every check of a value raises it, ConfigError included).
+_USER_OS_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _exit_code(err: BaseException) -> int | None:
+    """2 for an error of the user's input, 1 for a run that stopped on its own (a non-finite loss:
+    the message says where), None for anything else (a bug: its traceback is shown)."""
+    from clipbench.errors import UserError
+
+    if isinstance(err, (UserError, ValueError, *_USER_OS_ERRORS)):
+        return 2
+    trainer = sys.modules.get("clipbench.trainer")  # imported only if a training ran
+    if trainer is not None and isinstance(err, trainer.TrainingError):
+        return 1
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one sub-command. An expected failure prints one line, `clipbench SUB: error: ...`, and
+    exits with code 2 (1 for a run stopped by a non-finite loss); `--debug` shows the traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:
-        print(f"clipbench {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        code = _exit_code(err)
+        if code is None or args.debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"clipbench {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Each field's comment says what it means; the defaults are the tiny offline profi
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,12 +19,14 @@ import yaml
 
 import methods
 from clipbench.advantages import available_estimators
+from clipbench.errors import UserError
 
 ENGINES = ("hf", "vllm")
 PROMPT_STYLES = ("base", "chat")
+DEVICE = re.compile(r"cpu|mps|cuda(?::\d+)?")  # what `device` may be (torch device strings)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid configuration; the message names the field."""
 
 
@@ -105,7 +108,7 @@ class TrainConfig:
     kl_beta: float = 0.0  # weight of the k3 KL to the base model (0: no reference model)
     checkpoint_every: int = 5  # steps between checkpoints (the last step is always saved)
     keep_checkpoints: int = 2
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "mps"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -136,7 +139,10 @@ def _coerce(path: str, kind: Any, value: Any) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float range
+            raise ConfigError(f"{path}: must be finite, got an integer of {len(str(value))} digits") from None
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
@@ -175,8 +181,40 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _number(
+    path: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """`value` must be finite and within the given bounds (closed unless `*_open`); the message
+    names `path`, the rule and the value, e.g. "rollout.temperature: must be finite and > 0, got inf"."""
+    ok = math.isfinite(value)
+    if low is not None:
+        ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if ok:
+        return
+    if low is not None and high is not None:
+        rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        rule = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        rule = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        raise ConfigError(f"{path}: must be finite, got {value}")
+    raise ConfigError(f"{path}: must be finite and {rule}, got {value}")
+
+
 def validate(config: TrainConfig) -> TrainConfig:
-    """Every check that can fail before compute; returns the config unchanged."""
+    """Every check that can fail before compute; returns the config unchanged.
+
+    Every numeric field is checked for finiteness and range (an infinite temperature or learning
+    rate would otherwise run to the end on garbage), and the device must be one torch names."""
     import benchmarks
 
     _require(bool(config.model), "model: required (an HF model directory or hub id)")
@@ -185,35 +223,56 @@ def validate(config: TrainConfig) -> TrainConfig:
             f"method: unknown method {config.method!r}; available: {', '.join(methods.available_methods())}"
         )
     try:
-        config.build_method()
+        method = config.build_method()
     except ValueError as err:
         raise ConfigError(f"method_params: {err}") from None
+    for name, value in method.hparams().items():
+        if isinstance(value, float):
+            _number(f"method_params.{name}", value)
     _require(config.steps >= 1, f"steps: must be >= 1, got {config.steps}")
     _require(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
-    if config.data.benchmark not in benchmarks.available():
+    _require(
+        bool(DEVICE.fullmatch(config.device)),
+        f"device: must be cpu, cuda, cuda:N or mps, got {config.device!r}",
+    )
+    d = config.data
+    if d.benchmark not in benchmarks.available():
         raise ConfigError(
-            f"data.benchmark: unknown benchmark {config.data.benchmark!r}; available: {', '.join(benchmarks.available())}"
+            f"data.benchmark: unknown benchmark {d.benchmark!r}; available: {', '.join(benchmarks.available())}"
         )
-    _require(config.data.prompt_style in PROMPT_STYLES, f"data.prompt_style: must be one of {PROMPT_STYLES}")
-    _require(config.data.n is None or config.data.n >= 1, "data.n: must be >= 1 or null")
+    _require(d.prompt_style in PROMPT_STYLES, f"data.prompt_style: must be one of {PROMPT_STYLES}")
+    _require(d.n is None or d.n >= 1, f"data.n: must be >= 1 or null, got {d.n}")
+    _require(d.seed >= 0, f"data.seed: must be >= 0, got {d.seed}")
+    splits = benchmarks.get_spec(d.benchmark).splits
+    _require(
+        d.split in splits, f"data.split: {d.benchmark} has no split {d.split!r}; splits: {', '.join(splits)}"
+    )
     r = config.rollout
     _require(
         r.engine in ENGINES, f"rollout.engine: unknown engine {r.engine!r}; available: {', '.join(ENGINES)}"
     )
-    _require(r.prompts_per_step >= 1, "rollout.prompts_per_step: must be >= 1")
+    _require(r.prompts_per_step >= 1, f"rollout.prompts_per_step: must be >= 1, got {r.prompts_per_step}")
     _require(
-        r.samples_per_prompt >= 2, "rollout.samples_per_prompt: must be >= 2 (group-relative advantages)"
+        r.samples_per_prompt >= 2,
+        f"rollout.samples_per_prompt: must be >= 2 (group-relative advantages), got {r.samples_per_prompt}",
     )
-    _require(r.temperature > 0, f"rollout.temperature: must be > 0, got {r.temperature}")
-    _require(0 < r.top_p <= 1, f"rollout.top_p: must be in (0, 1], got {r.top_p}")
-    _require(r.max_new_tokens >= 1, "rollout.max_new_tokens: must be >= 1")
+    _number("rollout.temperature", r.temperature, 0, low_open=True)
+    _number("rollout.top_p", r.top_p, 0, 1, low_open=True)
+    _require(r.max_new_tokens >= 1, f"rollout.max_new_tokens: must be >= 1, got {r.max_new_tokens}")
+    _number("rollout.gpu_memory_utilization", r.gpu_memory_utilization, 0, 1, low_open=True)
     if config.advantage.estimator not in available_estimators():
         raise ConfigError(
             f"advantage.estimator: unknown estimator {config.advantage.estimator!r}; "
             f"available: {', '.join(available_estimators())}"
         )
+    # grpo divides by std + eps: a negative eps can make that 0 (inf advantages) or flip signs.
+    _number("advantage.eps", config.advantage.eps, 0)
     o = config.optim
-    _require(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
+    _number("optim.lr", o.lr, 0, low_open=True)
+    _number("optim.weight_decay", o.weight_decay, 0)
+    _number("optim.beta1", o.beta1, 0, 1, high_open=True)
+    _number("optim.beta2", o.beta2, 0, 1, high_open=True)
+    _number("optim.grad_clip", o.grad_clip, 0)
     _require(o.minibatches >= 1 and o.epochs >= 1, "optim.minibatches and optim.epochs: must be >= 1")
     _require(
         o.minibatches * o.epochs > 1,
@@ -225,11 +284,37 @@ def validate(config: TrainConfig) -> TrainConfig:
         batch % o.minibatches == 0,
         f"optim.minibatches: must divide the rollout batch prompts_per_step * samples_per_prompt = {batch}",
     )
-    _require(o.grad_clip >= 0, "optim.grad_clip: must be >= 0")
-    _require(config.kl_beta >= 0, "kl_beta: must be >= 0")
-    _require(config.checkpoint_every >= 1, "checkpoint_every: must be >= 1")
-    _require(config.keep_checkpoints >= 1, "keep_checkpoints: must be >= 1")
+    _number("kl_beta", config.kl_beta, 0)
+    _require(config.checkpoint_every >= 1, f"checkpoint_every: must be >= 1, got {config.checkpoint_every}")
+    _require(config.keep_checkpoints >= 1, f"keep_checkpoints: must be >= 1, got {config.keep_checkpoints}")
     return config
+
+
+SECTIONS = ("data", "rollout", "advantage", "optim", "method_params")  # TrainConfig's mappings
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each dotted key of `overrides` set (e.g. "optim.lr"); a key that goes through
+    a field which is not a section (e.g. "model.x") raises ConfigError naming it."""
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        if not all(parents) or not leaf:
+            raise ConfigError(f"{key}: not a field name (expected e.g. optim.lr)")
+        for depth, part in enumerate(parents):
+            if node.get(part) is None:
+                node[part] = {}
+            elif not isinstance(node[part], dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(
+                    f"{key}: {where} is a value ({node[part]!r}), not a section; "
+                    f"sections: {', '.join(SECTIONS)}"
+                )
+            else:
+                node[part] = dict(node[part])  # never edit the caller's mapping
+            node = node[part]
+        node[leaf] = value
+    return data
 
 
 def load_config(source: str | Path | dict, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -237,16 +322,27 @@ def load_config(source: str | Path | dict, overrides: dict[str, Any] | None = No
     (e.g. {"optim.lr": 1e-3})."""
     if isinstance(source, dict):
         data = dict(source)
-    else:
+    elif isinstance(source, (str, Path)):
         path = Path(source)
+        if not path.is_file():
+            why = "is a directory" if path.is_dir() else "no such file"
+            raise ConfigError(f"config file {path}: {why}; give a YAML file of TrainConfig fields")
         try:
-            data = load_yaml(path.read_text()) or {}
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+            reason = " ".join(str(err).split())
+            raise ConfigError(f"config file {path}: not valid YAML ({reason})") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path}: cannot read it ({err})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file {path}: expected a mapping of TrainConfig fields, got {type(data).__name__} {data!r:.80}"
+            )
+    else:
+        raise ConfigError(
+            f"config: expected a mapping of TrainConfig fields, got {type(source).__name__} {source!r:.80}"
+        )
+    data = apply_overrides(data, overrides or {})
     return validate(from_dict(TrainConfig, data))

@@ -45,10 +45,12 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
+from clipbench.errors import UserError
 from clipbench.provenance import git_commit, package_versions, replace_dir
 
 __all__ = [
     "PROVENANCE_FILE",
+    "ModelLoadError",
     "SMOLLM2_PIP",
     "build_tokenizer",
     "build_tiny_model",
@@ -237,6 +239,43 @@ def save_model(
     return out_dir
 
 
+class ModelLoadError(UserError):
+    """A model that cannot be loaded (no such directory, a damaged file); the message names it."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] or type(err).__name__
+
+
+def check_model_dir(path: Path) -> None:
+    """Raise ModelLoadError naming the file if the HF model directory `path` is visibly broken:
+    config.json missing or not a JSON object, a safetensors file whose header is damaged or that
+    is shorter than its header says (truncated). Reads only headers."""
+    from safetensors import SafetensorError, safe_open
+
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"{path}: not a model directory (no config.json)")
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise ModelLoadError(
+            f"{config}: not valid JSON ({_one_line(err)}); the model directory is damaged: "
+            "re-create or copy it again"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ModelLoadError(f"{config}: expected a JSON object; the model directory is damaged")
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ModelLoadError(
+                f"{weights}: damaged or incomplete ({_one_line(err)}); re-create or copy the model again"
+            ) from None
+
+
 def load_model(
     path_or_id: str | os.PathLike,
     *,
@@ -247,14 +286,30 @@ def load_model(
 
     The model is in eval mode on `device`. The tokenizer gets a pad token (the eos token when
     it has none) and left padding, so batches of prompts can be generated from directly.
-    Hub ids need network access (or a filled cache with `HF_HUB_OFFLINE=1`).
+    Hub ids need network access (or a filled cache with `HF_HUB_OFFLINE=1`). A directory that
+    does not exist or is damaged (`check_model_dir`), or a hub id that cannot be fetched, raises
+    ModelLoadError naming it.
     """
+    from safetensors import SafetensorError
+
     source = os.fspath(path_or_id)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    local = Path(source)
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(f"{source}: a file, not a model directory")
+        check_model_dir(local)
+    elif source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source:
+        raise ModelLoadError(f"{source}: no such model directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError, SafetensorError) as err:
+        where = "model directory" if local.is_dir() else "no such directory, and as a hub id"
+        raise ModelLoadError(f"{source}: {where}: cannot load it ({_one_line(err)})") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
+    model = model.to(device)
     model.eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

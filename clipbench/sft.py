@@ -9,12 +9,14 @@ response lengths the fairness metrics bin.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 import benchmarks
+from clipbench.config import ConfigError
 from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.provenance import atomic_write_json, provenance
 
@@ -30,18 +32,35 @@ class SFTConfig:
     eval_every: int = 50
     target_accuracy: float = 0.5  # stop once greedy dev accuracy reaches this (imperfect on purpose)
     max_new_tokens: int = 128  # the longest train solution (12 steps) is ~85 tokens
-    hidden_size: int = 128
+    hidden_size: int = 128  # a multiple of 8: 4 attention heads of an even size (rotary embeddings)
     num_layers: int = 4
     intermediate_size: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("n_problems", "dev_problems", "batch_size", "max_steps", "eval_every", "max_new_tokens"):
+        """Every field checked before any work (ConfigError naming it)."""
+        for name in (
+            "n_problems",
+            "dev_problems",
+            "batch_size",
+            "max_steps",
+            "eval_every",
+            "max_new_tokens",
+            "num_layers",
+            "intermediate_size",
+        ):
             if getattr(self, name) < 1:
-                raise ValueError(f"sft.{name}={getattr(self, name)}: must be >= 1")
+                raise ConfigError(f"sft.{name}={getattr(self, name)}: must be >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"sft.seed={self.seed}: must be >= 0")
+        if self.hidden_size < 8 or self.hidden_size % 8:
+            raise ConfigError(
+                f"sft.hidden_size={self.hidden_size}: must be a positive multiple of 8 "
+                "(4 attention heads of an even size)"
+            )
         if not 0 < self.target_accuracy <= 1:
-            raise ValueError(f"sft.target_accuracy={self.target_accuracy}: must be in (0, 1]")
-        if self.lr <= 0:
-            raise ValueError(f"sft.lr={self.lr}: must be > 0")
+            raise ConfigError(f"sft.target_accuracy={self.target_accuracy}: must be in (0, 1]")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"sft.lr={self.lr}: must be finite and > 0")
 
 
 def _encode(tokenizer, prompt: str, solution: str) -> tuple[list[int], int]:
@@ -85,6 +104,8 @@ def greedy_accuracy(
 
 def run_sft(config: SFTConfig, out_dir: str | Path, *, log=print) -> Path:
     """Build, warm up and save the base model; returns `out_dir`."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a directory; give a directory for the model")
     spec = benchmarks.get_spec("synthetic")
     pool = benchmarks.load(
         "synthetic", split="train", n=config.n_problems + config.dev_problems, seed=config.seed

@@ -22,17 +22,33 @@ Run directory:
                                   seq_clip, seq_out, reward, entropy (the sequence's mean per-token
                                   entropy of the policy's softmax at the sampling temperature,
                                   before top_p); what clipbench.fairness reads
-  checkpoints/step_NNNNNN/        model, optimizer, RNG states after NNNNNN steps; `latest` names
-                                  the newest complete one. A restarted run resumes from it.
+  checkpoints/step_NNNNNN/        model, optimizer, RNG states after NNNNNN steps and manifest.json
+                                  (size and sha256 of every file); `latest` names the newest complete
+                                  one. A restarted run resumes from it (verified against its
+                                  manifest; a damaged one falls back to the previous intact one).
   final/                          the trained model (HF format) and summary.json when done
+  run.lock                        held (flock) by the process that trains into the directory, with
+                                  its pid and host; a second run into the same directory is refused
+
+Starting a run: the config is validated, the run directory's path checked and its lock taken,
+stale temporary files of an interrupted run removed, the checkpoint to resume from chosen and
+verified, the model loaded; only then is the directory claimed (config.yaml, provenance.json
+written, later steps' logs dropped). A start that fails before that leaves the directory as it
+was (a directory it created is removed), so rerunning with a corrected config just works.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import fcntl
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -48,17 +64,220 @@ import yaml
 import benchmarks
 from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, load_yaml, validate
-from clipbench.models import load_model, save_model
-from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance
+from clipbench.errors import UserError
+from clipbench.models import ModelLoadError, check_model_dir, load_model, save_model
+from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
 from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, derive_seed, token_logprobs
 from methods import prepare_batch
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+MANIFEST = "manifest.json"
+LOCK_FILE = "run.lock"
+STEP_DIR = re.compile(r"step_(\d{6,})")
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss or gradient); the message says where and why."""
+
+
+class RunDirError(UserError):
+    """A run directory that cannot be used as it is; the message says why and how to proceed."""
+
+
+class RunLockedError(RunDirError):
+    """Another process trains into the run directory (it holds `run.lock`)."""
+
+
+class CheckpointError(RunDirError):
+    """The checkpoints cannot be resumed from (a bad `latest` pointer, nothing intact left)."""
+
+
+# ---------------------------------------------------------------------------- the run lock
+
+_HELD_LOCKS: set[int] = set()  # file descriptors of the locks this process holds
+
+
+def _forget_locks_in_child() -> None:
+    # A forked child shares the parent's lock (flock belongs to the open file, which fork
+    # duplicates): were the child to outlive a killed parent, the directory would stay locked.
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)  # drops the child's reference only; the parent keeps its lock
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+class RunLock:
+    """An exclusive `flock` on RUN_DIR/run.lock, holding the holder's pid, host and start time.
+
+    `acquire` refuses at once (RunLockedError naming the holder and the directory) when another
+    process holds it. The kernel releases a flock when its process dies, SIGKILL included, so a
+    lock file left by a dead process never blocks. `release` removes the file, then unlocks."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    @staticmethod
+    def holder(path: Path) -> dict[str, Any]:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> RunLock:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                info = self.holder(self.path)
+                who = (
+                    f"pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('started', '?')}"
+                    if info
+                    else "a process that has not yet written its pid"
+                )
+                raise RunLockedError(
+                    f"{self.run_dir}: another clipbench run is training into this directory ({who}; lock "
+                    f"file {self.path}); wait for it to finish or stop it, or train into another --out"
+                ) from None
+            except OSError as err:  # a filesystem without flock (e.g. Lustre mounted without -o flock)
+                os.close(fd)
+                print(
+                    f"clipbench train: warning: cannot lock {self.path} ({err.strerror}): this filesystem "
+                    "does not support flock, so a second run into the same directory would not be refused",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return self
+            try:
+                current = os.stat(self.path)
+                locked = os.fstat(fd)
+                same = (current.st_ino, current.st_dev) == (locked.st_ino, locked.st_dev)
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # a releasing holder removed the file we opened: lock the new one
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(info) + "\n").encode())
+        self.fd = fd
+        _HELD_LOCKS.add(fd)
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        _HELD_LOCKS.discard(fd)
+        try:
+            self.path.unlink(missing_ok=True)  # while still locked: a waiter re-checks the inode
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------- checkpoint manifests
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> Path:
+    """Write DIRECTORY/manifest.json: the size and sha256 of every other file below it."""
+    files = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    return atomic_write_json(directory / MANIFEST, {"files": files})
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why checkpoint `directory` cannot be resumed from (a file missing, of the wrong size or
+    content against its manifest), or None when it is intact. A checkpoint written before
+    manifests existed is checked for its files and its model's headers only."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        required = ("trainer_state.json", "optimizer.pt", "rng.pt", "model/config.json")
+        missing = [name for name in required if not (directory / name).is_file()]
+        if missing:
+            return f"no {MANIFEST} and no {', '.join(missing)}: incomplete"
+        try:
+            check_model_dir(directory / "model")
+        except ModelLoadError as err:
+            return str(err)
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{MANIFEST} unreadable ({err})"
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name}: missing"
+        size = path.stat().st_size
+        if size != expected["size"]:
+            return f"{name}: {size} bytes, the manifest says {expected['size']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name}: content differs from the manifest (sha256)"
+    return None
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless `device` (already a valid name) exists on this machine."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ConfigError(f"device: {device!r}, but CUDA is not available here ({why}); use device=cpu")
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(
+                f"device: {device!r}, but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}"
+            )
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: 'mps', but MPS is not available here; use device=cpu")
+
+
+def check_run_dir_path(run_dir: Path) -> None:
+    """RunDirError unless `run_dir` is (or can be created as) a writable directory; writes nothing."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(
+            f"{run_dir}: exists and is not a directory; the run directory (--out) must be a directory"
+        )
+    ancestor = run_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirError(f"{run_dir}: cannot be created, {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        what = (
+            "cannot write into" if ancestor == run_dir else "cannot be created, no permission to write into"
+        )
+        raise RunDirError(f"{run_dir}: {what} {ancestor} (permission denied)")
+
+
+def _is_temporary(name: str) -> bool:
+    """A file or folder an interrupted atomic write left behind (`.NAME.tmp-*` of mkdtemp,
+    `.NAME.*.tmp` of atomic_write_text, `.NAME.old-*` of replace_dir)."""
+    return name.startswith(".") and (".tmp" in name or ".old-" in name)
 
 
 def prompt_indices(seed: int, step: int, per_step: int, n_problems: int) -> list[int]:
@@ -108,38 +327,158 @@ class Trainer:
         self.progress = progress
         self.method = config.build_method()
         self.spec = benchmarks.get_spec(config.data.benchmark)
+        # Checks that read only: a bad device or --out fails before anything is loaded or written.
+        check_device(self.config.device)
+        check_run_dir_path(self.run_dir)
+        self._lock = RunLock(self.run_dir)
+        self._created_dir = False
 
     # ------------------------------------------------------------------ setup and resume
 
-    def _check_run_dir(self) -> None:
-        saved = self.run_dir / "config.yaml"
-        if saved.exists():
-            previous = load_yaml(saved.read_text())
-            if config_hash(previous) != config_hash(self.config.to_dict()):
-                raise ConfigError(
-                    f"{self.run_dir} holds a run with another config (hash {config_hash(previous)} != "
-                    f"{config_hash(self.config.to_dict())}); use a new run directory or delete it"
-                )
+    @staticmethod
+    def _warn(message: str) -> None:
+        print(f"clipbench train: warning: {message}", file=sys.stderr, flush=True)
+
+    def _acquire(self) -> None:
+        """Create the run directory if needed and take its lock (RunLockedError if held)."""
+        self._created_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, yaml.safe_dump(self.config.to_dict(), sort_keys=True))
+        self._lock.acquire()
+
+    def _release(self, *, started: bool) -> None:
+        """Release the lock; after a failed start, remove the run directory if this run created it
+        (it holds nothing then)."""
+        self._lock.release()
+        if not started and self._created_dir:
+            try:
+                self.run_dir.rmdir()
+            except OSError:
+                pass  # not empty: another process wrote there meanwhile; leave it
+
+    def _check_saved_config(self) -> None:
+        saved = self.run_dir / "config.yaml"
+        if not saved.exists():
+            return
+        try:
+            previous = load_yaml(saved.read_text())
+        except (OSError, ValueError, yaml.YAMLError) as err:
+            raise RunDirError(
+                f"{saved}: unreadable ({' '.join(str(err).split())[:200]}); this is not a clipbench run "
+                "directory or it is damaged: use a new run directory or delete it"
+            ) from None
+        if config_hash(previous) != config_hash(self.config.to_dict()):
+            raise ConfigError(
+                f"{self.run_dir} holds a run with another config (hash {config_hash(previous)} != "
+                f"{config_hash(self.config.to_dict())}); use a new run directory or delete it"
+            )
+
+    def _remove_temporaries(self) -> None:
+        """Remove what an interrupted atomic write left (checkpoints/.step_N.tmp-*, .final.tmp-*,
+        .metrics.jsonl.*.tmp, ...); safe only with the lock held (no writer is running)."""
+        for folder in (self.run_dir, self.run_dir / CHECKPOINTS):
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                if _is_temporary(entry.name):
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+
+    def _resume_point(self) -> tuple[Path | None, Path | None]:
+        """(the checkpoint to resume from or None, the damaged `latest` it replaces or None).
+
+        `latest` must name an existing checkpoint when there is one; a pointer that is empty or
+        names a missing checkpoint, or a missing pointer beside checkpoints, is an error (never a
+        silent restart from step 0). A damaged latest falls back to the newest intact older one."""
+        root = self.run_dir / CHECKPOINTS
+        pointer = root / LATEST
+        steps = sorted(
+            (p for p in root.glob("step_*") if p.is_dir() and STEP_DIR.fullmatch(p.name)),
+            key=lambda p: int(p.name.split("_")[1]),
+        )
+        names = ", ".join(p.name for p in steps) or "none"
+        how = (
+            f"checkpoints on disk: {names}; to resume from one, write its name into {pointer}"
+            f"{f' (e.g. echo {steps[-1].name} > {pointer})' if steps else ''}; to start over from step 0, "
+            f"delete {root}"
+        )
+        if not pointer.exists():
+            if steps:
+                raise CheckpointError(f"{pointer}: missing, but {root} holds checkpoints; {how}")
+            return None, None
+        try:
+            name = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{pointer}: unreadable ({err}); {how}") from None
+        if not name:
+            raise CheckpointError(f"{pointer}: empty (it names the checkpoint to resume from); {how}")
+        if not STEP_DIR.fullmatch(name):
+            raise CheckpointError(f"{pointer}: names {name[:80]!r}, not a checkpoint (step_NNNNNN); {how}")
+        latest = root / name
+        if not latest.is_dir():
+            raise CheckpointError(f"{pointer}: names {name}, which does not exist; {how}")
+        problem = checkpoint_problem(latest)
+        if problem is None:
+            return latest, None
+        number = int(name.split("_")[1])
+        for older in reversed([p for p in steps if int(p.name.split("_")[1]) < number]):
+            if checkpoint_problem(older) is None:
+                self._warn(
+                    f"checkpoint {latest} is damaged ({problem}); resuming from the previous intact "
+                    f"checkpoint {older} instead (the steps after it are redone)"
+                )
+                return older, latest
+        raise CheckpointError(
+            f"checkpoint {latest} is damaged ({problem}) and no intact older checkpoint is left; "
+            f"to start over from step 0, delete {root}"
+        )
+
+    def _load_checkpoint_state(self, checkpoint: Path) -> int:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        if state.get("config_hash") not in (None, config_hash(self.config.to_dict())):
+            raise ConfigError(
+                f"{checkpoint} was written by a run with another config (hash {state['config_hash']} != "
+                f"{config_hash(self.config.to_dict())}); use a new run directory or delete it"
+            )
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
+        return int(state["steps_done"])
+
+    def _claim(self, checkpoint: Path | None, damaged: Path | None) -> None:
+        """Make the run directory this run's: config.yaml, provenance.json, `latest` past a damaged
+        checkpoint. Called only once everything has loaded."""
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=True))
         atomic_write_json(
             self.run_dir / "provenance.json", provenance(self.config.to_dict(), seed=self.config.seed)
         )
-
-    def _latest_checkpoint(self) -> Path | None:
-        pointer = self.run_dir / CHECKPOINTS / LATEST
-        if not pointer.exists():
-            return None
-        path = self.run_dir / CHECKPOINTS / pointer.read_text().strip()
-        return path if (path / "trainer_state.json").exists() else None
+        if damaged is not None:
+            atomic_write_text(self.run_dir / CHECKPOINTS / LATEST, checkpoint.name + "\n")
 
     def _setup(self) -> int:
-        """Load the policy (base or checkpoint), optimizer and data; return the steps already done."""
+        """Lock the run directory, load the policy (base or checkpoint), optimizer and data, then
+        claim the directory; return the steps already done. On failure the lock is released and
+        nothing of the directory has changed."""
+        self._acquire()
+        try:
+            done = self._load()
+        except BaseException:
+            self._release(started=False)
+            raise
+        return done
+
+    def _load(self) -> int:
         cfg = self.config
-        self._check_run_dir()
-        checkpoint = self._latest_checkpoint()
+        self._check_saved_config()
+        self._remove_temporaries()
+        checkpoint, damaged = self._resume_point()
         source = checkpoint / "model" if checkpoint else cfg.model
-        self.model, self.tokenizer = load_model(source, device=cfg.device)
+        try:
+            self.model, self.tokenizer = load_model(source, device=cfg.device)
+        except ModelLoadError as err:
+            if checkpoint is None:
+                raise ConfigError(f"model: {err}") from err
+            raise CheckpointError(f"checkpoint {checkpoint}: {err}") from err
         self.model.eval()  # no dropout: the update forward must match the old-log-prob forward
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -150,17 +489,28 @@ class Trainer:
         )
         self.reference = None
         if cfg.kl_beta > 0:
-            self.reference, _ = load_model(cfg.model, device=cfg.device)
+            try:
+                self.reference, _ = load_model(cfg.model, device=cfg.device)
+            except ModelLoadError as err:
+                raise ConfigError(f"model (the KL reference): {err}") from err
             self.reference.requires_grad_(False)
         done = 0
         if checkpoint:
-            state = json.loads((checkpoint / "trainer_state.json").read_text())
-            done = state["steps_done"]
-            self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-            torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
-        self._truncate_logs(done)
+            try:
+                done = self._load_checkpoint_state(checkpoint)
+            except ConfigError:
+                raise
+            except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
+                # A verified checkpoint loads; this is one written before manifests, damaged.
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} cannot be loaded ({' '.join(str(err).split())[:200]}); "
+                    f"delete it and write the name of an older one into {self.run_dir / CHECKPOINTS / LATEST}, "
+                    f"or delete {self.run_dir / CHECKPOINTS} to start over"
+                ) from err
         self.problems, self.prompts = training_prompts(cfg.data, self.tokenizer)
         self.engine = self._make_engine(source)
+        self._claim(checkpoint, damaged)
+        self._truncate_logs(done)
         return done
 
     def _make_engine(self, source: Path | str):
@@ -409,12 +759,12 @@ class Trainer:
                 tmp / "trainer_state.json",
                 {"steps_done": done, "config_hash": config_hash(self.config.to_dict())},
             )
-            shutil.rmtree(root / name, ignore_errors=True)
-            os.replace(tmp, root / name)
+            write_manifest(tmp)  # last: sizes and sha256 of everything above, verified on resume
+            replace_dir(tmp, root / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         atomic_write_text(root / LATEST, name + "\n")
-        kept = sorted(p for p in root.glob("step_*") if p.is_dir())
+        kept = sorted(p for p in root.glob("step_*") if p.is_dir() and STEP_DIR.fullmatch(p.name))
         for old in kept[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -422,10 +772,16 @@ class Trainer:
 
     def run(self) -> Path:
         """Train to `config.steps` (resuming if possible); returns the final model directory."""
+        done = self._setup()
+        try:
+            return self._run(done)
+        finally:
+            self._release(started=True)
+
+    def _run(self, done: int) -> Path:
         from tqdm import tqdm
 
         cfg = self.config
-        done = self._setup()
         records_dir = self.run_dir / "records"
         records_dir.mkdir(exist_ok=True)
         bar = tqdm(
@@ -493,4 +849,17 @@ def train(config: TrainConfig | dict | str | Path, run_dir: str | Path, *, progr
             trainer.engine.close()  # vLLM's engine processes
 
 
-__all__ = ["Trainer", "TrainingError", "derive_seed", "prompt_indices", "train", "training_prompts"]
+__all__ = [
+    "CheckpointError",
+    "RunDirError",
+    "RunLock",
+    "RunLockedError",
+    "Trainer",
+    "TrainingError",
+    "checkpoint_problem",
+    "derive_seed",
+    "prompt_indices",
+    "train",
+    "training_prompts",
+    "write_manifest",
+]
