@@ -11,19 +11,26 @@ r"""Evaluation of one model on one registered benchmark, through lm-eval: avg@k 
 What happens, in order:
 
 1. the arguments are checked (unknown benchmark, ``k < 1``, a missing model directory or data
-   file... raise ValueError naming the field) and the problems are loaded with
-   :func:`benchmarks.load_with_meta` (local copy, hub or generated), before any model is loaded;
+   file, an ``out`` that is a directory or under a file... raise ValueError naming the field; a
+   ``limit`` beyond a generated set's size is capped to it, with a warning) and the problems are
+   loaded with :func:`benchmarks.load_with_meta` (local copy, hub or generated), before any model
+   is loaded;
 2. each prompt is rendered with :func:`benchmarks.build_prompt` (the spec's template, ``base`` or
-   ``chat`` style, with the model's own tokenizer) and written with its gold answer to
-   ``<stem>.prompts.jsonl`` next to ``out``;
+   ``chat`` style, with the model's own tokenizer) and written with its gold answer to a temporary
+   file next to ``out``;
 3. ``lm_eval.simple_evaluate`` runs the task of :func:`benchmarks.lm_eval_tasks.task_config` on
    that file with the ``hf`` backend (transformers, CPU or GPU) or ``vllm`` (GPU): k samples per
    problem, greedy for k = 1 and temperature 1.0 for k > 1 unless ``temperature`` is given, seeded
    (python, numpy and torch seeds, and vLLM's engine seed) so that the same call gives the same
    generations; lm-eval's filter hook scores every sample with :func:`benchmarks.verify`;
-4. the results are written atomically: ``out`` (summary JSON: metrics, verdict counts, data sha256,
-   task config, provenance) and ``<stem>.samples.jsonl`` (one line per problem and sample: prompt,
-   generation, gold, extracted answer, verdict).
+4. the three files are written as one unit: first the old summary (if any) is removed, then the
+   prompts file is renamed to ``<stem>.prompts.jsonl``, ``<stem>.samples.jsonl`` (one line per
+   problem and sample: prompt, generation, gold, extracted answer, verdict) is written atomically,
+   and ``out`` (summary JSON: metrics, verdict counts, data sha256, task config, provenance, and
+   the sha256 of both sibling files) is written last. A summary therefore exists only beside the
+   files it describes: an interrupted run leaves either the previous complete set (interrupted
+   before step 4) or no summary at all, never a summary over a mix of old and new files; and
+   :func:`read_outputs` tells a complete set from a partial one by the recorded hashes.
 
 Metrics: avg@k is the mean over problems of the fraction of a problem's k samples that are correct
 (it is also the unbiased estimate of pass@1); pass@k counts a problem when any of its k samples is
@@ -40,10 +47,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import math
+import os
 import random
 import tempfile
 import time
@@ -54,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import benchmarks
-from benchmarks import lm_eval_tasks
+from benchmarks import lm_eval_tasks, synthetic
 from benchmarks.prompts import STYLES
 from clipbench.provenance import atomic_write_json, atomic_write_text, provenance
 
@@ -66,7 +75,9 @@ __all__ = [
     "context_length",
     "evaluate",
     "lm_eval_model",
+    "check_output_paths",
     "output_paths",
+    "read_outputs",
     "sample_records",
     "sampling",
     "score",
@@ -155,6 +166,84 @@ def output_paths(out: str | Path) -> dict[str, Path]:
         "samples": out.with_name(f"{out.stem}.samples.jsonl"),
         "prompts": out.with_name(f"{out.stem}.prompts.jsonl"),
     }
+
+
+def check_output_paths(paths: dict[str, Path]) -> None:
+    """Each output can be written: not a directory, and no file where a parent folder should be.
+
+    Called before any work, so that a bad ``--out`` fails at once instead of after the generation.
+    """
+    out = paths["summary"]
+    for path in paths.values():
+        if path.is_dir():
+            raise ValueError(f"out (--out {out}): {path} is a directory; give the summary's .json file path")
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise ValueError(f"out (--out {out}): {ancestor} is a file, not a folder to write into")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ValueError(f"out (--out {out}): {ancestor} is not writable")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_outputs(out: str | Path) -> dict[str, Any]:
+    """The summary at ``out`` once its set is complete: ValueError when it is not.
+
+    Complete: the summary exists and its sibling files (samples, prompts) exist with the sha256 the
+    summary recorded when it was written (summaries older than that record only the prompts').
+    """
+    paths = output_paths(out)
+    if not paths["summary"].is_file():
+        raise ValueError(f"{paths['summary']}: no summary (never written, or an interrupted run removed it)")
+    summary = json.loads(paths["summary"].read_text())
+    files = summary.get("files", {})
+    for kind in ("samples", "prompts"):
+        expected = files.get(f"{kind}_sha256")
+        if expected is None:
+            continue
+        sibling = paths["summary"].with_name(files.get(kind, paths[kind].name))
+        if not sibling.is_file():
+            raise ValueError(f"{paths['summary']}: its {kind} file {sibling.name} is missing")
+        if _sha256(sibling.read_bytes()) != expected:
+            raise ValueError(
+                f"{paths['summary']}: {sibling.name} is not the file this summary describes (sha256 differs)"
+            )
+    return summary
+
+
+def _write_outputs(paths: dict[str, Path], prompts_tmp: Path, samples_text: str, summary: dict) -> None:
+    """Step 4 of the module docstring: the old summary goes first, the new one comes last."""
+    paths["summary"].unlink(missing_ok=True)
+    os.replace(prompts_tmp, paths["prompts"])
+    atomic_write_text(paths["samples"], samples_text)
+    atomic_write_json(paths["summary"], summary)
+
+
+def _generated_size(spec: benchmarks.BenchmarkSpec, split: str | None) -> int | None:
+    """The number of problems of a generated set's split (its generator's default), else None."""
+    split = spec.default_split if split is None else split
+    if not spec.generated or split not in synthetic.SPLITS:
+        return None
+    return synthetic.SPLITS[split][2]
+
+
+def _cap_limit(settings: Settings) -> Settings:
+    """A ``limit`` beyond a generated set's size is capped to it (the generator would otherwise
+    draw problems until memory runs out), with a one-line warning naming the real size."""
+    size = _generated_size(benchmarks.get_spec(settings.benchmark), settings.split)
+    if size is None or settings.limit is None or settings.limit <= size:
+        return settings
+    split = settings.split or benchmarks.get_spec(settings.benchmark).default_split
+    warnings.warn(
+        f"limit={settings.limit} is more than the {size} problems of {settings.benchmark}/{split}: "
+        f"evaluating all {size}",
+        stacklevel=3,
+    )
+    return dataclasses.replace(settings, limit=size)
 
 
 def _load_problems(
@@ -490,11 +579,13 @@ def evaluate(
         seed=seed,
         load_kwargs=load_kwargs,
     )
+    settings = _cap_limit(settings)
     spec = benchmarks.get_spec(benchmark)
     paths = output_paths(out)
+    check_output_paths(paths)
     model = _check_model(model)
     _check_installed(backend)
-    loaded = _load_problems(benchmark, data_dir, split, limit, settings.load_kwargs)
+    loaded = _load_problems(benchmark, data_dir, split, settings.limit, settings.load_kwargs)
 
     from transformers import AutoTokenizer
 
@@ -509,21 +600,54 @@ def evaluate(
             stacklevel=2,
         )
     prompts_text = _jsonl(lm_eval_tasks.prompt_rows(loaded.problems, prompts))
-    atomic_write_text(paths["prompts"], prompts_text)
+    # lm-eval reads the prompts from a file: a temporary one until the whole set is written (step 4)
+    folder = paths["prompts"].parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{paths['prompts'].name}.partial-", suffix=".jsonl", dir=folder)
+    prompts_tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(prompts_text)
+        os.chmod(prompts_tmp, 0o644)  # mkstemp makes the file private; results are meant to be shared
+        return _generate_and_write(
+            settings, spec, model, loaded, paths, prompts_tmp, prompts_text, stops, truncated, started
+        )
+    finally:
+        prompts_tmp.unlink(missing_ok=True)
 
+
+def _generate_and_write(
+    settings: Settings,
+    spec: benchmarks.BenchmarkSpec,
+    model: str,
+    loaded: benchmarks.LoadResult,
+    paths: dict[str, Path],
+    prompts_tmp: Path,
+    prompts_text: str,
+    stops: list[str],
+    truncated: int,
+    started: float,
+) -> dict[str, Any]:
+    """Steps 3 and 4 of the module docstring: lm-eval on ``prompts_tmp``, then the three files."""
+    benchmark, backend, seed = settings.benchmark, settings.backend, settings.seed
     generation = lm_eval_tasks.generation_kwargs(
         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, stop=stops, backend=backend
     )
     task = lm_eval_tasks.task_config(
-        benchmark, paths["prompts"], k=settings.k, generation=generation, fallbacks=spec.fallbacks
+        benchmark, prompts_tmp, k=settings.k, generation=generation, fallbacks=spec.fallbacks
     )
     model_name, model_args = lm_eval_model(backend, model, seed=seed)
-    lm_batch_size: int | str = "auto" if backend == "vllm" else batch_size
+    lm_batch_size: int | str = "auto" if backend == "vllm" else settings.batch_size
     lm_eval_started = time.perf_counter()
     results = _run_lm_eval(task, model_name, model_args, batch_size=lm_batch_size, seed=seed)
     lm_eval_s = time.perf_counter() - lm_eval_started
 
     records = sample_records(results["samples"][task["task"]])
+    samples_text = _jsonl(records)
+    # the summary describes the task as it reads once the prompts file has its final name
+    described = lm_eval_tasks.describe_config(task)
+    data_files = described["dataset_kwargs"]["data_files"]
+    described["dataset_kwargs"]["data_files"] = {key: str(paths["prompts"].absolute()) for key in data_files}
     config = {"model": model, **asdict(settings), "split": loaded.split}
     summary = {
         **{key: config[key] for key in ("benchmark", "split", "k", "limit")},
@@ -538,10 +662,11 @@ def evaluate(
         "files": {
             "samples": paths["samples"].name,
             "prompts": paths["prompts"].name,
-            "prompts_sha256": hashlib.sha256(prompts_text.encode()).hexdigest(),
+            "samples_sha256": _sha256(samples_text.encode()),
+            "prompts_sha256": _sha256(prompts_text.encode()),
         },
         "lm_eval": {
-            "task_config": lm_eval_tasks.describe_config(task),
+            "task_config": described,
             "model": model_name,
             "model_args": model_args,
             "batch_size": lm_batch_size,
@@ -551,8 +676,7 @@ def evaluate(
         "timing_s": {"lm_eval": round(lm_eval_s, 3), "total": round(time.perf_counter() - started, 3)},
         "provenance": provenance(config, seed=seed),
     }
-    atomic_write_text(paths["samples"], _jsonl(records))
-    atomic_write_json(paths["summary"], summary)
+    _write_outputs(paths, prompts_tmp, samples_text, summary)
     return summary
 
 

@@ -1,13 +1,15 @@
 """Aggregation and reporting of a study: tidy result files, the main table and the plots.
 
 * `collect_evals` -> results/summary.csv: one row per (model, method, seed, benchmark, metric),
-  from the evaluation summaries (`clipbench evaluate`); the base model has method "base".
+  from the evaluation summaries (`clipbench evaluate`); the base model has method "base". Each row
+  also says whether the local data file had the registry's sha256 and which summary it came from.
 * `collect_fairness` -> results/fairness.csv: per method (pooled over seeds) and per (method, seed),
   the clip rate and median |S| of every length bin plus spread, slope, LRE and the S-growth
   exponent (`clipbench.fairness`), on the training runs' per-sequence clip records with bin edges
   shared by every run.
 * `main_table` -> results/tables/main.md: a row per method plus the base model, with its clipping
-  level; per benchmark the accuracy as mean +- std over seeds; clip rate, spread, LRE and S growth.
+  level; per benchmark the accuracy as mean +- std over seeds; clip rate, spread, LRE and S growth;
+  the footer names every evaluation whose data file's sha256 differs from the registry's.
 * `plot_accuracy`, `plot_clip_by_length`, `plot_training_curves` -> results/plots/*.png.
 * `unmet_needs`: what an output needs from its inputs and they lack, so that a report checks every
   requested output before it writes any.
@@ -28,6 +30,9 @@ from clipbench import fairness
 
 BASE = "base"
 SUMMARY_COLUMNS = ["model", "method", "seed", "benchmark", "metric", "k", "value"]
+# Also in summary.csv, after those: whether the evaluation's local data file had the registry's
+# sha256 (empty for hub and generated sets), and the evaluation summary each row comes from.
+PROVENANCE_COLUMNS = ["data_sha256_ok", "eval_file"]
 TRAINING_CURVE_PANELS = [
     ("reward_mean", "reward"),
     ("clip_frac", "clip fraction"),
@@ -57,9 +62,22 @@ def collect_evals(eval_files: Iterable[str | Path]) -> pd.DataFrame:
                     "metric": metric,
                     "k": summary["k"],
                     "value": float(summary[metric]),
+                    "data_sha256_ok": (summary.get("source") or {}).get("sha256_ok"),
+                    "eval_file": str(path),
                 }
             )
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS + PROVENANCE_COLUMNS)
+
+
+def _hash_mismatches(summary: pd.DataFrame) -> list[str]:
+    """``model/benchmark (eval file)`` of every evaluation whose local data file's sha256 differs
+    from the registry's (``data_sha256_ok`` false; a summary.csv without that column has none)."""
+    if "data_sha256_ok" not in summary.columns:
+        return []
+    flagged = summary[summary["data_sha256_ok"].astype(str).str.strip().str.lower() == "false"]
+    files = flagged["eval_file"] if "eval_file" in flagged.columns else pd.Series("?", index=flagged.index)
+    found = {f"{m}/{b} ({f})" for m, b, f in zip(flagged["model"], flagged["benchmark"], files, strict=True)}
+    return sorted(found)
 
 
 def read_clip_records(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame:
@@ -172,6 +190,15 @@ def main_table(
         "Definitions: `clipbench/fairness.py`.",
         f"Config `{config_name}` (hash {config_hash}), commit {commit}, {date}.",
     ]
+    mismatches = _hash_mismatches(summary)
+    if mismatches:  # a paragraph of its own, so that it cannot be read past
+        lines += [
+            "",
+            f"⚠ data hash mismatch: {len(mismatches)} evaluation(s) read a local data file whose sha256 differs "
+            "from the registry's (`benchmarks/registry.py`), so their numbers may not be on the published set: "
+            + "; ".join(mismatches)
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 

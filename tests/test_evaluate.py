@@ -204,6 +204,34 @@ def test_bad_input_names_the_field(no_compute, tiny_dir, tmp_path, changes, mess
     assert not (tmp_path / "s.json").exists()
 
 
+def test_out_that_cannot_be_written_fails_before_any_work(no_compute, tiny_dir, tmp_path):
+    (tmp_path / "taken.json").mkdir()
+    with pytest.raises(ValueError, match=r"--out .*taken\.json is a directory"):
+        ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "taken.json")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"--out .*a_file is a file, not a folder"):
+        ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "a_file" / "deeper" / "s.json")
+    (tmp_path / "s.samples.jsonl").mkdir()  # a sibling that cannot be replaced counts too
+    with pytest.raises(ValueError, match=r"--out .*s\.samples\.jsonl is a directory"):
+        ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "s.json")
+
+
+def test_limit_beyond_a_generated_set_is_capped(no_compute, tiny_dir, tmp_path, monkeypatch):
+    asked = []
+
+    def load(benchmark, data_dir, split, limit, load_kwargs):
+        asked.append(limit)
+        raise KeyboardInterrupt  # stop here: nothing is generated
+
+    monkeypatch.setattr(ev, "_load_problems", load)
+    with pytest.warns(UserWarning, match=r"limit=100000000 is more than the 500 problems of synthetic/test"):
+        with pytest.raises(KeyboardInterrupt):
+            ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "s.json", limit=100_000_000)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "s.json", split="train", limit=20_000)
+    assert asked == [500, 20_000]  # train has 20000: that limit stands
+
+
 def test_missing_local_file_and_model_dir(no_compute, tiny_dir, tmp_path):
     with pytest.raises(ValueError, match=r"data_dir: .*math500/test\.jsonl not found"):
         ev.evaluate(tiny_dir, "math500", out=tmp_path / "s.json", data_dir=tmp_path)
@@ -216,6 +244,83 @@ def test_max_new_tokens_beyond_the_context(tiny_dir, tmp_path):
     # the tiny model has 1024 positions; math500's default max_new_tokens is 4096
     with pytest.raises(ValueError, match="max_new_tokens=4096 leaves no room"):
         ev.evaluate(tiny_dir, "synthetic", out=tmp_path / "s.json", max_new_tokens=4096)
+
+
+# --- the output files are one unit -------------------------------------------------------------
+
+
+def fake_lm_eval(task: dict, model_name: str, model_args: dict, *, batch_size, seed: int) -> dict:
+    """Stands in for lm-eval: every sample of a problem answers its gold (seed in the text)."""
+    rows = read_jsonl(Path(task["dataset_kwargs"]["data_files"][lm_eval_tasks.DATA_SPLIT]))
+    records = [
+        {
+            "generation": f"run {seed}: \\boxed{{{row['answer']}}}",
+            "extracted": row["answer"],
+            "method": "boxed",
+            "correct": True,
+            "status": "ok",
+            "detail": None,
+        }
+        for row in rows
+    ]
+    samples = [
+        {"doc": row, "filtered_resps": [[r] * task["repeats"]]} for row, r in zip(rows, records, strict=True)
+    ]
+    return {"samples": {task["task"]: samples}, "results": {task["task"]: {}}}
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.parent.iterdir())}
+
+
+def test_an_interrupted_run_leaves_no_summary_over_a_partial_set(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(ev, "_run_lm_eval", fake_lm_eval)
+    out = tmp_path / "synthetic.json"
+    kwargs = dict(k=2, max_new_tokens=8)
+    first = ev.evaluate(tiny_dir, "synthetic", out=out, limit=3, **kwargs)
+    assert ev.read_outputs(out) == json.loads(json.dumps(first))
+    assert (
+        first["files"]["samples_sha256"]
+        == hashlib.sha256(out.with_name("synthetic.samples.jsonl").read_bytes()).hexdigest()
+    )
+    assert first["lm_eval"]["task_config"]["dataset_kwargs"]["data_files"]["test"] == str(
+        out.with_name("synthetic.prompts.jsonl")
+    )
+    complete = output_files(out)
+    assert sorted(complete) == ["synthetic.json", "synthetic.prompts.jsonl", "synthetic.samples.jsonl"]
+
+    # interrupted during generation: the previous set stays as it was, complete; no temporary file
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "_run_lm_eval", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(tiny_dir, "synthetic", out=out, limit=4, seed=1, **kwargs)
+    assert output_files(out) == complete
+    monkeypatch.setattr(ev, "_run_lm_eval", fake_lm_eval)
+
+    # interrupted while the new set is written (before its samples, or before its summary): no
+    # summary is left to claim the mix of old and new files, and the set reads as incomplete
+    for writer in ("atomic_write_text", "atomic_write_json"):
+        with monkeypatch.context() as patch:
+            patch.setattr(ev, writer, interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                ev.evaluate(tiny_dir, "synthetic", out=out, limit=4, seed=1, **kwargs)
+        assert not out.exists(), writer
+        with pytest.raises(ValueError, match="no summary"):
+            ev.read_outputs(out)
+        assert not [p for p in out.parent.iterdir() if "partial" in p.name]
+
+    # a rerun writes the whole new set
+    again = ev.evaluate(tiny_dir, "synthetic", out=out, limit=4, seed=1, **kwargs)
+    assert ev.read_outputs(out)["n_problems"] == again["n_problems"] == 4
+    samples = read_jsonl(out.with_name("synthetic.samples.jsonl"))
+    assert len(samples) == 8 and all(s["generation"].startswith("run 1:") for s in samples)
+
+    # a sibling changed after the summary was written: the set reads as incomplete
+    out.with_name("synthetic.samples.jsonl").write_text("")
+    with pytest.raises(ValueError, match="synthetic.samples.jsonl is not the file this summary describes"):
+        ev.read_outputs(out)
 
 
 # --- arithmetic and task construction (no model) -----------------------------------------------

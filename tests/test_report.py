@@ -1,5 +1,7 @@
 """The main table and the fairness file built from hand-made tidy inputs."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,6 +76,47 @@ def test_main_table_rows_levels_and_values():
     assert rows["fspo"].startswith("| fspo | sequence | **0.600 ± 0.141** | 0.170 | 1.400 | 0.0800 | 2.70 |")
     assert rows["ppo"].startswith("| ppo | token | 0.550 ± 0.071 | 0.005 | **0.900** | **0.0010** | 2.50 |")
     assert "config `t` (hash abc), commit c0".lower() in text.lower()
+
+
+def test_data_hash_mismatch_is_named_in_the_footer(tmp_path):
+    ok = summary_rows().assign(data_sha256_ok=True, eval_file="results/evals/x/synthetic_test.json")
+    flagged = ok.astype({"data_sha256_ok": object})
+    fspo0 = (flagged.method == "fspo") & (flagged.seed == 0)
+    flagged.loc[fspo0, "model"] = "fspo-seed0"
+    flagged.loc[fspo0, "data_sha256_ok"] = False
+    flagged.loc[fspo0, "eval_file"] = "results/evals/fspo-seed0/synthetic_test.json"
+    flagged.loc[flagged.method == "base", "data_sha256_ok"] = None  # a hub or generated set: unknown
+    # through summary.csv, as `clipbench report` reads it
+    flagged.to_csv(tmp_path / "summary.csv", index=False)
+    from_csv = pd.read_csv(tmp_path / "summary.csv")
+
+    def table(summary: pd.DataFrame) -> str:
+        return report.main_table(
+            summary, fairness_rows(), config_name="t", config_hash="abc", seeds=[0, 1], commit="c0", date="d"
+        )
+
+    plain, warned = table(ok), table(from_csv)
+    assert "mismatch" not in plain and table(summary_rows()) == plain  # without the columns: as before
+    body = [line for line in plain.splitlines() if line.startswith("|")]
+    assert [line for line in warned.splitlines() if line.startswith("|")] == body  # the body is unchanged
+    [warning] = [line for line in warned.splitlines() if "mismatch" in line]
+    assert warning.startswith("⚠ data hash mismatch: 1 evaluation(s)")
+    assert warning.endswith(": fspo-seed0/synthetic_test (results/evals/fspo-seed0/synthetic_test.json).")
+    assert "ppo" not in warning and "base" not in warning
+
+
+def test_collect_evals_carries_the_data_hash_check(tmp_path):
+    paths = []
+    for model, ok in [("base", True), ("ppo-seed0", False), ("ppo-seed1", None)]:
+        path = tmp_path / "evals" / model / "math500.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"k": 4, "avg@k": 0.5, "pass@k": 0.75, "source": {"sha256_ok": ok}}))
+        paths.append(path)
+    summary = report.collect_evals(paths)
+    assert list(summary.columns) == report.SUMMARY_COLUMNS + report.PROVENANCE_COLUMNS
+    by_model = summary.drop_duplicates("model").set_index("model")
+    assert by_model.data_sha256_ok.to_dict() == {"base": True, "ppo-seed0": False, "ppo-seed1": None}
+    assert by_model.eval_file["ppo-seed0"] == str(paths[1])
 
 
 def test_an_undefined_s_growth_exponent_shows_as_a_dash():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -162,7 +163,8 @@ ADVERSARIAL = {
 
 @pytest.fixture(scope="module")
 def wide_pool():
-    """Four workers even on two cores: the time limit is wall-clock, so timeouts overlap."""
+    """Four workers even on two cores: more workers than cores (the limit is CPU time, so a worker
+    that waits for a core is not charged for it; the wall-clock backstop bounds the wait)."""
     with VerifierPool(workers=4, kill_grace_s=GRACE_S) as p:
         p.start()
         yield p
@@ -173,8 +175,9 @@ def test_adversarial_inputs_return_within_the_limit(wide_pool):
     start = time.monotonic()
     verdicts = pool.verify([ADVERSARIAL[n] for n in names], ["27"] * len(names), timeout_s=TIMEOUT_S)
     elapsed = time.monotonic() - start
+    # the module docstring's worst case: ceil(n / W) rounds of at most the wall-clock backstop each
     rounds = math.ceil(len(names) / pool.size)
-    assert elapsed < rounds * (TIMEOUT_S + GRACE_S) + SLACK_S
+    assert elapsed < rounds * benchmarks.verifier.WALL_BACKSTOP_FACTOR * (TIMEOUT_S + GRACE_S) + SLACK_S
     for name, verdict in zip(names, verdicts, strict=True):
         assert verdict.status in benchmarks.verifier.STATUSES, name
         if verdict.status != "ok":
@@ -196,6 +199,144 @@ def test_single_pathological_answer_is_cut_at_the_limit(pool):
     assert time.monotonic() - start < TIMEOUT_S + GRACE_S + SLACK_S
     assert (verdict.status, verdict.correct) == ("timeout", False)
     _healthy(pool)
+
+
+# -- a verdict depends on the input and the limit only -------------------------------------------
+
+SHORT_S = 0.5  # a small limit: the pathological answers below need seconds of CPU
+PATHOLOGICAL = ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{7^{123456789}}", "so \\boxed{(10^{10})!}"]
+NORMAL = [
+    ("so \\boxed{\\frac{1}{2}}", "0.5"),
+    ("\\boxed{3}", "4"),
+    ("x = \\boxed{2\\sqrt{3}}", "\\sqrt{12}"),
+    ("\\boxed{(1, 2)}", "(1,2)"),
+    ("the answer is 7", "7"),
+]
+
+
+def _outcomes(verdicts: list[Verdict]) -> list[tuple[str, bool]]:
+    return [(v.status, v.correct) for v in verdicts]
+
+
+def test_verdicts_do_not_depend_on_the_batch(pool):
+    """The same items, verified again, reversed, and mixed with others, get the same verdicts."""
+    items = [(p, "27") for p in PATHOLOGICAL] + NORMAL + [(PATHOLOGICAL[0], "27"), NORMAL[0]]  # 2 repeats
+    items = items[::2] + items[1::2]  # pathological and normal interleaved
+
+    def run(batch: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, bool]]:
+        verdicts = pool.verify([p for p, _ in batch], [g for _, g in batch], timeout_s=SHORT_S)
+        out: dict[tuple[str, str], tuple[str, bool]] = {}
+        for item, outcome in zip(batch, _outcomes(verdicts), strict=True):
+            assert out.setdefault(item, outcome) == outcome, item  # a repeat within the batch agrees
+        return out
+
+    first = run(items)
+    assert [first[(p, "27")][0] for p in PATHOLOGICAL] == ["timeout"] * len(PATHOLOGICAL)
+    assert [first[item] for item in NORMAL] == [
+        ("ok", True),
+        ("ok", False),
+        ("ok", True),
+        ("ok", True),
+        ("ok", True),
+    ]
+    assert run(items) == first
+    assert run(items[::-1]) == first
+    others = [("\\boxed{10^{10^{10}}}", "1"), ("\\boxed{5}", "5"), ("\\boxed{\\frac{3}{4}}", "0.75")]
+    mixed = run(others + items[::3] + others + items)
+    assert {item: mixed[item] for item in first} == first
+    _healthy(pool)
+
+
+def test_a_repeated_pair_is_compared_once(pool):
+    before = pool.compared
+    verdicts = pool.verify(
+        ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{2}", "so \\boxed{9^{9^{9^{9}}}}", "\\boxed{2}", "\\boxed{2}"],
+        ["27", "2", "27", "2", "3"],
+        timeout_s=SHORT_S,
+    )
+    assert pool.compared - before == 3  # (27, tower), (2, 2), (3, 2)
+    assert _outcomes(verdicts) == [
+        ("timeout", False),
+        ("ok", True),
+        ("timeout", False),
+        ("ok", True),
+        ("ok", False),
+    ]
+
+
+def test_a_verdict_does_not_depend_on_what_the_worker_saw_before():
+    """An answer whose parse needs ~1 s of CPU times out at 0.5 s even right after the same worker
+    finished it under a larger limit (a cache of parses, ours or math-verify's, served it at once)."""
+    slow = "\\boxed{" + "+".join(f"x_{{{i}}}" for i in range(60)) + "}"
+    with VerifierPool(workers=1, kill_grace_s=GRACE_S) as single:
+        single.start()
+        [done] = single.verify([slow], ["27"], timeout_s=20.0)
+        assert (done.status, done.correct) == ("ok", False)
+        [again] = single.verify([slow], ["27"], timeout_s=SHORT_S)
+        assert again.status == "timeout" and "CPU" in again.detail
+        assert single.replaced == 0  # the soft limit stopped it: the same worker ran both
+
+
+def test_a_starved_worker_is_not_charged_for_waiting():
+    """The limit is CPU time: a worker kept off the CPU (here: stopped 90% of the time, as on a
+    machine with far more busy processes than cores) still finishes an answer that needs a fraction
+    of its limit, though its wall time is past the limit."""
+    medium, limit = "\\boxed{3^{1000000}}", SHORT_S  # ~0.1 s of CPU
+    with VerifierPool(workers=1, kill_grace_s=GRACE_S) as single:
+        single.start()
+        [pid] = _idle_pids(single)
+        done = threading.Event()
+
+        def starve() -> None:
+            with contextlib.suppress(ProcessLookupError):  # killed: the assertions below say so
+                while not done.is_set():
+                    os.kill(pid, signal.SIGSTOP)
+                    time.sleep(0.18)
+                    os.kill(pid, signal.SIGCONT)
+                    time.sleep(0.02)
+
+        starver = threading.Thread(target=starve)
+        start = time.monotonic()
+        starver.start()
+        try:
+            [verdict] = single.verify([medium], ["27"], timeout_s=limit)
+        finally:
+            done.set()
+            starver.join()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        assert time.monotonic() - start > limit  # a wall-clock limit would have cut it
+        assert (verdict.status, verdict.correct) == ("ok", False), verdict.detail
+        _healthy(single)
+
+
+def test_batch_deadline_marks_the_rest_timeout(pool):
+    deadline = 1.5
+    normal = [("\\boxed{5}", "5"), ("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{6}", "7")]
+    slow = [(f"\\boxed{{{b}^{{{b}^{{{b}^{{9}}}}}}}}", "1") for b in (3, 4, 5, 6, 7, 8)]
+    batch = normal + slow
+    start = time.monotonic()
+    verdicts = pool.verify(
+        [p for p, _ in batch], [g for _, g in batch], timeout_s=10.0, batch_deadline_s=deadline
+    )
+    elapsed = time.monotonic() - start
+    assert elapsed < deadline + GRACE_S
+    assert _outcomes(verdicts[:3]) == [("ok", True), ("ok", True), ("ok", False)]
+    for verdict in verdicts[3:]:
+        assert verdict.status == "timeout" and not verdict.correct
+        assert "batch deadline" in verdict.detail
+    _healthy(pool)  # the workers stopped at the deadline were replaced
+
+
+def test_batch_deadline_covers_the_workers_start():
+    with VerifierPool(workers=1) as cold:  # not started: its worker needs seconds to start
+        start = time.monotonic()
+        verdicts = cold.verify(["\\boxed{1}", ""], ["1", "1"], batch_deadline_s=0.2)
+        assert time.monotonic() - start < 0.2 + GRACE_S
+        assert [v.status for v in verdicts] == ["timeout", "no_answer"]
+        assert "batch deadline" in verdicts[0].detail
+    with pytest.raises(ValueError, match="batch_deadline_s"):
+        VerifierPool(workers=1).verify(["\\boxed{1}"], ["1"], batch_deadline_s=0)
 
 
 # -- worker failures -------------------------------------------------------------------------------
