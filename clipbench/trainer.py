@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -65,7 +64,7 @@ import benchmarks
 from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, load_yaml, validate
 from clipbench.errors import UserError
-from clipbench.models import ModelLoadError, check_model_dir, load_model, save_model
+from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
 from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, derive_seed, token_logprobs
 from methods import prepare_batch
@@ -191,18 +190,10 @@ class RunLock:
 # ---------------------------------------------------------------------------- checkpoint manifests
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: Path) -> Path:
     """Write DIRECTORY/manifest.json: the size and sha256 of every other file below it."""
     files = {
-        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -235,7 +226,7 @@ def checkpoint_problem(directory: Path) -> str | None:
         size = path.stat().st_size
         if size != expected["size"]:
             return f"{name}: {size} bytes, the manifest says {expected['size']}"
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             return f"{name}: content differs from the manifest (sha256)"
     return None
 
