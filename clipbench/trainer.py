@@ -395,8 +395,17 @@ class Trainer:
             f"delete {root}"
         )
         if not pointer.exists():
+            # A complete checkpoint appears only by an atomic rename, and its pointer is written
+            # right after: a kill between the two (the first checkpoint) leaves no pointer.
+            for candidate in reversed(steps):
+                if checkpoint_problem(candidate) is None:
+                    self._warn(
+                        f"{pointer}: missing beside checkpoints (a run killed between writing a checkpoint "
+                        f"and its pointer leaves this); resuming from the newest intact one, {candidate}"
+                    )
+                    return candidate, None
             if steps:
-                raise CheckpointError(f"{pointer}: missing, but {root} holds checkpoints; {how}")
+                raise CheckpointError(f"{pointer}: missing, and no checkpoint in {root} is intact; {how}")
             return None, None
         try:
             name = pointer.read_text().strip()
@@ -443,8 +452,9 @@ class Trainer:
         atomic_write_json(
             self.run_dir / "provenance.json", provenance(self.config.to_dict(), seed=self.config.seed)
         )
-        if damaged is not None:
-            atomic_write_text(self.run_dir / CHECKPOINTS / LATEST, checkpoint.name + "\n")
+        pointer = self.run_dir / CHECKPOINTS / LATEST
+        if checkpoint is not None and (damaged is not None or not pointer.exists()):
+            atomic_write_text(pointer, checkpoint.name + "\n")
 
     def _setup(self) -> int:
         """Lock the run directory, load the policy (base or checkpoint), optimizer and data, then

@@ -328,7 +328,6 @@ def test_a_checkpoint_from_before_manifests_still_resumes(finished, tmp_path, ca
         ("", "latest: empty (it names the checkpoint to resume from)"),
         ("step_000009\n", "latest: names step_000009, which does not exist"),
         ("../../elsewhere\n", "latest: names '../../elsewhere', not a checkpoint (step_NNNNNN)"),
-        (None, "latest: missing, but"),
     ],
 )
 def test_a_bad_latest_pointer_is_an_error_never_a_silent_restart(
@@ -349,6 +348,24 @@ def test_a_bad_latest_pointer_is_an_error_never_a_silent_restart(
         f"(e.g. echo step_000003 > {latest}); to start over from step 0, delete {run / 'checkpoints'}"
     )
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing truncated
+
+
+def test_a_missing_pointer_beside_checkpoints_resumes_from_the_newest_intact_one(finished, tmp_path, capsys):
+    # A kill between a checkpoint's atomic rename and its pointer write leaves no `latest`: the
+    # checkpoint is complete (its manifest says so), so the run resumes from it, with a warning.
+    run = copy_run(finished, tmp_path)
+    (run / "checkpoints" / "latest").unlink()
+    truncate(run / "checkpoints" / "step_000003" / "rng.pt")
+    for name in ("metrics.jsonl", "perf.jsonl"):  # as if steps after step 2 never finished
+        lines = (run / name).read_text().splitlines()
+        (run / name).write_text("".join(f"{line}\n" for line in lines[:2]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "_score", parity_reward)
+        Trainer(load_config(finished[1]), run, progress=False).run()
+    err = capsys.readouterr().err
+    assert "latest: missing beside checkpoints" in err and "step_000002" in err
+    assert (run / "metrics.jsonl").read_text() == (finished[0] / "metrics.jsonl").read_text()
+    assert (run / "checkpoints" / "latest").read_text() == "step_000003\n"
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed_at_start(finished, tmp_path):
