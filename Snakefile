@@ -34,7 +34,5 @@ include: "workflows/rules/report.smk"
 rule all:
     default_target: True
     input:
-        "results/tables/main.md",
-        "results/plots/accuracy.png",
-        "results/plots/clip_by_length.png",
-        "results/plots/training_curves.png",
+        artifacts.MAIN_TABLE,
+        [artifacts.plot_path(name) for name in artifacts.PLOT_FILES],

@@ -48,6 +48,9 @@ SPLITS: dict[str, tuple[int, int, int, bool]] = {
 ALPHABET = frozenset("0123456789+-*()=:\n " + PREFIX + "\\boxed{}")
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2}
+#: Most problems one call generates (10x the train split's default): a larger ``n`` is refused
+#: at once instead of filling memory for minutes (each problem with its solution is ~1 KB).
+MAX_N = 200_000
 # Consecutive draws without a new problem before generate() concludes the range is exhausted.
 _MAX_MISSES = 20000
 
@@ -133,8 +136,8 @@ def generate(
     n = default_n if n is None else n
     if not 1 <= lo <= hi:
         raise ValueError(f"need 1 <= min_steps <= max_steps, got {lo}, {hi}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0 <= n <= MAX_N:
+        raise ValueError(f"n must be between 0 and {MAX_N} (synthetic.MAX_N), got {n}")
     rng = random.Random(f"clipbench-synthetic/{split}/{seed}")
     seen: set[str] = set()
     problems: list[Problem] = []

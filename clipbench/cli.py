@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from clipbench import artifacts
+
 
 def _parse_lengths(text: str) -> tuple[int, ...]:
     try:
@@ -140,12 +142,12 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 def _runs_from_dirs(run_dirs: Sequence[Path]) -> dict[tuple[str, int], Path]:
     """results/runs/{method}/seed{seed} -> {(method, seed): dir}."""
+    from clipbench.artifacts import RunId
+
     runs = {}
     for run_dir in run_dirs:
-        seed = run_dir.name.removeprefix("seed")
-        if not seed.isdigit():
-            raise ValueError(f"{run_dir}: expected a run directory named seed<N> under its method's folder")
-        runs[(run_dir.parent.name, int(seed))] = run_dir
+        run = RunId.from_run_dir(run_dir)
+        runs[(run.method, run.seed)] = run_dir
     return runs
 
 
@@ -170,12 +172,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
-# The files `clipbench report --plots DIR` writes in DIR, one per plot.
-_PLOT_FILES = {
-    "accuracy": "accuracy.png",
-    "clip_by_length": "clip_by_length.png",
-    "training_curves": "training_curves.png",
-}
+# The files `clipbench report --plots DIR` writes in DIR, one per plot (the study declares the same).
+_PLOT_FILES = artifacts.PLOT_FILES
 
 
 def _report_outputs(args: argparse.Namespace) -> list[str]:

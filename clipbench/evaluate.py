@@ -48,6 +48,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
+import glob
 import hashlib
 import importlib.util
 import json
@@ -65,6 +67,7 @@ from typing import Any
 import benchmarks
 from benchmarks import lm_eval_tasks, synthetic
 from benchmarks.prompts import STYLES
+from clipbench.artifacts import MODEL_PROVENANCE_FILE  # written by clipbench.models.save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, provenance
 
 __all__ = [
@@ -89,7 +92,6 @@ SAMPLING_TEMPERATURE = 1.0  # default for k > 1
 VLLM_GPU_MEMORY_UTILIZATION = 0.85
 # End-of-turn markers of common chat templates (ChatML, Llama 3, Phi 3, Gemma).
 TURN_END_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
-MODEL_PROVENANCE_FILE = "clipbench_model.json"  # written by clipbench.models.save_model
 # Settings repeated at the top level of the summary (all of them are in its provenance config).
 _RUN_FIELDS = ("temperature", "max_new_tokens", "prompt_style", "backend", "batch_size", "seed")
 
@@ -603,17 +605,51 @@ def evaluate(
     # lm-eval reads the prompts from a file: a temporary one until the whole set is written (step 4)
     folder = paths["prompts"].parent
     folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f"{paths['prompts'].name}.partial-", suffix=".jsonl", dir=folder)
+    remove_stale_partials(paths)
+    fd, name = tempfile.mkstemp(prefix=_partial_prefix(paths), suffix=".jsonl", dir=folder)
     prompts_tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            _try_flock(handle.fileno())  # held while this run lives: marks the file as in use
             handle.write(prompts_text)
-        os.chmod(prompts_tmp, 0o644)  # mkstemp makes the file private; results are meant to be shared
-        return _generate_and_write(
-            settings, spec, model, loaded, paths, prompts_tmp, prompts_text, stops, truncated, started
-        )
+            handle.flush()
+            os.chmod(prompts_tmp, 0o644)  # mkstemp makes the file private; results are meant to be shared
+            return _generate_and_write(
+                settings, spec, model, loaded, paths, prompts_tmp, prompts_text, stops, truncated, started
+            )
     finally:
         prompts_tmp.unlink(missing_ok=True)
+
+
+def _partial_prefix(paths: dict[str, Path]) -> str:
+    return f"{paths['prompts'].name}.partial-"
+
+
+def _try_flock(fd: int) -> bool:
+    """An exclusive, non-blocking flock on ``fd``: False when another process holds one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a filesystem without flock: treat the file as free
+        return True
+    return True
+
+
+def remove_stale_partials(paths: dict[str, Path]) -> list[Path]:
+    """Remove the temporary prompts files (``<stem>.prompts.jsonl.partial-*``) that killed runs of
+    this output left behind; a file a running evaluation still holds (its flock) is kept."""
+    removed = []
+    for leftover in paths["prompts"].parent.glob(f"{glob.escape(_partial_prefix(paths))}*.jsonl"):
+        try:
+            with open(leftover, "rb") as handle:
+                if not _try_flock(handle.fileno()):
+                    continue
+                leftover.unlink(missing_ok=True)
+        except FileNotFoundError:
+            continue
+        removed.append(leftover)
+    return removed
 
 
 def _generate_and_write(

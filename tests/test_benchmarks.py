@@ -109,6 +109,32 @@ def test_local_set_loads_with_expected_rows(name, split):
 
 
 @requires_data
+def test_every_gold_answer_fits_well_inside_the_answer_length_cap():
+    """A correct answer is never cut by MAX_ANSWER_CHARS: the cap is at least 4x the longest gold."""
+    longest = max(
+        len(p.answer) for name, split in EXPECTED_ROWS for p in benchmarks.load(name, DATA_DIR, split)
+    )
+    assert 4 * longest <= extraction.MAX_ANSWER_CHARS, longest
+
+
+def test_an_answer_longer_than_the_cap_is_no_answer_whatever_it_holds():
+    cap = extraction.MAX_ANSWER_CHARS
+    at_cap = ("x+" * cap)[: cap - 1] + "x"
+    assert len(at_cap) == cap
+    assert extraction.extract_answer(f"so \\boxed{{{at_cap}}}") == (at_cap, "boxed")
+    assert extraction.extract_answer(f"so \\boxed{{{at_cap}+}}") == (None, None)
+    # a 250-term sum (about 1,900 characters) needs 4-5 s of CPU to parse, about the verifier's time
+    # limit, where CPU-time jitter could decide its verdict: the cap refuses it by length instead
+    slow_to_parse = "+".join(f"x_{{{i}}}" for i in range(250))
+    assert extraction.extract_answer(f"\\boxed{{{slow_to_parse}}}") == (None, None)
+    # a too-long box falls through to the fallbacks, which obey the same cap
+    assert extraction.extract_answer(f"\\boxed{{{at_cap}+}} The answer is 7", ["answer_is"]) == (
+        "7",
+        "answer_is",
+    )
+
+
+@requires_data
 def test_field_layouts_are_normalised():
     aime25 = benchmarks.load("aime25", DATA_DIR)
     assert aime25[0].answer == "70"  # JSON int

@@ -8,6 +8,7 @@ lm-eval is not installed (``pip install -e ".[eval]"``). ``-m slow`` adds SmolLM
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -321,6 +322,26 @@ def test_an_interrupted_run_leaves_no_summary_over_a_partial_set(tiny_dir, tmp_p
     out.with_name("synthetic.samples.jsonl").write_text("")
     with pytest.raises(ValueError, match="synthetic.samples.jsonl is not the file this summary describes"):
         ev.read_outputs(out)
+
+
+def test_a_killed_runs_partial_prompts_file_is_removed_by_the_next_run(tiny_dir, tmp_path, monkeypatch):
+    """SIGKILL skips the ``finally`` that removes the temporary prompts file; the next evaluation of
+    the same output removes it, but not one that a running evaluation still holds (its flock)."""
+    monkeypatch.setattr(ev, "_run_lm_eval", fake_lm_eval)
+    out = tmp_path / "synthetic.json"
+    stale = tmp_path / "synthetic.prompts.jsonl.partial-dead1234.jsonl"
+    stale.write_text("{}\n")
+    held = tmp_path / "synthetic.prompts.jsonl.partial-live5678.jsonl"
+    held.write_text("{}\n")
+    other = tmp_path / "other.prompts.jsonl.partial-dead9999.jsonl"  # another output's: not ours
+    other.write_text("{}\n")
+    with open(held, "rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live run of the same output
+        ev.evaluate(tiny_dir, "synthetic", out=out, limit=2, k=1, max_new_tokens=8)
+        assert not stale.exists()
+        assert held.exists() and other.exists()
+    assert ev.remove_stale_partials(ev.output_paths(out)) == [held]  # released: now stale too
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == [other.name]
 
 
 # --- arithmetic and task construction (no model) -----------------------------------------------

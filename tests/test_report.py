@@ -1,5 +1,6 @@
 """The main table and the fairness file built from hand-made tidy inputs."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -117,6 +118,24 @@ def test_collect_evals_carries_the_data_hash_check(tmp_path):
     by_model = summary.drop_duplicates("model").set_index("model")
     assert by_model.data_sha256_ok.to_dict() == {"base": True, "ppo-seed0": False, "ppo-seed1": None}
     assert by_model.eval_file["ppo-seed0"] == str(paths[1])
+
+
+def test_collect_evals_refuses_a_summary_whose_samples_changed(tmp_path):
+    """A table cell must come from the generations its summary describes: a samples file edited or
+    replaced after the summary was written is refused, naming the file."""
+    path = tmp_path / "evals" / "base" / "math500.json"
+    path.parent.mkdir(parents=True)
+    samples = path.with_name("math500.samples.jsonl")
+    samples.write_text('{"correct": true}\n')
+    recorded = {"samples": samples.name, "samples_sha256": hashlib.sha256(samples.read_bytes()).hexdigest()}
+    path.write_text(json.dumps({"k": 1, "avg@k": 1.0, "pass@k": 1.0, "files": recorded}))
+    assert report.collect_evals([path]).value.tolist() == [1.0, 1.0]
+    samples.write_text('{"correct": false}\n')
+    with pytest.raises(ValueError, match="math500.samples.jsonl is not the file this summary describes"):
+        report.collect_evals([path])
+    samples.unlink()
+    with pytest.raises(ValueError, match="samples file math500.samples.jsonl is missing"):
+        report.collect_evals([path])
 
 
 def test_an_undefined_s_growth_exponent_shows_as_a_dash():

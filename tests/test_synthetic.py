@@ -144,3 +144,11 @@ def test_prompt_template_keeps_the_alphabet_small(test):
     assert prompt == test[0].problem + "\n"
     assert set(prompt) <= synthetic.ALPHABET
     assert spec.fallbacks == ()
+
+
+def test_a_huge_or_negative_n_is_refused_before_generating():
+    """n = 10**9 would fill memory for minutes; it is refused at once, naming the cap."""
+    for n in (synthetic.MAX_N + 1, 10**9, -1):
+        with pytest.raises(ValueError, match="MAX_N"):
+            benchmarks.load("synthetic", split="train", n=n)
+    assert len(synthetic.generate(n=0)) == 0

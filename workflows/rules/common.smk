@@ -7,6 +7,8 @@ from pathlib import Path
 
 import benchmarks
 import methods
+from clipbench import artifacts
+from clipbench.artifacts import RunId
 from clipbench.provenance import config_hash
 
 
@@ -15,16 +17,12 @@ class StudyConfigError(ValueError):
 
 
 # Names that become file names and wildcards (method names, benchmark keys): the schema asks the
-# same pattern; checked here again before any path is built from them.
-SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")
-
-
+# same pattern (artifacts.NAME); checked here again before any path is built from them.
 def _check_name(where, name):
-    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        raise StudyConfigError(
-            f"config {where}: {name!r} is not a valid name: use letters, digits and _ only "
-            "(it becomes a file name under results/)"
-        )
+    try:
+        artifacts.check_name(name, f"config {where}")
+    except ValueError as err:
+        raise StudyConfigError(str(err)) from None
 
 
 def _study_methods():
@@ -73,8 +71,8 @@ def _study_benchmarks():
 METHODS = _study_methods()
 SEEDS = [int(s) for s in config["seeds"]]
 BENCHES = _study_benchmarks()
-RUNS = [(m, s) for m in METHODS for s in SEEDS]
-MODELS = ["base"] + [f"{m}-seed{s}" for m, s in RUNS]
+RUNS = [RunId(m, s) for m in METHODS for s in SEEDS]
+MODELS = [artifacts.BASE] + [run.model for run in RUNS]
 CONFIG_HASH = config_hash(config)
 
 
@@ -82,7 +80,7 @@ CONFIG_HASH = config_hash(config)
 wildcard_constraints:
     method="|".join(map(re.escape, METHODS)) or "NONE",
     seed=r"\d+",
-    model="|".join(["base"] + [f"{re.escape(m)}-seed\\d+" for m in METHODS]),
+    model=artifacts.model_wildcard(METHODS),
     bench="|".join(map(re.escape, BENCHES)),
 
 
@@ -90,7 +88,7 @@ def base_model_dir():
     base = config["base"]
     if base["kind"] == "path":
         return base["path"]
-    return "results/base/model"
+    return artifacts.BASE_MODEL_DIR
 
 
 def base_model_input():
@@ -98,11 +96,7 @@ def base_model_input():
     directory = base_model_dir()
     if config["base"]["kind"] == "path" and not Path(directory).exists():
         return []
-    return f"{directory}/config.json" if config["base"]["kind"] == "path" else "results/base/model/clipbench_model.json"
-
-
-def run_dir(method, seed):
-    return f"results/runs/{method}/seed{seed}"
+    return f"{directory}/config.json" if config["base"]["kind"] == "path" else artifacts.BASE_MODEL_MARKER
 
 
 def run_config(method, seed):
@@ -117,17 +111,12 @@ def run_config(method, seed):
 
 
 def model_dir(model):
-    if model == "base":
-        return base_model_dir()
-    method, seed = model.rsplit("-seed", 1)
-    return f"{run_dir(method, seed)}/final"
+    return artifacts.model_dir(model, base_dir=base_model_dir())
 
 
 def model_input(wildcards):
-    if wildcards.model == "base":
-        return base_model_input()
-    method, seed = wildcards.model.rsplit("-seed", 1)
-    return f"{run_dir(method, seed)}/final/summary.json"
+    run = artifacts.parse_model(wildcards.model)
+    return base_model_input() if run is None else run.final_summary
 
 
 def eval_args(bench):
@@ -169,9 +158,9 @@ def _check_run_settings():
             from_dict(SFTConfig, config["base"].get("sft") or {}, "base.sft")
         except ValueError as err:  # ConfigError, or SFTConfig's range checks
             raise StudyConfigError(f"config {err}") from None
-    for method, seed in RUNS:
+    for run in RUNS:
         try:
-            load_config(run_config(method, seed))
+            load_config(run_config(run.method, run.seed))
         except ConfigError as err:
             raise StudyConfigError(f"config train: {err}") from None
 

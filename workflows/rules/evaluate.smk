@@ -5,12 +5,12 @@ rule evaluate:
     input:
         model_input,
     output:
-        "results/evals/{model}/{bench}.json",
+        artifacts.EVAL_SUMMARY,
     params:
         model=lambda w: model_dir(w.model),
         args=lambda w: eval_args(w.bench),
     log:
-        "results/logs/evaluate/{model}-{bench}.log",
+        artifacts.EVAL_LOG,
     threads: 1
     resources:
         gpu=resources_of("evaluate").get("gpu", 0),

@@ -3,13 +3,13 @@
 
 rule aggregate:
     input:
-        evals=expand("results/evals/{model}/{bench}.json", model=MODELS, bench=BENCHES),
-        runs=[f"{run_dir(m, s)}/final/summary.json" for m, s in RUNS],
+        evals=expand(artifacts.EVAL_SUMMARY, model=MODELS, bench=BENCHES),
+        runs=[run.final_summary for run in RUNS],
     output:
-        summary="results/summary.csv",
-        fairness="results/fairness.csv",
+        summary=artifacts.SUMMARY_CSV,
+        fairness=artifacts.FAIRNESS_CSV,
     params:
-        runs=[run_dir(m, s) for m, s in RUNS],
+        runs=[run.run_dir for run in RUNS],
         bins=config.get("fairness", {}).get("bins", 5),
         column=config.get("fairness", {}).get("clip_column", "seq_out"),
     log:
@@ -23,10 +23,10 @@ rule aggregate:
 
 rule main_table:
     input:
-        summary="results/summary.csv",
-        fairness="results/fairness.csv",
+        summary=artifacts.SUMMARY_CSV,
+        fairness=artifacts.FAIRNESS_CSV,
     output:
-        report("results/tables/main.md", category="Tables"),
+        report(artifacts.MAIN_TABLE, category="Tables"),
     params:
         name=config["name"],
         hash=CONFIG_HASH,
@@ -41,19 +41,20 @@ rule main_table:
 
 rule plots:
     input:
-        summary="results/summary.csv",
-        fairness="results/fairness.csv",
-        runs=[f"{run_dir(m, s)}/final/summary.json" for m, s in RUNS],
+        summary=artifacts.SUMMARY_CSV,
+        fairness=artifacts.FAIRNESS_CSV,
+        runs=[run.final_summary for run in RUNS],
     output:
-        accuracy=report("results/plots/accuracy.png", category="Plots"),
-        clip=report("results/plots/clip_by_length.png", category="Plots"),
-        curves=report("results/plots/training_curves.png", category="Plots"),
+        accuracy=report(artifacts.plot_path("accuracy"), category="Plots"),
+        clip=report(artifacts.plot_path("clip_by_length"), category="Plots"),
+        curves=report(artifacts.plot_path("training_curves"), category="Plots"),
     params:
-        runs=[run_dir(m, s) for m, s in RUNS],
+        runs=[run.run_dir for run in RUNS],
+        plots_dir=lambda w, output: str(Path(output.accuracy).parent),
     log:
         "results/logs/plots.log",
     conda:
         "../envs/report.yaml"
     shell:
         "python -m clipbench.cli report --summary {input.summary:q} --fairness {input.fairness:q} "
-        "--runs {params.runs:q} --plots results/plots > {log:q} 2>&1"
+        "--runs {params.runs:q} --plots {params.plots_dir:q} > {log:q} 2>&1"

@@ -7,12 +7,12 @@ rule train:
     input:
         base=base_model_input(),
     output:
-        "results/runs/{method}/seed{seed}/final/summary.json",
+        artifacts.RUN_FINAL_SUMMARY,
     params:
         cfg=lambda w: json.dumps(run_config(w.method, w.seed), sort_keys=True),
-        run_dir=lambda w: run_dir(w.method, w.seed),
+        run_dir=lambda w: RunId(w.method, int(w.seed)).run_dir,
     log:
-        "results/logs/train/{method}-seed{seed}.log",
+        artifacts.TRAIN_LOG,
     threads: 1
     resources:
         gpu=resources_of("train").get("gpu", 0),

@@ -1,0 +1,161 @@
+"""The files jobs hand each other: every name and path of a study, made and parsed here only.
+
+A run is identified by a :class:`RunId` (method, seed). Its two spellings, the model name
+``{method}-seed{seed}`` (evaluation folders, logs) and the run directory
+``results/runs/{method}/seed{seed}``, are built by :meth:`RunId.model` and :meth:`RunId.run_dir`
+and read back by :meth:`RunId.from_model` and :meth:`RunId.from_run_dir`; nothing else in the
+project joins or splits them. Snakemake's rules (``workflows/rules/*.smk``), the CLI and the
+report all build their paths with the functions below, so a path is typed once.
+
+Layout of a study, relative to the directory Snakemake runs in (the repository root)::
+
+    results/base/model/                          the base model every run starts from
+    results/runs/{method}/seed{seed}/            one RL run (layout: clipbench.trainer)
+        final/summary.json                       written last: the run is complete
+        final/clip_records.parquet               the clip records the fairness metrics read
+    results/evals/{model}/{bench}.json           an evaluation summary, beside its
+        {bench}.samples.jsonl, {bench}.prompts.jsonl   (owner: clipbench.evaluate)
+    results/summary.csv, results/fairness.csv    the tidy files (owner: clipbench.report)
+    results/tables/main.md, results/plots/*.png
+    results/logs/...                             one log per job
+
+``{model}`` is ``base`` or a run's model name; names (methods, benchmark keys) are
+``[A-Za-z0-9_]+`` (:data:`NAME`), so a model name splits in exactly one way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The study's output folder, relative to where Snakemake runs.
+RESULTS = "results"
+#: The model name of the base model (every run starts from it).
+BASE = "base"
+#: What a method name or a benchmark key may be: it becomes a file name and a wildcard value.
+NAME = re.compile(r"[A-Za-z0-9_]+")
+
+_MODEL = re.compile(r"(?P<method>[A-Za-z0-9_]+)-seed(?P<seed>[0-9]+)")
+_SEED_DIR = re.compile(r"seed(?P<seed>[0-9]+)")
+
+# Path patterns: Snakemake's rules use them with wildcards as they are; the functions below fill them.
+BASE_MODEL_DIR = f"{RESULTS}/base/model"
+#: The provenance file clipbench writes into every model directory it saves (clipbench.models),
+#: last: the base model's marker that it is complete.
+MODEL_PROVENANCE_FILE = "clipbench_model.json"
+BASE_MODEL_MARKER = f"{BASE_MODEL_DIR}/{MODEL_PROVENANCE_FILE}"
+MODEL_NAME = "{method}-seed{seed}"
+RUN_DIR = f"{RESULTS}/runs/{{method}}/seed{{seed}}"
+RUN_FINAL_DIR = f"{RUN_DIR}/final"
+RUN_FINAL_SUMMARY = f"{RUN_FINAL_DIR}/summary.json"  # written last by a finished run
+EVAL_SUMMARY = f"{RESULTS}/evals/{{model}}/{{bench}}.json"
+SUMMARY_CSV = f"{RESULTS}/summary.csv"
+FAIRNESS_CSV = f"{RESULTS}/fairness.csv"
+MAIN_TABLE = f"{RESULTS}/tables/main.md"
+PLOTS_DIR = f"{RESULTS}/plots"
+LOGS_DIR = f"{RESULTS}/logs"
+TRAIN_LOG = f"{LOGS_DIR}/train/{MODEL_NAME}.log"
+EVAL_LOG = f"{LOGS_DIR}/evaluate/{{model}}-{{bench}}.log"
+#: The file of each plot `clipbench report --plots DIR` writes, by plot name.
+PLOT_FILES = {
+    "accuracy": "accuracy.png",
+    "clip_by_length": "clip_by_length.png",
+    "training_curves": "training_curves.png",
+}
+
+
+def check_name(name: object, where: str) -> str:
+    """``name`` when it is a valid method name or benchmark key, else ValueError naming ``where``."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ValueError(
+            f"{where}: {name!r} is not a valid name: use letters, digits and _ only "
+            "(it becomes a file name under results/)"
+        )
+    return name
+
+
+@dataclass(frozen=True, order=True)
+class RunId:
+    """One RL run of a study: a registered method trained with one seed."""
+
+    method: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        check_name(self.method, "method")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed: {self.seed!r} is not a non-negative integer")
+
+    @property
+    def model(self) -> str:
+        """The model name of the run's final model: ``{method}-seed{seed}``."""
+        return MODEL_NAME.format(method=self.method, seed=self.seed)
+
+    @property
+    def run_dir(self) -> str:
+        """``results/runs/{method}/seed{seed}``: where the trainer writes the run."""
+        return RUN_DIR.format(method=self.method, seed=self.seed)
+
+    @property
+    def final_dir(self) -> str:
+        """The run's final model (an HF model directory) and its records."""
+        return RUN_FINAL_DIR.format(method=self.method, seed=self.seed)
+
+    @property
+    def final_summary(self) -> str:
+        """The file a finished run writes last: the train rule's output."""
+        return RUN_FINAL_SUMMARY.format(method=self.method, seed=self.seed)
+
+    @property
+    def train_log(self) -> str:
+        return TRAIN_LOG.format(method=self.method, seed=self.seed)
+
+    @classmethod
+    def from_model(cls, model: str) -> RunId:
+        """The run of a model name ``{method}-seed{seed}`` (ValueError for anything else, ``base`` too)."""
+        match = _MODEL.fullmatch(model) if isinstance(model, str) else None
+        if match is None:
+            raise ValueError(f"{model!r} is not a run's model name ({{method}}-seed{{seed}})")
+        return cls(match["method"], int(match["seed"]))
+
+    @classmethod
+    def from_run_dir(cls, path: str | Path) -> RunId:
+        """The run of a directory ``.../{method}/seed{seed}`` (ValueError naming it otherwise)."""
+        path = Path(path)
+        match = _SEED_DIR.fullmatch(path.name)
+        if match is None or not NAME.fullmatch(path.parent.name):
+            raise ValueError(f"{path}: expected a run directory named seed<N> under its method's folder")
+        return cls(path.parent.name, int(match["seed"]))
+
+
+def parse_model(model: str) -> RunId | None:
+    """None for the base model, else the run whose final model ``model`` names."""
+    return None if model == BASE else RunId.from_model(model)
+
+
+def model_dir(model: str, base_dir: str = BASE_MODEL_DIR) -> str:
+    """The HF model directory of a model name: ``base_dir`` for the base, else the run's final one."""
+    run = parse_model(model)
+    return base_dir if run is None else run.final_dir
+
+
+def eval_summary(model: str, bench: str) -> str:
+    """One evaluation's summary (its sibling files: clipbench.evaluate.output_paths)."""
+    return EVAL_SUMMARY.format(model=model, bench=bench)
+
+
+def eval_model_and_bench(path: str | Path) -> tuple[str, str]:
+    """``(model, bench)`` of an evaluation summary path ``.../{model}/{bench}.json``."""
+    path = Path(path)
+    return path.parent.name, path.stem
+
+
+def plot_path(name: str, plots_dir: str = PLOTS_DIR) -> str:
+    """Where a study's plot ``name`` (a key of :data:`PLOT_FILES`) goes."""
+    return f"{plots_dir}/{PLOT_FILES[name]}"
+
+
+def model_wildcard(methods: list[str]) -> str:
+    """The regular expression a ``{model}`` wildcard may match: ``base`` or a run of ``methods``."""
+    return "|".join([BASE] + [re.escape(m) + "-seed[0-9]+" for m in methods])

@@ -1,0 +1,96 @@
+"""clipbench.artifacts: the one place that makes and reads the names and paths of a study."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clipbench import artifacts
+from clipbench.artifacts import RunId
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_run_id_spells_its_model_name_and_run_directory():
+    run = RunId("seq_ppo", 12)
+    assert run.model == "seq_ppo-seed12"
+    assert run.run_dir == "results/runs/seq_ppo/seed12"
+    assert run.final_dir == "results/runs/seq_ppo/seed12/final"
+    assert run.final_summary == "results/runs/seq_ppo/seed12/final/summary.json"
+    assert run.train_log == "results/logs/train/seq_ppo-seed12.log"
+    assert artifacts.eval_summary(run.model, "math500") == "results/evals/seq_ppo-seed12/math500.json"
+
+
+@pytest.mark.parametrize(
+    "run", [RunId("fspo", 0), RunId("seq_ppo", 12), RunId("a_seed1", 3), RunId("X9", 10**6)]
+)
+def test_each_spelling_reads_back_as_the_same_run(run):
+    assert RunId.from_model(run.model) == run
+    assert RunId.from_run_dir(run.run_dir) == run
+    assert RunId.from_run_dir(Path("/elsewhere") / run.run_dir) == run
+    assert artifacts.parse_model(run.model) == run
+    assert artifacts.model_dir(run.model) == run.final_dir
+    assert re.fullmatch(artifacts.model_wildcard([run.method]), run.model)
+
+
+def test_the_base_model_is_no_run():
+    assert artifacts.parse_model("base") is None
+    assert artifacts.model_dir("base") == artifacts.BASE_MODEL_DIR
+    assert artifacts.model_dir("base", base_dir="/models/qwen") == "/models/qwen"
+    assert re.fullmatch(artifacts.model_wildcard(["fspo"]), "base")
+    with pytest.raises(ValueError, match="not a run's model name"):
+        RunId.from_model("base")
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["fspo", "fspo-seed", "fspo-seedx", "fspo-seed-1", "../fspo-seed1", "fs po-seed1", "fspo-seed1/x", ""],
+)
+def test_a_malformed_model_name_is_refused(model):
+    with pytest.raises(ValueError):
+        RunId.from_model(model)
+    assert not re.fullmatch(artifacts.model_wildcard(["fspo"]), model)
+
+
+@pytest.mark.parametrize(
+    "path", ["results/runs/fspo/1", "results/runs/fspo/seedx", "results/runs/../seed1", "seed1"]
+)
+def test_a_malformed_run_directory_is_refused_naming_it(path):
+    with pytest.raises(ValueError, match="expected a run directory named seed<N>"):
+        RunId.from_run_dir(path)
+
+
+@pytest.mark.parametrize(
+    ("method", "seed"), [("a/b", 0), ("..", 0), ("a-b", 0), ("", 0), ("fspo", -1), ("fspo", True)]
+)
+def test_a_run_id_holds_only_safe_names_and_seeds(method, seed):
+    with pytest.raises(ValueError):
+        RunId(method, seed)
+
+
+def test_the_model_wildcard_matches_only_the_studys_methods():
+    pattern = artifacts.model_wildcard(["ppo", "fspo"])
+    assert re.fullmatch(pattern, "ppo-seed3") and re.fullmatch(pattern, "fspo-seed0")
+    assert not re.fullmatch(pattern, "gspo-seed0")
+    assert not re.fullmatch(pattern, "ppo-seed3/../x")
+
+
+def test_plot_paths_are_the_ones_the_cli_writes():
+    assert artifacts.plot_path("accuracy") == "results/plots/accuracy.png"
+    assert sorted(artifacts.PLOT_FILES) == ["accuracy", "clip_by_length", "training_curves"]
+    with pytest.raises(KeyError):
+        artifacts.plot_path("nonexistent")
+
+
+def test_nothing_outside_artifacts_parses_a_run_name_from_a_path():
+    """The issue's check: no `rsplit`/`rpartition`/`removeprefix` on a seed anywhere else."""
+    found = subprocess.run(
+        ["grep", "-rnE", "rsplit|rpartition|removeprefix", "clipbench", "workflows", "Snakefile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert [line for line in found.splitlines() if "seed" in line] == []
