@@ -57,6 +57,61 @@ PLOTS_DIR = f"{RESULTS}/plots"
 LOGS_DIR = f"{RESULTS}/logs"
 TRAIN_LOG = f"{LOGS_DIR}/train/{MODEL_NAME}.log"
 EVAL_LOG = f"{LOGS_DIR}/evaluate/{{model}}-{{bench}}.log"
+#: A finished run's clip records, all steps in one file (the fairness metrics read it).
+CLIP_RECORDS_FILE = "clip_records.parquet"
+
+#: The clip records: one row per sequence and optimiser update of a run, written by the trainer
+#: (``records/step_NNNNNN.parquet`` per step, then ``final/clip_records.parquet``) and by any other
+#: backend that trains a clipbench rule; read by clipbench.fairness. Column -> (dtype, meaning).
+CLIP_RECORD_COLUMNS: dict[str, tuple[str, str]] = {
+    "step": ("int64", "RL step: one rollout batch"),
+    "update": ("int64", "optimiser update within the step (0: on the weights that sampled, ratio 1)"),
+    "epoch": ("int64", "pass over the step's minibatches"),
+    "minibatch": ("int64", "minibatch within the epoch"),
+    "seq": ("int64", "the sequence's row in the step's rollout batch (prompt-major, G per prompt)"),
+    "length": ("int64", "response length L in tokens, as the rule's mask counts it"),
+    "S": ("float64", "sequence log-ratio sum_t (log pi - log pi_old) over the response, as the rule saw it"),
+    "advantage": ("float64", "the sequence's advantage"),
+    "reward": ("float64", "verifier reward: 1 for a verified answer, else 0"),
+    "entropy": ("float64", "mean per-token entropy of the sampling policy's softmax over the response"),
+    "seq_clip": ("float64", "fraction of its units whose gradient the clip removed (LossOutput.seq_clip)"),
+    "seq_out": ("float64", "fraction of its units outside the band, any advantage sign (LossOutput.seq_out)"),
+}
+
+
+def clip_records_frame(rows: list[dict]):
+    """The clip records of ``rows`` (dicts with exactly the :data:`CLIP_RECORD_COLUMNS`) as a
+    DataFrame with those columns, in that order and of those dtypes; ValueError otherwise."""
+    import pandas as pd
+
+    expected = list(CLIP_RECORD_COLUMNS)
+    for i, row in enumerate(rows):
+        if list(row) != expected:
+            missing = [c for c in expected if c not in row]
+            extra = [c for c in row if c not in CLIP_RECORD_COLUMNS]
+            raise ValueError(
+                f"clip record {i}: columns {list(row)} are not {expected} (missing {missing}, unknown {extra})"
+            )
+    frame = pd.DataFrame(rows, columns=expected)
+    return frame.astype({name: dtype for name, (dtype, _) in CLIP_RECORD_COLUMNS.items()})
+
+
+def final_clip_records(run_dir: str | Path) -> Path:
+    """A finished run's clip records: ``{run_dir}/final/clip_records.parquet``."""
+    return Path(run_dir) / "final" / CLIP_RECORDS_FILE
+
+
+def read_clip_records(path: str | Path):
+    """A clip-records parquet file, checked: ValueError naming the file and the missing columns."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    missing = [c for c in CLIP_RECORD_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: not a clip-records file, it lacks the columns {missing}")
+    return frame
+
+
 #: The file of each plot `clipbench report --plots DIR` writes, by plot name.
 PLOT_FILES = {
     "accuracy": "accuracy.png",

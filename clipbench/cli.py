@@ -159,7 +159,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     # leave a new summary.csv beside a stale fairness.csv.
     runs = _runs_from_dirs(args.runs)
     problems = [f"--evals {path}: no such file" for path in args.evals if not path.is_file()]
-    absent = [str(d) for d in args.runs if not (d / "final" / "clip_records.parquet").is_file()]
+    absent = [str(d) for d in args.runs if not artifacts.final_clip_records(d).is_file()]
     if absent:
         problems.append(f"--runs: no final/clip_records.parquet (an unfinished run?) in {', '.join(absent)}")
     if problems:

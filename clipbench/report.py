@@ -88,7 +88,7 @@ def read_clip_records(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.Data
     """Every run's per-sequence clip records, with method and seed columns."""
     frames = []
     for (method, seed), run_dir in run_dirs.items():
-        frame = pd.read_parquet(Path(run_dir) / "final" / "clip_records.parquet")
+        frame = artifacts.read_clip_records(artifacts.final_clip_records(run_dir))
         frames.append(frame.assign(method=method, seed=seed))
     return pd.concat(frames, ignore_index=True)
 

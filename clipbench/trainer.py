@@ -61,13 +61,13 @@ import torch
 import yaml
 
 import benchmarks
+from clipbench import artifacts
 from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, load_yaml, validate
 from clipbench.errors import UserError
 from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
 from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, derive_seed, token_logprobs
-from methods import prepare_batch
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -682,12 +682,11 @@ class Trainer:
                 update_metrics.append(
                     {**out.metrics, **extra, "loss": loss.item(), "grad_norm": grad_norm.item()}
                 )
-                # S and L exactly as the rule saw them (methods.prepare_batch).
-                seen = prepare_batch(logp.detach(), old_logp, adv, batch.response_mask)
+                # S and L exactly as the rule saw them (LossOutput carries them).
                 columns = zip(
                     rows,
-                    seen.lengths.long().tolist(),
-                    seen.seq_log_ratio.tolist(),
+                    out.lengths.long().tolist(),
+                    out.seq_log_ratio.tolist(),
                     adv.tolist(),
                     out.seq_clip.tolist(),
                     out.seq_out.tolist(),
@@ -736,7 +735,7 @@ class Trainer:
             }
         )
         perf["step_s"] = time.perf_counter() - start
-        return metrics, perf, pd.DataFrame(records)
+        return metrics, perf, artifacts.clip_records_frame(records)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -822,7 +821,7 @@ class Trainer:
             extra={"steps_done": self.config.steps, "method": self.method.name},
         )
         records = pd.read_parquet(self.run_dir / "records")
-        records.to_parquet(final / "clip_records.parquet", index=False)
+        records.to_parquet(final / artifacts.CLIP_RECORDS_FILE, index=False)
         lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
         summary = {
             "method": self.method.name,

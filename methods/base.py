@@ -147,12 +147,17 @@ class LossOutput:
     metrics:  floats; at least clip_frac, clip_frac_low, clip_frac_high (clip active, by side of
               the band; low + high = clip_frac) and ppo_kl (token mean of -l_t, the k1 estimate of
               KL(pi_old || pi_theta)); also out_frac (fraction of units outside the band).
+    seq_log_ratio, lengths: (B,) S = sum_t l_t (detached) and L per sequence, exactly as the rule
+              saw them; filled in by :meth:`Method.loss` (a rule's ``compute`` leaves them None),
+              so the trainer's clip records need no second pass over the batch.
     """
 
     loss: torch.Tensor
     seq_clip: torch.Tensor
     seq_out: torch.Tensor
     metrics: dict[str, float]
+    seq_log_ratio: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
 
 
 def prepare_batch(
@@ -371,7 +376,9 @@ class Method:
         behaviour policy (old_logp is treated as a constant); advantages: (B,) one per sequence;
         mask: (B, T) response tokens (bool or 0/1). Values off the mask are ignored, even NaN/inf.
         """
-        return self.compute(prepare_batch(logp, old_logp, advantages, mask))
+        batch = prepare_batch(logp, old_logp, advantages, mask)
+        out = self.compute(batch)
+        return dataclasses.replace(out, seq_log_ratio=batch.seq_log_ratio.detach(), lengths=batch.lengths)
 
     def compute(self, batch: RolloutBatch) -> LossOutput:
         raise NotImplementedError

@@ -94,3 +94,44 @@ def test_nothing_outside_artifacts_parses_a_run_name_from_a_path():
         text=True,
     ).stdout
     assert [line for line in found.splitlines() if "seed" in line] == []
+
+
+def record(**changes):
+    row = {
+        name: (1 if dtype == "int64" else 0.5) for name, (dtype, _) in artifacts.CLIP_RECORD_COLUMNS.items()
+    }
+    return {**row, **changes}
+
+
+def test_clip_records_have_one_schema_of_columns_and_dtypes():
+    frame = artifacts.clip_records_frame([record(), record(step=2, S=-0.25)])
+    assert list(frame.columns) == list(artifacts.CLIP_RECORD_COLUMNS)
+    assert {c: str(t) for c, t in frame.dtypes.items()} == {
+        c: dtype for c, (dtype, _) in artifacts.CLIP_RECORD_COLUMNS.items()
+    }
+    assert frame.S.tolist() == [0.5, -0.25] and frame.step.tolist() == [1, 2]
+    empty = artifacts.clip_records_frame([])
+    assert list(empty.columns) == list(artifacts.CLIP_RECORD_COLUMNS) and len(empty) == 0
+
+
+def test_a_record_with_a_missing_or_unknown_column_is_refused():
+    row = record()
+    del row["S"]
+    with pytest.raises(ValueError, match=r"clip record 1: .*missing \['S'\]"):
+        artifacts.clip_records_frame([record(), row])
+    with pytest.raises(ValueError, match=r"unknown \['ratio'\]"):
+        artifacts.clip_records_frame([record(ratio=1.0)])
+
+
+def test_reading_clip_records_names_a_file_that_is_not_one(tmp_path):
+    run_dir = tmp_path / "runs" / "fspo" / "seed0"
+    path = artifacts.final_clip_records(run_dir)
+    assert path == run_dir / "final" / "clip_records.parquet"
+    path.parent.mkdir(parents=True)
+    artifacts.clip_records_frame([record()]).to_parquet(path, index=False)
+    assert artifacts.read_clip_records(path).equals(artifacts.clip_records_frame([record()]))
+    artifacts.clip_records_frame([record()]).drop(columns=["seq_out", "length"]).to_parquet(path, index=False)
+    with pytest.raises(
+        ValueError, match=r"clip_records.parquet: not a clip-records file, .*\['length', 'seq_out'\]"
+    ):
+        artifacts.read_clip_records(path)

@@ -256,3 +256,19 @@ def test_ppo_and_grpo_differ_only_in_aggregation():
     grpo, grpo_grad = loss_and_grad(methods.get_method("grpo"), logp, old, adv, mask)
     torch.testing.assert_close(ppo.loss, grpo.loss)
     torch.testing.assert_close(ppo_grad, grpo_grad)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_rule_reports_the_s_and_l_it_saw(name):
+    """LossOutput.seq_log_ratio and lengths are S = sum of l_t over the mask and L, per sequence,
+    detached, for every rule (the trainer's clip records take them from here). A NaN off the mask
+    must not leak into S, and a (B,) misalignment (another row's S) must show."""
+    logp, old, adv, mask = random_batch(11)
+    logp = logp.masked_fill(~mask, float("nan"))
+    out, _ = loss_and_grad(methods.get_method(name), logp, old, adv, mask)
+    expected_s = [
+        sum(float(logp[i, t] - old[i, t]) for t in range(mask.shape[1]) if mask[i, t]) for i in range(6)
+    ]
+    assert out.seq_log_ratio.tolist() == pytest.approx(expected_s, abs=1e-12)
+    assert out.lengths.tolist() == mask.sum(-1).tolist()
+    assert not out.seq_log_ratio.requires_grad
