@@ -136,7 +136,8 @@ def main_table(
 ) -> str:
     """Markdown: a row per method (plus base) with its clipping level, accuracy (avg@k) mean +- std
     over seeds per benchmark, then clip rate, spread, LRE and the S-growth exponent (pooled over
-    seeds); bold: the highest accuracy, and the lowest spread and LRE within each level."""
+    seeds). Bold: the highest accuracy, and the lowest spread and LRE within each level, only where
+    that value separates from every other row of its comparison (:func:`_separated_best`)."""
     acc = summary[summary.metric == "avg@k"]
     benches = sorted(acc.benchmark.unique())
     ks = {b: int(acc[acc.benchmark == b].k.iloc[0]) for b in benches}
@@ -165,23 +166,26 @@ def main_table(
         ("lre", "LRE", min, True),
         ("growth", "S growth a", None, False),
     ]
-    best = {}
+    spans = _seed_spans(acc, fairness_table, names, benches)
+    bold = set()
     for key, _, pick, per_level in columns:
+        if pick is None:
+            continue
         for lvl in set(level.values()) if per_level else [None]:
-            values = [cells[m][key][0] for m in names if key in cells[m] and (lvl is None or level[m] == lvl)]
-            if pick and values:
-                best[key, lvl] = pick(values)
+            group = [m for m in names if key in cells[m] and (lvl is None or level[m] == lvl)]
+            winner = _separated_best(group, key, cells, spans, pick)
+            if winner is not None:
+                bold.add((winner, key))
     lines = ["| method | level | " + " | ".join(title for _, title, _, _ in columns) + " |"]
     lines.append("|---|---|" + "---:|" * len(columns))
     for m in names:
         row = []
-        for key, _, _, per_level in columns:
+        for key, _, _, _ in columns:
             if key not in cells[m]:
                 row.append("–")
                 continue
-            value, text = cells[m][key]
-            target = best.get((key, level[m] if per_level else None))
-            row.append(f"**{text}**" if target is not None and np.isclose(value, target) else text)
+            text = cells[m][key][1]
+            row.append(f"**{text}**" if (m, key) in bold else text)
         lines.append(f"| {m} | {level[m]} | " + " | ".join(row) + " |")
     date = date or _dt.date.today().isoformat()
     lines += [
@@ -190,7 +194,10 @@ def main_table(
         "Clip rate, spread and LRE: out-of-band rate (`seq_out`) by response-length bin over the off-policy training "
         "updates (the first update of each step, at ratio 1, left out), seeds pooled; a token-level rule's rate counts tokens, a sequence-level rule's whole responses, so spread "
         "and LRE are compared (bold: lowest) within a level. S growth a: median |S| ~ L^a over the same bins "
-        "(1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a fixed band). Best accuracy in bold. "
+        "(1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a fixed band). "
+        "Bold: the best accuracy, or the lowest spread or LRE within a level, only where it separates from every "
+        "other row: its mean ± std over seeds (accuracy) or its range over seeds (spread, LRE) does not overlap "
+        "theirs (the base model counts as its one value); no bold means no such separation. "
         "Definitions: `clipbench/fairness.py`.",
         f"Config `{config_name}` (hash {config_hash}), commit {commit}, {date}.",
     ]
@@ -204,6 +211,48 @@ def main_table(
             + ".",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _seed_spans(
+    acc: pd.DataFrame, fairness_table: pd.DataFrame, names: list[str], benches: list[str]
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """``(method, column) -> (low, high)`` for the columns the table bolds, from two or more seeds:
+    accuracy mean - std .. mean + std over seeds; spread and LRE their range over the per-seed rows
+    of fairness.csv. A method with one seed (or the base model) has no span."""
+    spans = {}
+    per_seed = fairness_table[fairness_table.scope == "seed"].drop_duplicates(["method", "seed"])
+    for m in names:
+        for b in benches:
+            values = acc[(acc.method == m) & (acc.benchmark == b)].value
+            if m != BASE and len(values) >= 2:
+                mean, std = _mean_std(values)
+                spans[m, b] = (mean - std, mean + std)
+        seeds = per_seed[per_seed.method == m]
+        for key, column in (("spread", "spread"), ("lre", "lre")):
+            values = seeds[column].dropna() if column in seeds.columns else pd.Series(dtype=float)
+            if len(values) >= 2:
+                spans[m, key] = (float(values.min()), float(values.max()))
+    return spans
+
+
+def _separated_best(group: list[str], key: str, cells, spans, pick) -> str | None:
+    """The row of ``group`` with the best value of column ``key`` (``pick`` is max or min) when its
+    span lies wholly beyond every other row's span (a row without one counts as its value): else
+    None. A best row without a span (one seed) is never separated."""
+    if len(group) < 2:
+        return None
+    best = pick(group, key=lambda m: cells[m][key][0])
+    if (best, key) not in spans:
+        return None
+    low, high = spans[best, key]
+    for other in group:
+        if other == best:
+            continue
+        value = cells[other][key][0]
+        other_low, other_high = spans.get((other, key), (value, value))
+        if (pick is max and not low > other_high) or (pick is min and not high < other_low):
+            return None
+    return best
 
 
 # --------------------------------------------------------------------------- plots

@@ -36,26 +36,28 @@ def summary_rows():
 
 
 def fairness_rows():
-    # One pooled row per method is all main_table reads (the group values repeat on every bin row).
+    # One pooled row per method, and one per method and seed: all main_table reads (the group
+    # values repeat on every bin row).
     values = {  # clip_rate, spread, lre, s_exponent
         "ppo": (0.005, 0.90, 0.0010, 2.5),
         "fspo": (0.170, 1.40, 0.0800, 2.7),
         "gspo": (0.160, 1.10, 0.0600, 2.8),
     }
-    return pd.DataFrame(
-        [
-            {
-                "scope": "pooled",
-                "method": m,
-                "seed": -1,
-                "clip_rate": c,
-                "spread": s,
-                "lre": e,
-                "s_exponent": a,
-            }
-            for m, (c, s, e, a) in values.items()
-        ]
-    )
+    per_seed = {  # (spread, lre) of seeds 0 and 1: gspo's spreads lie below fspo's, their LREs overlap
+        "ppo": [(0.85, 0.0009), (0.95, 0.0011)],
+        "fspo": [(1.30, 0.0600), (1.50, 0.1000)],
+        "gspo": [(1.00, 0.0500), (1.20, 0.0700)],
+    }
+    pooled = [
+        {"scope": "pooled", "method": m, "seed": -1, "clip_rate": c, "spread": s, "lre": e, "s_exponent": a}
+        for m, (c, s, e, a) in values.items()
+    ]
+    seeds = [
+        {"scope": "seed", "method": m, "seed": seed, "clip_rate": values[m][0], "spread": s, "lre": e}
+        for m, rows in per_seed.items()
+        for seed, (s, e) in enumerate(rows)
+    ]
+    return pd.DataFrame(pooled + seeds)
 
 
 def table_lines():
@@ -73,10 +75,34 @@ def test_main_table_rows_levels_and_values():
         "| method | level | synthetic_test (avg@4) | clip rate | clip spread | LRE |"
     )
     assert rows["base"] == "| base | – | 0.400 | – | – | – | – |"
-    # fspo: mean 0.6, std (ddof 1) of (0.7, 0.5) = 0.1414, the best accuracy (ppo 0.55, gspo 0.45).
-    assert rows["fspo"].startswith("| fspo | sequence | **0.600 ± 0.141** | 0.170 | 1.400 | 0.0800 | 2.70 |")
-    assert rows["ppo"].startswith("| ppo | token | 0.550 ± 0.071 | 0.005 | **0.900** | **0.0010** | 2.50 |")
+    # fspo: mean 0.6, std (ddof 1) of (0.7, 0.5) = 0.1414: the best accuracy, but 0.459-0.741 overlaps
+    # ppo's 0.55 +- 0.071 (0.479-0.621): not bold. ppo is the only token rule: nothing to beat, not bold.
+    assert rows["fspo"].startswith("| fspo | sequence | 0.600 ± 0.141 | 0.170 | 1.400 | 0.0800 | 2.70 |")
+    assert rows["ppo"].startswith("| ppo | token | 0.550 ± 0.071 | 0.005 | 0.900 | 0.0010 | 2.50 |")
+    assert "**" not in rows["fspo"] + rows["ppo"] + rows["base"]
     assert "config `t` (hash abc), commit c0".lower() in text.lower()
+
+
+def test_a_best_accuracy_is_bold_only_when_it_separates_from_every_other_row():
+    summary = summary_rows()
+    fspo = summary.method == "fspo"
+    summary.loc[fspo, "value"] = [0.80, 0.76]  # 0.78 +- 0.028: above ppo's 0.621 and the base's 0.4
+    bold = report.main_table(
+        summary, fairness_rows(), config_name="t", config_hash="a", seeds=[0, 1], commit="c"
+    )
+    assert "| fspo | sequence | **0.780 ± 0.028** |" in bold
+    summary.loc[fspo, "value"] = [0.80, 0.46]  # 0.63 +- 0.24: the best mean, but not separated
+    tie = report.main_table(
+        summary, fairness_rows(), config_name="t", config_hash="a", seeds=[0, 1], commit="c"
+    )
+    assert "| fspo | sequence | 0.630 ± 0.240 |" in tie
+    one_seed = summary[(summary.seed != 1)].copy()
+    one_seed.loc[one_seed.method == "fspo", "value"] = 0.99  # far ahead, but one seed has no spread
+    lone = report.main_table(
+        one_seed, fairness_rows(), config_name="t", config_hash="a", seeds=[0], commit="c"
+    )
+    assert "| fspo | sequence | 0.990 ± 0.000 |" in lone
+    assert "only where it separates from every other row" in lone
 
 
 def test_data_hash_mismatch_is_named_in_the_footer(tmp_path):
@@ -145,14 +171,15 @@ def test_an_undefined_s_growth_exponent_shows_as_a_dash():
         summary_rows(), fairness_table, config_name="t", config_hash="abc", seeds=[0, 1], commit="c0"
     )
     gspo = next(line for line in text.splitlines() if line.startswith("| gspo |"))
-    assert gspo.endswith("| **0.0600** | – |") and "nan" not in text
+    assert gspo.endswith("| 0.0600 | – |") and "nan" not in text
 
 
 def test_spread_and_lre_are_compared_within_a_clipping_level():
     rows, _ = table_lines()
-    # ppo has the lowest spread overall, but it counts tokens: among sequence rules gspo's 1.10 wins.
-    assert "| **1.100** | **0.0600** |" in rows["gspo"]
-    assert "**1.400**" not in rows["fspo"]
+    # ppo has the lowest spread overall, but it counts tokens: among sequence rules gspo's 1.10 wins,
+    # and its seeds (1.0, 1.2) lie below fspo's (1.3, 1.5). Its LRE is lower too, but the seeds overlap.
+    assert "| **1.100** | 0.0600 |" in rows["gspo"]
+    assert "**" not in rows["fspo"]
 
 
 def test_collect_fairness_carries_the_s_growth_exponent():
