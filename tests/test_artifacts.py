@@ -135,3 +135,16 @@ def test_reading_clip_records_names_a_file_that_is_not_one(tmp_path):
         ValueError, match=r"clip_records.parquet: not a clip-records file, .*\['length', 'seq_out'\]"
     ):
         artifacts.read_clip_records(path)
+
+
+@pytest.mark.parametrize("name", ["fspo-seed007", "fspo-seed00", "fspo-seed+1"])
+def test_a_seed_with_a_leading_zero_or_sign_names_no_run(name):
+    """`seed007` would be the run of seed 7 under a second name (its output path would differ
+    from the directory the run writes), so no spelling of it is accepted."""
+    with pytest.raises(ValueError):
+        RunId.from_model(name)
+    with pytest.raises(ValueError):
+        RunId.from_run_dir("results/runs/fspo/" + name.split("-")[1])
+    assert not re.fullmatch(artifacts.model_wildcard(["fspo"]), name)
+    assert not re.fullmatch(artifacts.SEED, name.split("-seed")[1])
+    assert re.fullmatch(artifacts.SEED, "0") and re.fullmatch(artifacts.SEED, "70")

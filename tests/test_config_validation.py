@@ -157,8 +157,17 @@ def test_a_config_file_that_is_not_a_mapping(text, message, tmp_path):
         ("lr", INF, "sft.lr=inf: must be finite and > 0"),
         ("target_accuracy", NAN, r"sft.target_accuracy=nan: must be in \(0, 1\]"),
         ("seed", -1, "sft.seed=-1: must be >= 0"),
+        ("n_problems", 10**9, r"sft.n_problems \+ sft.dev_problems = 1000000128: .* at most 200000"),
     ],
 )
 def test_sft_config_checks_every_field(field, value, message):
     with pytest.raises(ConfigError, match=message):
         SFTConfig(**{field: value})
+
+
+def test_a_generated_training_set_is_capped_before_any_work():
+    with pytest.raises(
+        ConfigError, match="data.n: a generated set gives at most 200000 problems, got 1000000000"
+    ):
+        load_config({"model": "m", "data": {"benchmark": "synthetic", "n": 10**9}})
+    assert load_config({"model": "m", "data": {"benchmark": "synthetic", "n": 200_000}}).data.n == 200_000

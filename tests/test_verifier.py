@@ -142,9 +142,10 @@ ADVERSARIAL = {
     "huge factorial": "\\boxed{(10^{10})!}",
     "huge sum": "\\boxed{\\sum_{n=1}^{10^{12}} n^{n}}",
     "nested fractions": "\\boxed{" + "\\frac{1}{" * 150 + "2" + "}" * 150 + "}",
-    "nested parentheses": "\\boxed{" + "(" * 900 + "1" + ")" * 900 + "}",
-    "nested groups": "\\boxed{" + "{" * 900 + "1" + "}" * 900 + "}",
-    "exponent chain": "\\boxed{" + "x^" * 500 + "2}",
+    # the deep-nesting cases stay just under MAX_ANSWER_CHARS (1,000), so they reach the parser
+    "nested parentheses": "\\boxed{" + "(" * 499 + "1" + ")" * 499 + "}",
+    "nested groups": "\\boxed{" + "{" * 499 + "1" + "}" * 499 + "}",
+    "exponent chain": "\\boxed{" + "x^" * 499 + "2}",
     "100k characters": "a" * 100_000 + " \\boxed{27}",
     "100k inside a box": "\\boxed{" + "1+" * 50_000 + "1}",
     "100k unclosed boxes": "\\boxed{" * 15_000,
@@ -156,7 +157,8 @@ ADVERSARIAL = {
     "empty": "",
     "None": None,
     "a number, not text": 27,
-    "2000-digit number": "\\boxed{" + "9" * 1999 + "}",
+    "999-digit number": "\\boxed{" + "9" * 999 + "}",
+    "2000-digit number": "\\boxed{" + "9" * 1999 + "}",  # over MAX_ANSWER_CHARS: refused by length
     "big matrix": "\\boxed{\\begin{pmatrix}" + "&".join(["1"] * 50) + "\\\\" * 50 + "\\end{pmatrix}}",
 }
 
@@ -188,6 +190,9 @@ def test_adversarial_inputs_return_within_the_limit(wide_pool):
     assert by_name["100k characters"].correct  # long, but harmless
     assert by_name["lone surrogates"].correct and by_name["non-UTF-8 bytes"].correct
     assert by_name["100k inside a box"].status == "no_answer"  # longer than MAX_ANSWER_CHARS
+    assert by_name["2000-digit number"].status == "no_answer"
+    for name in ["nested parentheses", "nested groups", "exponent chain", "999-digit number"]:
+        assert by_name[name].extracted is not None, name  # extracted: the parser saw it
     for name in ["empty", "None", "100k unclosed boxes", "unbalanced braces"]:
         assert by_name[name].status == "no_answer", name
     _healthy(pool)

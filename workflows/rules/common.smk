@@ -79,7 +79,7 @@ CONFIG_HASH = config_hash(config)
 # Each wildcard matches only the study's own (checked) names: never a `/` or `..`.
 wildcard_constraints:
     method="|".join(map(re.escape, METHODS)) or "NONE",
-    seed=r"\d+",
+    seed=artifacts.SEED,
     model=artifacts.model_wildcard(METHODS),
     bench="|".join(map(re.escape, BENCHES)),
 
