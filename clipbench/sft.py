@@ -90,6 +90,22 @@ def sft_loss(model, examples: list[tuple[list[int], list[int]]], pad_id: int) ->
     return -logp.sum() / batch.response_mask.sum()
 
 
+def padded_sft_loss(model, examples: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """The reference for :func:`sft_loss`: transformers' own causal-LM loss on the right-padded
+    batch, the prompt tokens masked with -100 (the warm-up's loss before it moved to the packed
+    path; kept for the equivalence test and ``speed/sft_step.py``)."""
+    width = max(len(p) + len(c) for p, c in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (prompt, completion) in enumerate(examples):
+        row = prompt + completion
+        ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        labels[i, len(prompt) : len(row)] = ids[i, len(prompt) : len(row)]
+    return model(input_ids=ids, attention_mask=attention, labels=labels).loss
+
+
 @torch.no_grad()
 def greedy_accuracy(
     model, tokenizer, problems, template: str, max_new_tokens: int, batch_size: int = 64

@@ -18,20 +18,7 @@ import torch
 
 import benchmarks
 from clipbench.models import build_tiny_model, build_tokenizer
-from clipbench.sft import SFTConfig, _encode, sft_loss
-
-
-def padded_loss(model, examples, pad_id):
-    width = max(len(p) + len(c) for p, c in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, (prompt, completion) in enumerate(examples):
-        row = prompt + completion
-        ids[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = 1
-        labels[i, len(prompt) : len(row)] = ids[i, len(prompt) : len(row)]
-    return model(input_ids=ids, attention_mask=attention, labels=labels).loss
+from clipbench.sft import SFTConfig, _encode, padded_sft_loss, sft_loss
 
 
 def time_steps(loss_fn, batches, tokenizer, config) -> tuple[float, float]:
@@ -75,7 +62,7 @@ def main() -> None:
     ]
     times = {"packed (sft_loss)": [], "padded reference": []}
     for _ in range(args.rounds):
-        for name, fn in (("padded reference", padded_loss), ("packed (sft_loss)", sft_loss)):
+        for name, fn in (("padded reference", padded_sft_loss), ("packed (sft_loss)", sft_loss)):
             seconds, loss = time_steps(fn, batches, tokenizer, config)
             times[name].append(seconds)
             print(f"{name:18s} {seconds:.3f} s/step, loss after {args.steps} steps {loss:.4f}", flush=True)

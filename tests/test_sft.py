@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import benchmarks
 from clipbench.models import build_tiny_model, build_tokenizer
-from clipbench.sft import SFTConfig, _encode, run_sft, sft_loss
+from clipbench.sft import SFTConfig, _encode, padded_sft_loss, run_sft, sft_loss
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +28,6 @@ def examples(tokenizer):
     ]
 
 
-def reference_loss(model, examples, pad_id):
-    """transformers' causal-LM loss on the right-padded batch, prompt tokens masked with -100."""
-    width = max(len(p) + len(c) for p, c in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, (prompt, completion) in enumerate(examples):
-        row = prompt + completion
-        ids[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = 1
-        labels[i, len(prompt) : len(row)] = ids[i, len(prompt) : len(row)]
-    return model(input_ids=ids, attention_mask=attention, labels=labels).loss
-
-
 def test_the_packed_loss_is_transformers_cross_entropy_on_the_solution_tokens(tokenizer, examples):
     """Value and gradient equal the padded reference: the mean over solution tokens (not over
     sequences, not including the prompt), each token scored at its own position."""
@@ -50,7 +36,7 @@ def test_the_packed_loss_is_transformers_cross_entropy_on_the_solution_tokens(to
     assert len(lengths) > 1  # rows of different lengths: padding and packing both matter
     ours = sft_loss(model, examples, tokenizer.pad_token_id)
     (grad_ours,) = torch.autograd.grad(ours, model.model.embed_tokens.weight)
-    reference = reference_loss(model, examples, tokenizer.pad_token_id)
+    reference = padded_sft_loss(model, examples, tokenizer.pad_token_id)
     (grad_reference,) = torch.autograd.grad(reference, model.model.embed_tokens.weight)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_ours, grad_reference, rtol=1e-4, atol=1e-7)
