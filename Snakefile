@@ -35,4 +35,4 @@ rule all:
     default_target: True
     input:
         artifacts.MAIN_TABLE,
-        [artifacts.plot_path(name) for name in artifacts.PLOT_FILES],
+        [artifacts.plot_path(name) for name in plots.PLOTS],

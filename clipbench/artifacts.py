@@ -11,12 +11,15 @@ Layout of a study, relative to the directory Snakemake runs in (the repository r
 
     results/base/model/                          the base model every run starts from
     results/runs/{method}/seed{seed}/            one RL run (layout: clipbench.trainer)
+        records/step_NNNNNN.parquet              the clip records of each step (the one copy)
         final/summary.json                       written last: the run is complete
-        final/clip_records.parquet               the clip records the fairness metrics read
     results/evals/{model}/{bench}.json           an evaluation summary, beside its
         {bench}.samples.jsonl, {bench}.prompts.jsonl   (owner: clipbench.evaluate)
-    results/summary.csv, results/fairness.csv    the tidy files (owner: clipbench.report)
-    results/tables/main.md, results/plots/*.png
+    results/summary.csv                          accuracy, tidy (owner: clipbench.report)
+    results/fairness.csv                         fairness metrics per method and per run
+    results/fairness_bins.csv                    clip rate and median |S| per length bin
+    results/tables/main.md                       the main table (clipbench.report)
+    results/plots/{plot}.png                     one per registered plot (clipbench.plots)
     results/logs/...                             one log per job
 
 ``{model}`` is ``base`` or a run's model name; names (methods, benchmark keys) are
@@ -25,6 +28,7 @@ Layout of a study, relative to the directory Snakemake runs in (the repository r
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,21 +55,33 @@ BASE_MODEL_MARKER = f"{BASE_MODEL_DIR}/{MODEL_PROVENANCE_FILE}"
 MODEL_NAME = "{method}-seed{seed}"
 RUN_DIR = f"{RESULTS}/runs/{{method}}/seed{{seed}}"
 RUN_FINAL_DIR = f"{RUN_DIR}/final"
-RUN_FINAL_SUMMARY = f"{RUN_FINAL_DIR}/summary.json"  # written last by a finished run
+FINAL_SUMMARY_FILE = "summary.json"
+RUN_FINAL_SUMMARY = f"{RUN_FINAL_DIR}/{FINAL_SUMMARY_FILE}"  # written last by a finished run
 EVAL_SUMMARY = f"{RESULTS}/evals/{{model}}/{{bench}}.json"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
+#: Per method (seeds pooled) and per run: clip rate, spread, slope, LRE, S-growth exponent.
 FAIRNESS_CSV = f"{RESULTS}/fairness.csv"
+#: Per method and per run, per length bin: n, share, length, clip rates, median |S|, entropy.
+FAIRNESS_BINS_CSV = f"{RESULTS}/fairness_bins.csv"
 MAIN_TABLE = f"{RESULTS}/tables/main.md"
 PLOTS_DIR = f"{RESULTS}/plots"
+#: One file per plot registered in clipbench.plots, named after the plot.
+PLOT_PATH = f"{PLOTS_DIR}/{{plot}}.png"
 LOGS_DIR = f"{RESULTS}/logs"
 TRAIN_LOG = f"{LOGS_DIR}/train/{MODEL_NAME}.log"
 EVAL_LOG = f"{LOGS_DIR}/evaluate/{{model}}-{{bench}}.log"
-#: A finished run's clip records, all steps in one file (the fairness metrics read it).
-CLIP_RECORDS_FILE = "clip_records.parquet"
+BASE_MODEL_LOG = f"{LOGS_DIR}/base_model.log"
+AGGREGATE_LOG = f"{LOGS_DIR}/aggregate.log"
+MAIN_TABLE_LOG = f"{LOGS_DIR}/main_table.log"
+PLOT_LOG = f"{LOGS_DIR}/plots/{{plot}}.log"
+#: A run's clip records, one parquet file per RL step, written as the step ends (the one copy:
+#: resuming drops the files of steps after the checkpoint, and a finished run's folder holds every step).
+RECORDS_DIR = "records"
+_STEP_RECORDS = re.compile(r"step_(?P<step>[0-9]{6,})\.parquet")
 
 #: The clip records: one row per sequence and optimiser update of a run, written by the trainer
-#: (``records/step_NNNNNN.parquet`` per step, then ``final/clip_records.parquet``) and by any other
-#: backend that trains a clipbench rule; read by clipbench.fairness. Column -> (dtype, meaning).
+#: (:func:`write_step_records`) and by any other backend that trains a clipbench rule; read by
+#: clipbench.fairness through :func:`read_clip_records`. Column -> (dtype, meaning).
 CLIP_RECORD_COLUMNS: dict[str, tuple[str, str]] = {
     "step": ("int64", "RL step: one rollout batch"),
     "update": ("int64", "optimiser update within the step (0: on the weights that sampled, ratio 1)"),
@@ -99,28 +115,71 @@ def clip_records_frame(rows: list[dict]):
     return frame.astype({name: dtype for name, (dtype, _) in CLIP_RECORD_COLUMNS.items()})
 
 
-def final_clip_records(run_dir: str | Path) -> Path:
-    """A finished run's clip records: ``{run_dir}/final/clip_records.parquet``."""
-    return Path(run_dir) / "final" / CLIP_RECORDS_FILE
+#: A run's metrics, one JSON object per line and RL step (written by the trainer).
+METRICS_FILE = "metrics.jsonl"
 
 
-def read_clip_records(path: str | Path):
-    """A clip-records parquet file, checked: ValueError naming the file and the missing columns."""
+def read_metrics(run_dirs):
+    """The metrics.jsonl of every run in ``{(method, seed): run_dir}``, one row per (method, seed,
+    step), with method and seed columns."""
+    import json
+
     import pandas as pd
 
-    frame = pd.read_parquet(path)
+    frames = []
+    for (method, seed), run_dir in run_dirs.items():
+        lines = (Path(run_dir) / METRICS_FILE).read_text().splitlines()
+        frames.append(pd.DataFrame([json.loads(line) for line in lines]).assign(method=method, seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_is_finished(run_dir: str | Path) -> bool:
+    """Whether a run directory has its final summary (written last by a finished run)."""
+    return (Path(run_dir) / "final" / FINAL_SUMMARY_FILE).is_file()
+
+
+def records_dir(run_dir: str | Path) -> Path:
+    """``{run_dir}/records``: the run's clip records, a parquet file per step."""
+    return Path(run_dir) / RECORDS_DIR
+
+
+def step_records_files(run_dir: str | Path) -> dict[int, Path]:
+    """``{step: file}`` of the step files in a run's records folder (temporary files left out)."""
+    found = {}
+    folder = records_dir(run_dir)
+    for path in folder.glob("step_*.parquet") if folder.is_dir() else ():
+        match = _STEP_RECORDS.fullmatch(path.name)
+        if match:
+            found[int(match["step"])] = path
+    return dict(sorted(found.items()))
+
+
+def write_step_records(run_dir: str | Path, step: int, frame) -> Path:
+    """Write one step's clip records (a :func:`clip_records_frame`) atomically: a kill leaves the
+    old file or the new one, never a part."""
+    folder = records_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:06d}.parquet"
+    tmp = folder / f".{path.name}.tmp"
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_clip_records(run_dir: str | Path):
+    """Every step's clip records of a run, checked: ValueError naming the folder when it has no
+    step file or lacks columns."""
+    import pandas as pd
+
+    folder = records_dir(run_dir)
+    if not step_records_files(run_dir):
+        raise ValueError(f"{folder}: no clip records (step_NNNNNN.parquet files)")
+    # pyarrow reads the folder's files in name order (step order) and skips dot files.
+    frame = pd.read_parquet(folder)
     missing = [c for c in CLIP_RECORD_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: not a clip-records file, it lacks the columns {missing}")
+        raise ValueError(f"{folder}: not clip records, they lack the columns {missing}")
     return frame
-
-
-#: The file of each plot `clipbench report --plots DIR` writes, by plot name.
-PLOT_FILES = {
-    "accuracy": "accuracy.png",
-    "clip_by_length": "clip_by_length.png",
-    "training_curves": "training_curves.png",
-}
 
 
 def check_name(name: object, where: str) -> str:
@@ -213,9 +272,10 @@ def eval_model_and_bench(path: str | Path) -> tuple[str, str]:
     return path.parent.name, path.stem
 
 
-def plot_path(name: str, plots_dir: str = PLOTS_DIR) -> str:
-    """Where a study's plot ``name`` (a key of :data:`PLOT_FILES`) goes."""
-    return f"{plots_dir}/{PLOT_FILES[name]}"
+def plot_path(name: str, plots_dir: str | Path = PLOTS_DIR) -> str:
+    """Where the plot registered as ``name`` (clipbench.plots) goes: ``{plots_dir}/{name}.png``."""
+    check_name(name, "plot")
+    return f"{plots_dir}/{name}.png"
 
 
 def model_wildcard(methods: list[str]) -> str:

@@ -155,56 +155,95 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from clipbench import report
     from clipbench.provenance import atomic_write_text
 
-    # Both files are computed before either is written: a run without clip records must not
-    # leave a new summary.csv beside a stale fairness.csv.
+    # Every file is computed before any is written: a run without clip records must not leave a
+    # new summary.csv beside a stale fairness.csv.
     runs = _runs_from_dirs(args.runs)
     problems = [f"--evals {path}: no such file" for path in args.evals if not path.is_file()]
-    absent = [str(d) for d in args.runs if not artifacts.final_clip_records(d).is_file()]
+    absent = [str(d) for d in args.runs if not artifacts.run_is_finished(d)]
     if absent:
-        problems.append(f"--runs: no final/clip_records.parquet (an unfinished run?) in {', '.join(absent)}")
+        problems.append(f"--runs: no final/summary.json (an unfinished run?) in {', '.join(absent)}")
     if problems:
         raise ValueError("; ".join(problems))
     summary = report.collect_evals(args.evals)
     records = report.read_clip_records(runs)
-    table = report.collect_fairness(records, n_bins=args.bins, clip_column=args.clip_column)
+    groups, bins = report.collect_fairness(records, n_bins=args.bins, clip_column=args.clip_column)
     atomic_write_text(args.summary, summary.to_csv(index=False))
-    atomic_write_text(args.fairness, table.to_csv(index=False))
+    atomic_write_text(args.fairness, groups.to_csv(index=False))
+    atomic_write_text(args.fairness_bins, bins.to_csv(index=False))
     return 0
 
 
-# The files `clipbench report --plots DIR` writes in DIR, one per plot (the study declares the same).
-_PLOT_FILES = artifacts.PLOT_FILES
+# Which flag of `clipbench report` gives each input a plot may declare (clipbench.plots.INPUTS).
+_INPUT_FLAGS = {
+    "summary": "--summary",
+    "fairness": "--fairness",
+    "fairness_bins": "--fairness-bins",
+    "metrics": "--runs",
+}
 
 
-def _report_outputs(args: argparse.Namespace) -> list[str]:
-    """The outputs asked for: "table" (--table) and the plots (--plots)."""
-    return (["table"] if args.table else []) + (list(_PLOT_FILES) if args.plots else [])
+def _report_plots(args: argparse.Namespace) -> list[str]:
+    """The plots asked for: with --plots, those named by --only, else every registered one."""
+    from clipbench import plots
+
+    return (
+        [plots.get_plot(name).name for name in args.only]
+        if args.plots and args.only
+        else (list(plots.PLOTS) if args.plots else [])
+    )
 
 
 def _has_lines(path: Path) -> bool:
     return path.is_file() and bool(path.read_text().strip())
 
 
+def _needed_inputs(args: argparse.Namespace) -> list[str]:
+    """The inputs the requested outputs read, in the order of clipbench.plots.INPUTS."""
+    from clipbench import plots
+
+    needed = {"summary", "fairness"} if args.table else set()
+    for name in _report_plots(args):
+        needed.update(plots.get_plot(name).inputs)
+    return [i for i in plots.INPUTS if i in needed]
+
+
 def _report_problems(args: argparse.Namespace) -> list[str]:
     """What the requested outputs need and was not given (flags, files), before reading anything."""
-    outputs = _report_outputs(args)
-    if not outputs:
+    from clipbench import plots
+
+    if args.only and not args.plots:
+        return ["--only names plots: give --plots DIR too"]
+    if not args.table and not args.plots:
         return ["nothing to write: give --table FILE and/or --plots DIR"]
+    try:
+        names = _report_plots(args)
+    except ValueError as err:
+        return [f"--only: {err}"]
     problems = [
         f"{flag} {path}: no such file"
         for flag, path in (
             ("--summary", args.summary),
             ("--fairness", args.fairness),
+            ("--fairness-bins", args.fairness_bins),
             ("--study-config", args.study_config),
         )
         if path is not None and not path.is_file()
     ]
-    if "training_curves" in outputs:
-        if not args.runs:
-            problems.append(
-                "--plots: the training_curves plot needs --runs (the run directories' metrics.jsonl)"
-            )
-        absent = [str(d) for d in args.runs if not _has_lines(d / "metrics.jsonl")]
+    for need in _needed_inputs(args):
+        if args.runs if need == "metrics" else getattr(args, need):
+            continue
+        users = (["the main table"] if args.table and need in ("summary", "fairness") else []) + [
+            f"the {name} plot" for name in names if need in plots.get_plot(name).inputs
+        ]
+        if "the main table" not in users:
+            where = "--plots"
+        else:
+            where = "--table" if len(users) == 1 else "--table and --plots"
+        what = "the run directories' metrics.jsonl" if need == "metrics" else plots.INPUTS[need]
+        verb = "needs" if len(users) == 1 else "need"
+        problems.append(f"{where}: {' and '.join(users)} {verb} {_INPUT_FLAGS[need]} ({what})")
+    if "metrics" in _needed_inputs(args) and args.runs:
+        absent = [str(d) for d in args.runs if not _has_lines(d / artifacts.METRICS_FILE)]
         if absent:
             problems.append(
                 f"--plots: the training_curves plot needs a metrics.jsonl with at least one step in every "
@@ -226,8 +265,15 @@ def _read_csv(flag: str, path: Path):
         raise ValueError(f"{flag} {path}: empty file") from None
 
 
+def _read_input(args: argparse.Namespace, name: str):
+    """One input of the report, read: a tidy csv, or the runs' metrics."""
+    if name == "metrics":
+        return artifacts.read_metrics(_runs_from_dirs(args.runs))
+    return _read_csv(_INPUT_FLAGS[name], getattr(args, name))
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from clipbench import report
+    from clipbench import plots, report
     from clipbench.config import load_yaml
     from clipbench.provenance import atomic_write_text, config_hash, git_commit
 
@@ -236,33 +282,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     problems = _report_problems(args)
     if problems:
         raise ValueError("; ".join(problems))
-    outputs = _report_outputs(args)
-    summary = _read_csv("--summary", args.summary)
-    fairness_table = _read_csv("--fairness", args.fairness)
+    frames = {name: _read_input(args, name) for name in _needed_inputs(args)}
     study = load_yaml(args.study_config.read_text()) if args.study_config else {}
-    metrics = report.read_metrics(_runs_from_dirs(args.runs)) if "training_curves" in outputs else None
-    for output in outputs:
-        need = report.unmet_needs(output, summary, fairness_table, metrics)
+    if args.table:
+        need = report.unmet_needs(frames["summary"], frames["fairness"])
         if need:
-            what = "--table: the main table" if output == "table" else f"--plots: the {output} plot"
-            problems.append(f"{what} needs {need}")
+            problems.append(f"--table: the main table needs {need}")
+    for name in _report_plots(args):
+        need = plots.unmet_needs(name, frames)
+        if need:
+            problems.append(f"--plots: the {name} plot needs {need}")
     if problems:
         raise ValueError("; ".join(problems))
     if args.table:
+        summary = frames["summary"]
         seeds = sorted(int(s) for s in summary.seed.unique() if s >= 0)
         text = report.main_table(
             summary,
-            fairness_table,
+            frames["fairness"],
             config_name=args.config_name or study.get("name", "?"),
             config_hash=args.config_hash or config_hash(study),
             seeds=seeds,
             commit=git_commit(),
         )
         atomic_write_text(args.table, text)
-    if args.plots:
-        report.plot_accuracy(summary, args.plots / _PLOT_FILES["accuracy"])
-        report.plot_clip_by_length(fairness_table, args.plots / _PLOT_FILES["clip_by_length"])
-        report.plot_training_curves(metrics, args.plots / _PLOT_FILES["training_curves"])
+    for name in _report_plots(args):
+        plots.write(name, frames, artifacts.plot_path(name, args.plots))
     return 0
 
 
@@ -385,11 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "aggregate",
-        help="tidy summary.csv (accuracy) and fairness.csv (clip rate by length bin)",
+        help="tidy summary.csv (accuracy), fairness.csv and fairness_bins.csv (clip rate by length)",
         description="Collect the evaluation summaries into summary.csv (one row per model, benchmark and "
-        "metric) and the runs' per-sequence clip records into fairness.csv (clip rate and median |S| per "
-        "length bin, with spread, slope, LRE and the S-growth exponent; bin edges shared by every run). "
-        "Both are computed before either is written.",
+        "metric) and the runs' per-sequence clip records into fairness.csv (per method and per run: clip "
+        "rate, spread, slope, LRE and the S-growth exponent) and fairness_bins.csv (per method and run and "
+        "length bin: clip rates and median |S|; bin edges shared by every run). All are computed before "
+        "any is written.",
     )
     p.add_argument(
         "--evals",
@@ -403,31 +449,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--fairness", type=Path, required=True)
+    p.add_argument("--fairness-bins", type=Path, required=True)
     p.add_argument("--bins", type=int, default=5, help="length bins (quantiles of the pooled lengths)")
     p.add_argument("--clip-column", choices=("seq_out", "seq_clip"), default="seq_out")
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser(
         "report",
-        help="the main table (markdown) and the plots from summary.csv and fairness.csv",
+        help="the main table (markdown) and the plots from the tidy files",
         description="Write the main table (--table: needs --summary and --fairness) and/or the plots "
-        "(--plots: accuracy.png from --summary, clip_by_length.png from --fairness, training_curves.png "
-        "from the --runs directories' metrics.jsonl). What every requested output needs is checked "
-        "before any is written; a missing input exits with code 2 and writes nothing.",
+        "registered in clipbench.plots (--plots DIR, each as DIR/{name}.png; --only names some): each "
+        "plot reads the inputs it declares (accuracy: --summary; clip_by_length: --fairness-bins and "
+        "--fairness; training_curves: the --runs directories' metrics.jsonl). What every requested "
+        "output needs is checked before any is written; a missing input exits with code 2 and writes "
+        "nothing.",
     )
-    p.add_argument("--summary", type=Path, required=True)
-    p.add_argument("--fairness", type=Path, required=True)
+    p.add_argument("--summary", type=Path, help="summary.csv (the table, the accuracy plot)")
+    p.add_argument("--fairness", type=Path, help="fairness.csv (the table, the clip-by-length plot)")
+    p.add_argument("--fairness-bins", type=Path, help="fairness_bins.csv (the clip-by-length plot)")
     p.add_argument(
         "--runs",
         type=Path,
         nargs="*",
         default=[],
-        help="run directories results/runs/{method}/seed{seed} (needed by --plots: the training curves)",
+        help="run directories results/runs/{method}/seed{seed} (their metrics.jsonl: the training curves)",
     )
     p.add_argument("--table", type=Path, help="write the main table here")
-    p.add_argument(
-        "--plots", type=Path, help="write accuracy.png, clip_by_length.png, training_curves.png here"
-    )
+    p.add_argument("--plots", type=Path, help="write each registered plot here, as {name}.png")
+    p.add_argument("--only", nargs="+", default=[], metavar="PLOT", help="with --plots: just these plots")
     p.add_argument("--study-config", type=Path, help="the study config (its name and hash go in the footer)")
     p.add_argument("--config-name")
     p.add_argument("--config-hash")

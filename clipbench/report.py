@@ -1,24 +1,23 @@
-"""Aggregation and reporting of a study: tidy result files, the main table and the plots.
+"""Aggregation and reporting of a study: the tidy result files and the main table.
 
 * `collect_evals` -> results/summary.csv: one row per (model, method, seed, benchmark, metric),
   from the evaluation summaries (`clipbench evaluate`); the base model has method "base". Each row
   also says whether the local data file had the registry's sha256 and which summary it came from.
-* `collect_fairness` -> results/fairness.csv: per method (pooled over seeds) and per (method, seed),
-  the clip rate and median |S| of every length bin plus spread, slope, LRE and the S-growth
-  exponent (`clipbench.fairness`), on the training runs' per-sequence clip records with bin edges
-  shared by every run.
+* `collect_fairness` -> results/fairness.csv and results/fairness_bins.csv, on the training runs'
+  per-sequence clip records with bin edges shared by every run (`clipbench.fairness`): per method
+  (scope "pooled", seeds pooled, seed -1) and per run (scope "seed"), the clip rate, spread, slope,
+  LRE and S-growth exponent (fairness.csv), and each length bin's size, share, mean length, clip
+  rates and median |S| (fairness_bins.csv). Each file has one row per what it describes.
 * `main_table` -> results/tables/main.md: a row per method plus the base model, with its clipping
   level; per benchmark the accuracy as mean +- std over seeds; clip rate, spread, LRE and S growth;
   the footer names every evaluation whose data file's sha256 differs from the registry's.
-* `plot_accuracy`, `plot_clip_by_length`, `plot_training_curves` -> results/plots/*.png.
-* `unmet_needs`: what an output needs from its inputs and they lack, so that a report checks every
-  requested output before it writes any.
+* `unmet_needs`: what the main table needs from its inputs and they lack, so that a report checks
+  every requested output before it writes any. The plots: `clipbench.plots`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -33,12 +32,23 @@ SUMMARY_COLUMNS = ["model", "method", "seed", "benchmark", "metric", "k", "value
 # Also in summary.csv, after those: whether the evaluation's local data file had the registry's
 # sha256 (empty for hub and generated sets), and the evaluation summary each row comes from.
 PROVENANCE_COLUMNS = ["data_sha256_ok", "eval_file"]
-TRAINING_CURVE_PANELS = [
-    ("reward_mean", "reward"),
-    ("clip_frac", "clip fraction"),
-    ("response_length_mean", "response length"),
+#: fairness.csv's columns: a group (scope, method, seed), then its metrics (clipbench.fairness).
+FAIRNESS_COLUMNS = [
+    "scope",
+    "method",
+    "seed",
+    "clip_column",
+    "clip_rate",
+    "spread",
+    "slope",
+    "lre",
+    "s_exponent",
+    "n_bins",
 ]
-OUTPUTS = ("table", "accuracy", "clip_by_length", "training_curves")
+#: fairness_bins.csv's first columns: the group and the bin; then the bin's values.
+FAIRNESS_BIN_KEYS = ["scope", "method", "seed", "bin", "bin_lo", "bin_hi", "n", "share", "length_mean"]
+#: What each clip indicator counts, as the main table's footer says it.
+CLIP_COLUMN_MEANING = {"seq_out": "out-of-band rate", "seq_clip": "clipped-gradient rate"}
 
 
 # --------------------------------------------------------------------------- tidy files
@@ -88,28 +98,27 @@ def read_clip_records(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.Data
     """Every run's per-sequence clip records, with method and seed columns."""
     frames = []
     for (method, seed), run_dir in run_dirs.items():
-        frame = artifacts.read_clip_records(artifacts.final_clip_records(run_dir))
-        frames.append(frame.assign(method=method, seed=seed))
+        frames.append(artifacts.read_clip_records(run_dir).assign(method=method, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
 
 def collect_fairness(
     records: pd.DataFrame, n_bins: int = fairness.DEFAULT_BINS, clip_column: str = "seq_out"
-) -> pd.DataFrame:
-    """fairness.csv: a row per (scope, method, seed, bin) with the bin's clip rates, and the
-    group's spread, slope and LRE repeated on each of its rows. scope "pooled" pools the seeds
-    (seed = -1); scope "seed" is per run. Bin edges are shared by every row."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fairness.csv, fairness_bins.csv): per group, its metrics; per group and bin, the bin's
+    values. scope "pooled" pools the seeds (seed = -1); scope "seed" is per run. Bin edges are
+    shared by every row."""
     edges = fairness.length_bin_edges(fairness.off_policy(records)["length"], n_bins)
-    out = []
+    groups, bins = [], []
     for scope, by in (("pooled", ("method",)), ("seed", ("method", "seed"))):
         by_bin, summary = fairness.fairness_summary(records, by=by, edges=edges, clip_column=clip_column)
-        merged = by_bin.merge(summary, on=list(by))
         if scope == "pooled":
-            merged["seed"] = -1
-        out.append(merged.assign(scope=scope, clip_column=clip_column))
-    table = pd.concat(out, ignore_index=True)
-    first = ["scope", "method", "seed", "bin", "bin_lo", "bin_hi", "n", "share", "length_mean"]
-    return table[first + [c for c in table.columns if c not in first]]
+            by_bin["seed"] = summary["seed"] = -1
+        groups.append(summary.assign(scope=scope, clip_column=clip_column))
+        bins.append(by_bin.assign(scope=scope))
+    groups = pd.concat(groups, ignore_index=True)[FAIRNESS_COLUMNS]
+    bins = pd.concat(bins, ignore_index=True)
+    return groups, bins[FAIRNESS_BIN_KEYS + [c for c in bins.columns if c not in FAIRNESS_BIN_KEYS]]
 
 
 # --------------------------------------------------------------------------- the main table
@@ -141,7 +150,8 @@ def main_table(
     acc = summary[summary.metric == "avg@k"]
     benches = sorted(acc.benchmark.unique())
     ks = {b: int(acc[acc.benchmark == b].k.iloc[0]) for b in benches}
-    pooled = fairness_table[fairness_table.scope == "pooled"].drop_duplicates("method").set_index("method")
+    pooled = fairness_table[fairness_table.scope == "pooled"].set_index("method")
+    clip_column = str(pooled["clip_column"].iloc[0]) if "clip_column" in pooled and len(pooled) else "seq_out"
     names = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
     cells: dict[str, dict[str, tuple[float, str]]] = {m: {} for m in names}
     level = {m: _level(m) for m in names}
@@ -191,7 +201,7 @@ def main_table(
     lines += [
         "",
         f"Accuracy: avg@k (mean over k samples per problem, then over problems), mean ± std over seeds {seeds}. "
-        "Clip rate, spread and LRE: out-of-band rate (`seq_out`) by response-length bin over the off-policy training "
+        f"Clip rate, spread and LRE: {CLIP_COLUMN_MEANING.get(clip_column, 'rate')} (`{clip_column}`) by response-length bin over the off-policy training "
         "updates (the first update of each step, at ratio 1, left out), seeds pooled; a token-level rule's rate counts tokens, a sequence-level rule's whole responses, so spread "
         "and LRE are compared (bold: lowest) within a level. S growth a: median |S| ~ L^a over the same bins "
         "(1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a fixed band). "
@@ -220,7 +230,7 @@ def _seed_spans(
     accuracy mean - std .. mean + std over seeds; spread and LRE their range over the per-seed rows
     of fairness.csv. A method with one seed (or the base model) has no span."""
     spans = {}
-    per_seed = fairness_table[fairness_table.scope == "seed"].drop_duplicates(["method", "seed"])
+    per_seed = fairness_table[fairness_table.scope == "seed"]
     for m in names:
         for b in benches:
             values = acc[(acc.method == m) & (acc.benchmark == b)].value
@@ -259,109 +269,6 @@ def _separated_best(group: list[str], key: str, cells, spans, pick) -> str | Non
     return None
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid")
-    return plt, sns
-
-
-def clip_rate_lines(sns, ax, data: pd.DataFrame, x: str, y: str) -> None:
-    """One marked line per method: the shared look of every clip-rate-by-length plot."""
-    sns.lineplot(data=data, x=x, y=y, hue="method", style="method", markers=True, dashes=False, ax=ax)
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, metadata={"Software": None})
-    return path
-
-
-def plot_accuracy(summary: pd.DataFrame, path: str | Path) -> Path:
-    """Mean (bar) and per-seed points of avg@k per method, one panel per benchmark."""
-    plt, sns = pyplot()
-    acc = summary[summary.metric == "avg@k"]
-    benches = sorted(acc.benchmark.unique())
-    order = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
-    fig, axes = plt.subplots(1, len(benches), figsize=(4.5 * len(benches), 3.8), squeeze=False)
-    for ax, bench in zip(axes[0], benches, strict=True):
-        data = acc[acc.benchmark == bench]
-        sns.barplot(data=data, x="method", y="value", order=order, errorbar=None, alpha=0.6, ax=ax)
-        # No jitter: seaborn's jitter draws from an unseeded RNG, and plots must be reproducible.
-        sns.stripplot(
-            data=data, x="method", y="value", order=order, color="black", size=5, jitter=False, ax=ax
-        )
-        ax.set_title(f"{bench} (avg@{int(data.k.iloc[0])})")
-        ax.set_xlabel("")
-        ax.set_ylabel("accuracy")
-        ax.tick_params(axis="x", rotation=30)
-    path = save_figure(fig, path)
-    plt.close(fig)
-    return path
-
-
-def plot_clip_by_length(fairness_table: pd.DataFrame, path: str | Path) -> Path:
-    """Left: clip rate against length bin (bin mean length, log x), a line per method (seeds
-    pooled). Right, when the records had S: median |S| / sqrt(L) per bin, which is flat exactly
-    when FSPO's sqrt(L) band clips every length alike (the S-growth exponent is 1/2)."""
-    plt, sns = pyplot()
-    pooled = fairness_table[fairness_table.scope == "pooled"]
-    column = str(pooled.clip_column.iloc[0])
-    with_s = "abs_s_median" in pooled and pooled["abs_s_median"].notna().any()
-    fig, axes = plt.subplots(
-        1, 2 if with_s else 1, figsize=(12, 4.2) if with_s else (6.5, 4.2), squeeze=False
-    )
-    ax = axes[0, 0]
-    clip_rate_lines(sns, ax, pooled, x="length_mean", y=column)
-    ax.set_xscale("log")
-    ax.set_xlabel("response length (bin mean, tokens)")
-    ax.set_ylabel(f"clip rate ({column})")
-    ax.set_title("Clip rate by response length (training records)")
-    if with_s:
-        ax = axes[0, 1]
-        scaled = pooled.assign(s_per_root_l=pooled["abs_s_median"] / np.sqrt(pooled["length_mean"]))
-        clip_rate_lines(sns, ax, scaled, x="length_mean", y="s_per_root_l")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("response length (bin mean, tokens)")
-        ax.set_ylabel("median |S| / sqrt(L)")
-        ax.set_title("Flat = FSPO's sqrt(L) band fits (S-growth exponent 1/2)")
-    path = save_figure(fig, path)
-    plt.close(fig)
-    return path
-
-
-def plot_training_curves(metrics: pd.DataFrame, path: str | Path) -> Path:
-    """Reward, clip fraction and mean response length over steps (mean over seeds, band = range)."""
-    plt, sns = pyplot()
-    fig, axes = plt.subplots(1, len(TRAINING_CURVE_PANELS), figsize=(14, 3.8))
-    for ax, (column, label) in zip(axes, TRAINING_CURVE_PANELS, strict=True):
-        sns.lineplot(data=metrics, x="step", y=column, hue="method", errorbar=("pi", 100), ax=ax)
-        ax.set_ylabel(label)
-        if ax is not axes[-1]:
-            ax.get_legend().remove()
-    path = save_figure(fig, path)
-    plt.close(fig)
-    return path
-
-
-def read_metrics(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame:
-    frames = []
-    for (method, seed), run_dir in run_dirs.items():
-        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-        frames.append(pd.DataFrame([json.loads(line) for line in lines]).assign(method=method, seed=seed))
-    return pd.concat(frames, ignore_index=True)
-
-
 # --------------------------------------------------------------------------- what each output needs
 
 
@@ -369,45 +276,13 @@ def _lacking(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
     return [c for c in columns if c not in frame.columns]
 
 
-def unmet_needs(
-    output: str,
-    summary: pd.DataFrame | None = None,
-    fairness_table: pd.DataFrame | None = None,
-    metrics: pd.DataFrame | None = None,
-) -> str | None:
-    """What `output` (one of OUTPUTS) needs from its inputs and they lack, as a phrase that
-    completes "the <output> needs ..."; None when it can be made. Inputs it does not read may be
-    None. The table and the accuracy plot read summary.csv, the table and the clip-by-length plot
-    fairness.csv, the training curves the runs' metrics."""
-    if output not in OUTPUTS:
-        raise ValueError(f"unknown report output {output!r}; known: {', '.join(OUTPUTS)}")
-    if output in ("table", "accuracy"):
-        lacking = _lacking(summary, SUMMARY_COLUMNS[1:])
-        if lacking:
-            return f"--summary with the columns {lacking} (a summary.csv from `clipbench aggregate`)"
-        if output == "accuracy" and not (summary["metric"] == "avg@k").any():
-            return "--summary with avg@k rows (it has none)"
-    if output == "table":
-        lacking = _lacking(fairness_table, ["scope", "method", "clip_rate", "spread", "lre", "s_exponent"])
-        if lacking:
-            return f"--fairness with the columns {lacking} (a fairness.csv from `clipbench aggregate`)"
-    if output == "clip_by_length":
-        lacking = _lacking(fairness_table, ["scope", "method", "length_mean", "clip_column"])
-        if lacking:
-            return f"--fairness with the columns {lacking} (a fairness.csv from `clipbench aggregate`)"
-        pooled = fairness_table[fairness_table["scope"] == "pooled"]
-        if pooled.empty:
-            return "--fairness with pooled rows (it has none)"
-        column = str(pooled["clip_column"].iloc[0])
-        if column not in fairness_table.columns:
-            return f"--fairness with its clip column {column!r}"
-    if output == "training_curves":
-        needed = ["step", *(c for c, _ in TRAINING_CURVE_PANELS)]
-        lacking = _lacking(metrics, needed)
-        if lacking:
-            return f"--runs whose metrics.jsonl have the columns {lacking}"
-        runs = metrics.groupby(["method", "seed"])[needed]
-        without = [f"{m}/seed{s}" for (m, s), frame in runs if frame.isna().all().any()]
-        if without:
-            return f"--runs whose metrics.jsonl have the columns {needed} (not in {', '.join(without)})"
+def unmet_needs(summary: pd.DataFrame, fairness_table: pd.DataFrame) -> str | None:
+    """What the main table needs from summary.csv and fairness.csv and they lack, as a phrase that
+    completes "the main table needs ..."; None when it can be made."""
+    lacking = _lacking(summary, SUMMARY_COLUMNS[1:])
+    if lacking:
+        return f"--summary with the columns {lacking} (a summary.csv from `clipbench aggregate`)"
+    lacking = _lacking(fairness_table, ["scope", "method", "clip_rate", "spread", "lre", "s_exponent"])
+    if lacking:
+        return f"--fairness with the columns {lacking} (a fairness.csv from `clipbench aggregate`)"
     return None

@@ -172,7 +172,7 @@ def markdown_table(result: SimulationResult, prov: Mapping[str, Any]) -> str:
 
 def plot_clip_by_length(by_length: pd.DataFrame, path: Path, title: str) -> Path:
     """Two panels (out of band; clip active) of rate against length, log x-axis, a line per rule."""
-    from clipbench.report import clip_rate_lines, pyplot, save_figure
+    from clipbench.plots import clip_rate_lines, pyplot, save_figure
 
     plt, sns = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -185,9 +185,7 @@ def plot_clip_by_length(by_length: pd.DataFrame, path: Path, title: str) -> Path
         ax.set_title(label)
     axes[1].get_legend().remove()
     fig.suptitle(title)
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_outputs(result: SimulationResult, out_dir: Path | str) -> dict[str, Path]:

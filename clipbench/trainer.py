@@ -18,10 +18,11 @@ Run directory:
   config.yaml, provenance.json    the resolved config; seed, versions, commit
   metrics.jsonl                   one line per step (deterministic: identical across reruns on CPU)
   perf.jsonl                      seconds and tokens/s per phase per step (not deterministic)
-  records/step_NNNNNN.parquet     per sequence and update: step, update, length, S, advantage,
-                                  seq_clip, seq_out, reward, entropy (the sequence's mean per-token
-                                  entropy of the policy's softmax at the sampling temperature,
-                                  before top_p); what clipbench.fairness reads
+  records/step_NNNNNN.parquet     the clip records, per sequence and update: step, update, length,
+                                  S, advantage, seq_clip, seq_out, reward, entropy (the sequence's
+                                  mean per-token entropy of the policy's softmax at the sampling
+                                  temperature, before top_p); what clipbench.fairness reads (the
+                                  format: clipbench.artifacts.CLIP_RECORD_COLUMNS)
   checkpoints/step_NNNNNN/        model, optimizer, RNG states after NNNNNN steps and manifest.json
                                   (size and sha256 of every file); `latest` names the newest complete
                                   one. A restarted run resumes from it (verified against its
@@ -549,13 +550,11 @@ class Trainer:
                 if row["step"] < done:
                     kept.append(line)
             atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-        records = self.run_dir / "records"
-        if records.exists():
-            for part in records.glob("step_*.parquet"):
-                if int(part.stem.split("_")[1]) >= done:
-                    part.unlink()
-            for leftover in records.glob(".*"):
-                leftover.unlink()
+        for step, part in artifacts.step_records_files(self.run_dir).items():
+            if step >= done:
+                part.unlink()
+        for leftover in artifacts.records_dir(self.run_dir).glob(".*"):
+            leftover.unlink()
         shutil.rmtree(self.run_dir / "final", ignore_errors=True)
 
     # ------------------------------------------------------------------ one step
@@ -782,8 +781,6 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.config
-        records_dir = self.run_dir / "records"
-        records_dir.mkdir(exist_ok=True)
         bar = tqdm(
             total=cfg.steps,
             initial=done,
@@ -793,10 +790,7 @@ class Trainer:
         for step in range(done, cfg.steps):
             metrics, perf, records = self._train_step(step)
             self.engine.sync(self.model)
-            part = records_dir / f"step_{step:06d}.parquet"
-            tmp = records_dir / f".{part.name}.tmp"
-            records.to_parquet(tmp, index=False)
-            os.replace(tmp, part)
+            artifacts.write_step_records(self.run_dir, step, records)
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics, sort_keys=True) + "\n")
             with open(self.run_dir / "perf.jsonl", "a") as f:
@@ -820,8 +814,7 @@ class Trainer:
             final,
             extra={"steps_done": self.config.steps, "method": self.method.name},
         )
-        records = pd.read_parquet(self.run_dir / "records")
-        records.to_parquet(final / artifacts.CLIP_RECORDS_FILE, index=False)
+        records = artifacts.read_clip_records(self.run_dir)
         lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
         summary = {
             "method": self.method.name,

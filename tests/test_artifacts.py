@@ -78,11 +78,14 @@ def test_the_model_wildcard_matches_only_the_studys_methods():
     assert not re.fullmatch(pattern, "ppo-seed3/../x")
 
 
-def test_plot_paths_are_the_ones_the_cli_writes():
+def test_plot_paths_are_named_after_the_registered_plots():
+    from clipbench import plots
+
     assert artifacts.plot_path("accuracy") == "results/plots/accuracy.png"
-    assert sorted(artifacts.PLOT_FILES) == ["accuracy", "clip_by_length", "training_curves"]
-    with pytest.raises(KeyError):
-        artifacts.plot_path("nonexistent")
+    assert artifacts.plot_path("clip_by_length", "out") == "out/clip_by_length.png"
+    assert list(plots.PLOTS) == ["accuracy", "clip_by_length", "training_curves"]
+    with pytest.raises(ValueError, match="plot: '../x' is not a valid name"):
+        artifacts.plot_path("../x")
 
 
 def test_nothing_outside_artifacts_parses_a_run_name_from_a_path():
@@ -123,18 +126,26 @@ def test_a_record_with_a_missing_or_unknown_column_is_refused():
         artifacts.clip_records_frame([record(ratio=1.0)])
 
 
-def test_reading_clip_records_names_a_file_that_is_not_one(tmp_path):
+def test_clip_records_are_written_per_step_and_read_as_one_frame(tmp_path):
     run_dir = tmp_path / "runs" / "fspo" / "seed0"
-    path = artifacts.final_clip_records(run_dir)
-    assert path == run_dir / "final" / "clip_records.parquet"
-    path.parent.mkdir(parents=True)
-    artifacts.clip_records_frame([record()]).to_parquet(path, index=False)
-    assert artifacts.read_clip_records(path).equals(artifacts.clip_records_frame([record()]))
-    artifacts.clip_records_frame([record()]).drop(columns=["seq_out", "length"]).to_parquet(path, index=False)
-    with pytest.raises(
-        ValueError, match=r"clip_records.parquet: not a clip-records file, .*\['length', 'seq_out'\]"
-    ):
-        artifacts.read_clip_records(path)
+    with pytest.raises(ValueError, match=r"seed0/records: no clip records"):
+        artifacts.read_clip_records(run_dir)
+    for step in (1, 0, 10):
+        path = artifacts.write_step_records(run_dir, step, artifacts.clip_records_frame([record(step=step)]))
+        assert path == run_dir / "records" / f"step_{step:06d}.parquet"
+    (run_dir / "records" / ".step_000011.parquet.tmp").write_text("a kill's leftover")
+    assert list(artifacts.step_records_files(run_dir)) == [0, 1, 10]
+    frame = artifacts.read_clip_records(run_dir)
+    assert frame.step.tolist() == [0, 1, 10]  # step order, the temporary file left out
+    assert frame.equals(artifacts.clip_records_frame([record(step=s) for s in (0, 1, 10)]))
+
+
+def test_reading_clip_records_names_a_folder_that_holds_none(tmp_path):
+    run_dir = tmp_path / "run"
+    bad = artifacts.clip_records_frame([record()]).drop(columns=["seq_out", "length"])
+    artifacts.write_step_records(run_dir, 0, bad)
+    with pytest.raises(ValueError, match=r"run/records: not clip records, .*\['length', 'seq_out'\]"):
+        artifacts.read_clip_records(run_dir)
 
 
 @pytest.mark.parametrize("name", ["fspo-seed007", "fspo-seed00", "fspo-seed+1"])

@@ -129,8 +129,8 @@ def test_deprecated_param_still_works_and_warns_once(tmp_path, capsys):
 
 @pytest.fixture
 def study(tmp_path):
-    """summary.csv, fairness.csv and two run directories with metrics.jsonl, as `aggregate` and
-    `train` leave them."""
+    """summary.csv, fairness.csv, fairness_bins.csv and two run directories with metrics.jsonl, as
+    `aggregate` and `train` leave them."""
     rows = [("base", -1, 0.4), ("ppo", 0, 0.5), ("fspo", 0, 0.6)]
     pd.DataFrame(
         [
@@ -152,9 +152,6 @@ def study(tmp_path):
                 "scope": "pooled",
                 "method": m,
                 "seed": -1,
-                "length_mean": length,
-                "seq_out": rate,
-                "abs_s_median": 0.01 * length,
                 "clip_column": "seq_out",
                 "clip_rate": 0.1,
                 "spread": 1.0,
@@ -162,9 +159,23 @@ def study(tmp_path):
                 "s_exponent": 0.5,
             }
             for m in ("ppo", "fspo")
-            for length, rate in ((10, 0.1), (40, 0.2))
         ]
     ).to_csv(tmp_path / "fairness.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "scope": "pooled",
+                "method": m,
+                "seed": -1,
+                "bin": b,
+                "length_mean": length,
+                "seq_out": rate,
+                "abs_s_median": 0.01 * length,
+            }
+            for m in ("ppo", "fspo")
+            for b, (length, rate) in enumerate(((10, 0.1), (40, 0.2)))
+        ]
+    ).to_csv(tmp_path / "fairness_bins.csv", index=False)
     runs = []
     for method in ("ppo", "fspo"):
         run = tmp_path / "runs" / method / "seed0"
@@ -185,13 +196,15 @@ def report_args(tmp_path, *extra):
         str(tmp_path / "summary.csv"),
         "--fairness",
         str(tmp_path / "fairness.csv"),
+        "--fairness-bins",
+        str(tmp_path / "fairness_bins.csv"),
         *extra,
     ]
 
 
 def written(tmp_path) -> set[str]:
     """The files under tmp_path that the study fixture did not make."""
-    made = {"summary.csv", "fairness.csv", "metrics.jsonl"}
+    made = {"summary.csv", "fairness.csv", "fairness_bins.csv", "metrics.jsonl"}
     return {
         p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() and p.name not in made
     }
@@ -231,7 +244,7 @@ REPORT_PROBLEMS = {  # case -> what the one-line error says
     "run_badly_named": "expected a run directory named seed<N>",
     "summary_missing": "summary.csv: no such file",
     "no_accuracy_rows": "--plots: the accuracy plot needs --summary with avg@k rows (it has none)",
-    "no_pooled_rows": "--plots: the clip_by_length plot needs --fairness with pooled rows (it has none)",
+    "no_pooled_rows": "--plots: the clip_by_length plot needs --fairness and --fairness-bins with pooled rows",
     "files_swapped": "--table: the main table needs --summary with the columns",
 }
 
@@ -253,7 +266,8 @@ def test_report_checks_every_output_before_writing_any(study, capsys, case):
     elif case == "no_accuracy_rows":
         pd.read_csv(summary).assign(metric="pass@k").to_csv(summary, index=False)
     elif case == "no_pooled_rows":
-        pd.read_csv(fairness).assign(scope="seed").to_csv(fairness, index=False)
+        bins = tmp_path / "fairness_bins.csv"
+        pd.read_csv(bins).assign(scope="seed").to_csv(bins, index=False)
     elif case == "metrics_empty":
         (tmp_path / "runs" / "fspo" / "seed0" / "metrics.jsonl").write_text("\n")
     elif case == "metrics_without_columns":
@@ -285,13 +299,14 @@ def test_report_writes_every_output_when_its_inputs_are_there(study):
     assert "Config `t` (hash h)" in (tmp_path / "main.md").read_text()
 
 
-def test_aggregate_writes_neither_file_when_a_run_has_no_clip_records(tmp_path, capsys):
+def test_aggregate_writes_no_file_when_a_run_is_unfinished(tmp_path, capsys):
     evals = tmp_path / "evals" / "base" / "synthetic_test.json"
     evals.parent.mkdir(parents=True)
     evals.write_text(json.dumps({"k": 4, "avg@k": 0.5, "pass@k": 0.75}))
     run = tmp_path / "runs" / "ppo" / "seed0"
     run.mkdir(parents=True)
     summary, fairness = tmp_path / "summary.csv", tmp_path / "fairness.csv"
+    bins = tmp_path / "fairness_bins.csv"
     args = [
         "aggregate",
         "--evals",
@@ -302,7 +317,9 @@ def test_aggregate_writes_neither_file_when_a_run_has_no_clip_records(tmp_path, 
         str(summary),
         "--fairness",
         str(fairness),
+        "--fairness-bins",
+        str(bins),
     ]
     assert cli.main(args) == 2
-    assert "--runs: no final/clip_records.parquet (an unfinished run?) in" in capsys.readouterr().err
-    assert not summary.exists() and not fairness.exists()
+    assert "--runs: no final/summary.json (an unfinished run?) in" in capsys.readouterr().err
+    assert not summary.exists() and not fairness.exists() and not bins.exists()

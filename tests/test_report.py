@@ -1,4 +1,4 @@
-"""The main table and the fairness file built from hand-made tidy inputs."""
+"""The main table and the fairness files, built from hand-made tidy inputs."""
 
 import hashlib
 import json
@@ -36,8 +36,7 @@ def summary_rows():
 
 
 def fairness_rows():
-    # One pooled row per method, and one per method and seed: all main_table reads (the group
-    # values repeat on every bin row).
+    # fairness.csv: one pooled row per method, and one per method and seed: all main_table reads.
     values = {  # clip_rate, spread, lre, s_exponent
         "ppo": (0.005, 0.90, 0.0010, 2.5),
         "fspo": (0.170, 1.40, 0.0800, 2.7),
@@ -195,32 +194,26 @@ def test_collect_fairness_carries_the_s_growth_exponent():
             "seq_clip": 0.0,
         }
     )
-    table = report.collect_fairness(records, n_bins=5)
-    pooled = table[table.scope == "pooled"]
-    assert len(pooled) == 5 and pooled["s_exponent"].nunique() == 1
-    assert pooled["s_exponent"].iloc[0] == pytest.approx(1.0, abs=0.1)
-    assert (table[table.scope == "seed"].groupby("seed").size() == 5).all()
+    groups, bins = report.collect_fairness(records, n_bins=5)
+    pooled = groups[groups.scope == "pooled"]
+    assert len(pooled) == 1 and pooled["s_exponent"].iloc[0] == pytest.approx(1.0, abs=0.1)
+    assert list(groups.columns) == report.FAIRNESS_COLUMNS and len(groups) == 3  # pooled, seed 0, seed 1
+    assert (groups.n_bins == 5).all() and (groups.clip_column == "seq_out").all()
+    assert len(bins[bins.scope == "pooled"]) == 5
+    assert (bins[bins.scope == "seed"].groupby("seed").size() == 5).all()
+    assert list(bins.columns[: len(report.FAIRNESS_BIN_KEYS)]) == report.FAIRNESS_BIN_KEYS
+    # One row per what each file describes: a group once, a (group, bin) once.
+    assert not groups.duplicated(["scope", "method", "seed"]).any()
+    assert not bins.duplicated(["scope", "method", "seed", "bin"]).any()
 
 
-def test_plots_are_byte_reproducible(tmp_path):
-    # A plot drawn twice from the same tidy data is the same file (no unseeded jitter, no
-    # timestamps): a re-run of a study reproduces its figures as well as its tables.
-    summary = summary_rows()
-    first = report.plot_accuracy(summary, tmp_path / "a.png").read_bytes()
-    assert report.plot_accuracy(summary, tmp_path / "b.png").read_bytes() == first
-    bins = pd.DataFrame(
-        [
-            {
-                "scope": "pooled",
-                "method": m,
-                "length_mean": L,
-                "seq_out": r,
-                "abs_s_median": s,
-                "clip_column": "seq_out",
-            }
-            for m, k in (("fspo", 1.0), ("gspo", 2.0))
-            for L, r, s in ((10, 0.05 * k, 0.01), (40, 0.1 * k, 0.2), (90, 0.2 * k, 1.5))
-        ]
+def test_the_footer_names_the_clip_column_the_metrics_used():
+    groups = fairness_rows().assign(clip_column="seq_clip")
+    text = report.main_table(
+        summary_rows(), groups, config_name="t", config_hash="a", seeds=[0, 1], commit="c", date="d"
     )
-    clip = report.plot_clip_by_length(bins, tmp_path / "c.png").read_bytes()
-    assert report.plot_clip_by_length(bins, tmp_path / "d.png").read_bytes() == clip
+    assert "clipped-gradient rate (`seq_clip`)" in text and "seq_out" not in text
+    text = report.main_table(
+        summary_rows(), fairness_rows(), config_name="t", config_hash="a", seeds=[0, 1], commit="c", date="d"
+    )
+    assert "out-of-band rate (`seq_out`)" in text and "seq_clip" not in text

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
+from clipbench import artifacts
 from clipbench import trainer as trainer_module
 from clipbench.advantages import available_estimators, compute_advantages
 from clipbench.cli import _parse_sets
@@ -135,7 +136,7 @@ def small_config(base_model, **overrides):
 
 def read_run(run_dir: Path):
     metrics = (run_dir / "metrics.jsonl").read_text()
-    records = pd.read_parquet(run_dir / "records")
+    records = artifacts.read_clip_records(run_dir)
     return metrics, records
 
 
@@ -259,7 +260,10 @@ def test_outputs_are_traceable(tmp_path, base_model, parity):
     assert prov["config"]["method"] == "fspo" and prov["versions"]["torch"] and "commit" in prov
     summary = json.loads((final / "summary.json").read_text())
     assert summary["hparams"] == {"c_low": 0.05, "c_high": 0.05, "drift": "none"}
-    assert (final / "clip_records.parquet").exists() and (final / "model.safetensors").exists()
+    assert (final / "model.safetensors").exists() and not (final / "clip_records.parquet").exists()
+    assert list(artifacts.step_records_files(run)) == [0, 1] and summary["records"] == len(
+        artifacts.read_clip_records(run)
+    )
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     for key in (

@@ -33,7 +33,7 @@ def job_counts(stdout: str) -> dict[str, int]:
     [
         (
             None,
-            {"base_model_sft": 1, "train": 10, "evaluate": 22, "aggregate": 1, "main_table": 1, "plots": 1},
+            {"base_model_sft": 1, "train": 10, "evaluate": 22, "aggregate": 1, "main_table": 1, "plot": 3},
         ),
         ("workflows/config/smoke.yaml", {"base_model_sft": 1, "train": 2, "evaluate": 3}),
         pytest.param("workflows/config/paper.yaml", {"train": 15, "evaluate": 48}, marks=pytest.mark.slow),
@@ -69,45 +69,6 @@ def test_slurm_profile_dry_runs():
 def test_gpu_profile_dry_runs():
     result = snakemake("-n", "--profile", "profiles/gpu", "--configfile", "workflows/config/paper.yaml")
     assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.slow
-def test_an_interrupted_study_restarts_with_the_plain_command(tmp_path):
-    """SIGKILL the smoke study (Snakemake and its jobs) once a run has checkpointed. After
-    `snakemake --unlock` (a hard kill leaves Snakemake's lock behind) the plain command finishes
-    it, rerunning only what is missing: the workflow profile says rerun-incomplete, the base model
-    is kept, and training resumes from its checkpoint."""
-    import signal
-    import time
-
-    project = tmp_path / "project"
-    shutil.copytree(
-        ROOT,
-        project,
-        ignore=shutil.ignore_patterns(".git", "results", ".snakemake", "__pycache__", "*.egg-info"),
-    )
-    args = [*SNAKEMAKE, "--cores", "2", "--configfile", "workflows/config/smoke.yaml"]
-    victim = subprocess.Popen(
-        args, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.time() + 600
-    while time.time() < deadline and victim.poll() is None:
-        if list((project / "results" / "runs").glob("*/seed0/checkpoints/step_000002")):
-            break
-        time.sleep(0.2)
-    import os
-
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait()
-    assert not (project / "results" / "tables" / "main.md").exists(), "the study finished before the kill"
-    subprocess.run(
-        [*SNAKEMAKE, "--unlock", "--configfile", "workflows/config/smoke.yaml"], cwd=project, check=True
-    )
-    result = subprocess.run(args, cwd=project, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    log = result.stdout + result.stderr
-    assert "localrule train:" in log and "localrule base_model_sft:" not in log
-    assert (project / "results" / "tables" / "main.md").exists()
 
 
 @pytest.mark.parametrize(
@@ -331,11 +292,32 @@ class NarrowSeq(Method):
 '''
 
 
+NEW_PLOT = '''
+
+@plot("reward_by_step", inputs=("metrics",))
+def reward_by_step(metrics):
+    """Mean reward per step, a line per method."""
+    plt, sns = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sns.lineplot(data=metrics, x="step", y="reward_mean", hue="method", ax=ax)
+    return fig
+'''
+
+
 @pytest.mark.slow
-def test_a_new_method_file_joins_the_smoke_study(tmp_path):
-    """Copy the project, add one file to methods/, run the smoke study with the method list left
-    to its default (every registered rule, restricted here to the new one and fspo through the
-    config's `methods`, as a user would), and find the new method's row in main.md."""
+def test_a_new_method_and_plot_join_the_smoke_study_which_survives_a_kill(tmp_path):
+    """One smoke study (one, for CI's time) in a copy of the project shows three things:
+    - one new file in methods/ joins the study with no other edit: the dry run with the method
+      list left to its default (every registered rule) lists it, and main.md gets its row;
+    - one new function registered with @plot in clipbench/plots.py is a plot of the study:
+      `snakemake --cores all` builds results/plots/<name>.png, and so does that target alone;
+    - SIGKILL the study (Snakemake and its jobs) once a run has checkpointed: after
+      `snakemake --unlock` (a hard kill leaves Snakemake's lock behind) the plain command finishes
+      it, rerunning only what is missing (the workflow profile says rerun-incomplete): the base
+      model is kept and training resumes from its checkpoint."""
+    import signal
+    import time
+
     project = tmp_path / "project"
     shutil.copytree(
         ROOT,
@@ -345,26 +327,56 @@ def test_a_new_method_file_joins_the_smoke_study(tmp_path):
         ),
     )
     (project / "methods" / "narrow_seq.py").write_text(NEW_RULE)
+    with open(project / "clipbench" / "plots.py", "a") as plots_file:
+        plots_file.write(NEW_PLOT)
     study = yaml.safe_load((project / "workflows" / "config" / "smoke.yaml").read_text())
     study["methods"] = []  # every registered rule: the new one included, no edit naming it
     study["seeds"] = [0]
     config = project / "study.yaml"
     config.write_text(yaml.safe_dump(study))
     dry = snakemake("-n", "--configfile", str(config), cwd=project)
-    assert "narrow_seq" in dry.stdout
+    assert "narrow_seq" in dry.stdout and "results/plots/reward_by_step.png" in dry.stdout
     # Train only two methods for time: the new one and fspo.
     study["methods"] = ["narrow_seq", "fspo"]
     config.write_text(yaml.safe_dump(study))
-    env_path = f"{project}:{ROOT}"
-    result = subprocess.run(
+    env = {**os.environ, "PYTHONPATH": f"{project}:{ROOT}"}
+    args = [*SNAKEMAKE, "--cores", "2", "--configfile", str(config)]
+    victim = subprocess.Popen(
+        args,
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and victim.poll() is None:
+        if list((project / "results" / "runs").glob("*/seed0/checkpoints/step_000002")):
+            break
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (project / "results" / "tables" / "main.md").exists(), "the study finished before the kill"
+    subprocess.run([*SNAKEMAKE, "--unlock", "--configfile", str(config)], cwd=project, check=True, env=env)
+    result = subprocess.run(args, cwd=project, capture_output=True, text=True, timeout=1200, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "localrule train:" in log and "localrule base_model_sft:" not in log
+    table = (project / "results" / "tables" / "main.md").read_text()
+    assert "| narrow_seq |" in table and "| fspo |" in table and "| base |" in table
+    new_plot = project / "results" / "plots" / "reward_by_step.png"
+    assert new_plot.stat().st_size > 0
+    new_plot.unlink()
+    alone = subprocess.run(
         # The target goes first: --configfile takes several values and would swallow it.
-        [*SNAKEMAKE, "results/tables/main.md", "--cores", "2", "--configfile", str(config)],
+        [*SNAKEMAKE, "results/plots/reward_by_step.png", "--cores", "2", "--configfile", str(config)],
         cwd=project,
         capture_output=True,
         text=True,
-        timeout=1200,
-        env={**__import__("os").environ, "PYTHONPATH": env_path},
+        timeout=300,
+        env=env,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    table = (project / "results" / "tables" / "main.md").read_text()
-    assert "| narrow_seq |" in table and "| fspo |" in table and "| base |" in table
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    assert new_plot.stat().st_size > 0
+    assert "localrule plot:" in alone.stdout + alone.stderr
+    assert "localrule train:" not in alone.stdout + alone.stderr

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-records = pd.concat(
-    pd.read_parquet(path) for path in sorted(glob.glob("results/runs/*/seed*/final/clip_records.parquet"))
-)
+from clipbench import artifacts
+
+records = pd.concat(artifacts.read_clip_records(run) for run in sorted(glob.glob("results/runs/*/seed*")))
 records = records[(records["update"] > 0) & (records["epoch"] == 0)]
 records = records.assign(s_per_l=records["S"] / records["length"], abs_s_per_l=lambda d: d["s_per_l"].abs())
 table = records.groupby(pd.qcut(records["entropy"], 5), observed=True).agg(

@@ -12,7 +12,8 @@ import pandas as pd
 
 d = sys.argv[1]
 s = pd.read_csv(f"{d}/summary.csv")
-f = pd.read_csv(f"{d}/fairness.csv")
+f = pd.read_csv(f"{d}/fairness.csv")  # per method (scope pooled) and per run (scope seed)
+bins = pd.read_csv(f"{d}/fairness_bins.csv")  # the same groups, per length bin
 acc = s[s.metric == "avg@k"]
 print("== accuracy avg@k per model")
 print(acc.pivot_table(index=["method", "seed"], columns="benchmark", values="value").to_string())
@@ -30,11 +31,10 @@ for b in acc.benchmark.unique():
         acc[(acc.method == "base") & (acc.benchmark == b)].value.iloc[0],
     )
 print("== pooled per method")
-p = f[f.scope == "pooled"]
-first = p.drop_duplicates("method").set_index("method")
+first = f[f.scope == "pooled"].set_index("method")
 print(first[["clip_rate", "spread", "lre", "slope", "s_exponent"]].round(4).to_string())
 print("== per seed")
-ps = f[f.scope == "seed"].drop_duplicates(["method", "seed"]).set_index(["method", "seed"])
+ps = f[f.scope == "seed"].set_index(["method", "seed"])
 print(ps[["clip_rate", "spread", "lre", "s_exponent"]].round(4).to_string())
 print(
     "s_exponent pooled range",
@@ -45,7 +45,7 @@ print(
     ps.s_exponent.max().round(2),
 )
 print("== by bin (pooled): seq_out, length_mean, abs_s_median, entropy_mean")
-for m, grp in p.groupby("method"):
+for m, grp in bins[bins.scope == "pooled"].groupby("method"):
     grp = grp.sort_values("bin")
     ratio = grp.abs_s_median / np.sqrt(grp.length_mean)
     print(

@@ -8,7 +8,7 @@ rule base_model_sft:
         out=lambda w, output: str(Path(output[0]).parent),
         sets=sft_args(),
     log:
-        "results/logs/base_model.log",
+        artifacts.BASE_MODEL_LOG,
     threads: 2
     resources:
         gpu=resources_of("base").get("gpu", 0),
@@ -28,7 +28,7 @@ if config["base"]["kind"] == "smollm2":
         params:
             out=lambda w, output: str(Path(output[0]).parent),
         log:
-            "results/logs/base_model.log",
+            artifacts.BASE_MODEL_LOG,
         conda:
             "../envs/smollm2.yaml"
         shell:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import benchmarks
 import methods
-from clipbench import artifacts
+from clipbench import artifacts, plots
 from clipbench.artifacts import RunId
 from clipbench.provenance import config_hash
 
@@ -166,3 +166,28 @@ def _check_run_settings():
 
 
 _check_run_settings()
+
+
+# For each input a plot may declare (clipbench.plots.INPUTS): the files it is read from, and the
+# `clipbench report` arguments that give it.
+PLOT_INPUT_FILES = {
+    "summary": [artifacts.SUMMARY_CSV],
+    "fairness": [artifacts.FAIRNESS_CSV],
+    "fairness_bins": [artifacts.FAIRNESS_BINS_CSV],
+    "metrics": [run.final_summary for run in RUNS],
+}
+PLOT_INPUT_ARGS = {
+    "summary": ["--summary", artifacts.SUMMARY_CSV],
+    "fairness": ["--fairness", artifacts.FAIRNESS_CSV],
+    "fairness_bins": ["--fairness-bins", artifacts.FAIRNESS_BINS_CSV],
+    "metrics": ["--runs", *(run.run_dir for run in RUNS)],
+}
+
+
+def plot_inputs(wildcards):
+    return [path for need in plots.get_plot(wildcards.plot).inputs for path in PLOT_INPUT_FILES[need]]
+
+
+def plot_args(wildcards):
+    args = [arg for need in plots.get_plot(wildcards.plot).inputs for arg in PLOT_INPUT_ARGS[need]]
+    return args + ["--plots", artifacts.PLOTS_DIR, "--only", wildcards.plot]

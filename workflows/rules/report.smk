@@ -1,4 +1,4 @@
-# Tidy result files, the main table, the plots.
+# Tidy result files, the main table, and one job per plot registered in clipbench.plots.
 
 
 rule aggregate:
@@ -8,17 +8,19 @@ rule aggregate:
     output:
         summary=artifacts.SUMMARY_CSV,
         fairness=artifacts.FAIRNESS_CSV,
+        fairness_bins=artifacts.FAIRNESS_BINS_CSV,
     params:
         runs=[run.run_dir for run in RUNS],
         bins=config.get("fairness", {}).get("bins", 5),
         column=config.get("fairness", {}).get("clip_column", "seq_out"),
     log:
-        "results/logs/aggregate.log",
+        artifacts.AGGREGATE_LOG,
     conda:
         "../envs/report.yaml"
     shell:
         "python -m clipbench.cli aggregate --evals {input.evals:q} --runs {params.runs:q} --bins {params.bins:q} "
-        "--clip-column {params.column:q} --summary {output.summary:q} --fairness {output.fairness:q} > {log:q} 2>&1"
+        "--clip-column {params.column:q} --summary {output.summary:q} --fairness {output.fairness:q} "
+        "--fairness-bins {output.fairness_bins:q} > {log:q} 2>&1"
 
 
 rule main_table:
@@ -31,7 +33,7 @@ rule main_table:
         name=config["name"],
         hash=CONFIG_HASH,
     log:
-        "results/logs/main_table.log",
+        artifacts.MAIN_TABLE_LOG,
     conda:
         "../envs/report.yaml"
     shell:
@@ -39,22 +41,18 @@ rule main_table:
         "--config-name {params.name:q} --config-hash {params.hash:q} --table {output:q} > {log:q} 2>&1"
 
 
-rule plots:
+rule plot:
     input:
-        summary=artifacts.SUMMARY_CSV,
-        fairness=artifacts.FAIRNESS_CSV,
-        runs=[run.final_summary for run in RUNS],
+        plot_inputs,
     output:
-        accuracy=report(artifacts.plot_path("accuracy"), category="Plots"),
-        clip=report(artifacts.plot_path("clip_by_length"), category="Plots"),
-        curves=report(artifacts.plot_path("training_curves"), category="Plots"),
+        report(artifacts.PLOT_PATH, category="Plots"),
     params:
-        runs=[run.run_dir for run in RUNS],
-        plots_dir=lambda w, output: str(Path(output.accuracy).parent),
+        args=plot_args,
+    wildcard_constraints:
+        plot="|".join(plots.PLOTS),
     log:
-        "results/logs/plots.log",
+        artifacts.PLOT_LOG,
     conda:
         "../envs/report.yaml"
     shell:
-        "python -m clipbench.cli report --summary {input.summary:q} --fairness {input.fairness:q} "
-        "--runs {params.runs:q} --plots {params.plots_dir:q} > {log:q} 2>&1"
+        "python -m clipbench.cli report {params.args:q} > {log:q} 2>&1"
