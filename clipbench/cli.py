@@ -230,30 +230,38 @@ def _report_problems(args: argparse.Namespace) -> list[str]:
         if path is not None and not path.is_file()
     ]
     for need in _needed_inputs(args):
-        if args.runs if need == "metrics" else getattr(args, need):
-            continue
-        users = (["the main table"] if args.table and need in ("summary", "fairness") else []) + [
-            f"the {name} plot" for name in names if need in plots.get_plot(name).inputs
-        ]
-        if "the main table" not in users:
-            where = "--plots"
-        else:
-            where = "--table" if len(users) == 1 else "--table and --plots"
-        what = "the run directories' metrics.jsonl" if need == "metrics" else plots.INPUTS[need]
-        verb = "needs" if len(users) == 1 else "need"
-        problems.append(f"{where}: {' and '.join(users)} {verb} {_INPUT_FLAGS[need]} ({what})")
-    if "metrics" in _needed_inputs(args) and args.runs:
-        absent = [str(d) for d in args.runs if not _has_lines(d / artifacts.METRICS_FILE)]
-        if absent:
-            problems.append(
-                f"--plots: the training_curves plot needs a metrics.jsonl with at least one step in every "
-                f"--runs directory; missing or empty in {', '.join(absent)}"
-            )
-        try:
-            _runs_from_dirs(args.runs)
-        except ValueError as err:
-            problems.append(f"--runs: {err}")
+        users = _users(args, names, need)
+        if not (args.runs if need == "metrics" else getattr(args, need)):
+            if "the main table" not in users:
+                where = "--plots"
+            else:
+                where = "--table" if len(users) == 1 else "--table and --plots"
+            what = "the run directories' metrics.jsonl" if need == "metrics" else plots.INPUTS[need]
+            problems.append(f"{where}: {_needs(users)} {_INPUT_FLAGS[need]} ({what})")
+        elif need == "metrics":
+            absent = [str(d) for d in args.runs if not _has_lines(d / artifacts.METRICS_FILE)]
+            if absent:
+                problems.append(
+                    f"--plots: {_needs(users)} a metrics.jsonl with at least one step in every --runs "
+                    f"directory; missing or empty in {', '.join(absent)}"
+                )
+            try:
+                _runs_from_dirs(args.runs)
+            except ValueError as err:
+                problems.append(f"--runs: {err}")
     return problems
+
+
+def _users(args: argparse.Namespace, plot_names: list[str], need: str) -> list[str]:
+    """The requested outputs that read the input ``need``, as the errors name them."""
+    from clipbench import plots
+
+    table = ["the main table"] if args.table and need in ("summary", "fairness") else []
+    return table + [f"the {name} plot" for name in plot_names if need in plots.get_plot(name).inputs]
+
+
+def _needs(users: list[str]) -> str:
+    return " and ".join(users) + (" needs" if len(users) == 1 else " need")
 
 
 def _read_csv(flag: str, path: Path):

@@ -199,6 +199,7 @@ def test_collect_fairness_carries_the_s_growth_exponent():
     assert len(pooled) == 1 and pooled["s_exponent"].iloc[0] == pytest.approx(1.0, abs=0.1)
     assert list(groups.columns) == report.FAIRNESS_COLUMNS and len(groups) == 3  # pooled, seed 0, seed 1
     assert (groups.n_bins == 5).all() and (groups.clip_column == "seq_out").all()
+    assert groups.seed.tolist() == [-1, 0, 1] and set(bins[bins.scope == "pooled"].seed) == {-1}
     assert len(bins[bins.scope == "pooled"]) == 5
     assert (bins[bins.scope == "seed"].groupby("seed").size() == 5).all()
     assert list(bins.columns[: len(report.FAIRNESS_BIN_KEYS)]) == report.FAIRNESS_BIN_KEYS
