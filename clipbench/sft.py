@@ -19,9 +19,9 @@ import torch
 import benchmarks
 from benchmarks import synthetic
 from clipbench.config import ConfigError
+from clipbench.logprobs import collate, token_logprobs
 from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.provenance import atomic_write_json, provenance
-from clipbench.rollout import collate, token_logprobs
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ def _encode(tokenizer, prompt: str, solution: str) -> tuple[list[int], list[int]
 def sft_loss(model, examples: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
     """Mean cross-entropy over the solution tokens of ``examples`` (prompt, solution) pairs.
 
-    Computed with the RL trainer's own log-probs (:func:`clipbench.rollout.token_logprobs` on a
-    :func:`~clipbench.rollout.collate` batch, temperature 1): the sequences run packed back to back,
+    Computed with the RL trainer's own log-probs (:func:`clipbench.logprobs.token_logprobs` on a
+    :func:`~clipbench.logprobs.collate` batch, temperature 1): the sequences run packed back to back,
     so no linear layer computes a padding token (1.43x faster per step than the padded layout on
     the default model in ``speed/sft_step.py``), and SFT and RL score a response the same way."""
     batch = collate([p for p, _ in examples], [c for _, c in examples], pad_id)

@@ -51,7 +51,6 @@ import socket
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,10 +64,12 @@ import benchmarks
 from clipbench import artifacts
 from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, load_yaml, validate
+from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
 from clipbench.errors import UserError
+from clipbench.logprobs import TokenBatch, collate, token_logprobs
 from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
-from clipbench.rollout import HFEngine, Samples, VLLMEngine, collate, derive_seed, token_logprobs
+from methods import LossOutput
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -308,6 +309,132 @@ def _p90(values: list[int]) -> float:
 class Phase:
     seconds: float = 0.0
     tokens: int = 0
+
+    @classmethod
+    def since(cls, start: float, tokens: int) -> Phase:
+        """The phase that began at `start` (time.perf_counter) and ends now, over `tokens` tokens."""
+        return cls(time.perf_counter() - start, tokens)
+
+
+@dataclass
+class _Minibatch:
+    """One minibatch of a step: its rows of the rollout batch, their collated tokens (`tokens`:
+    prompt + completion tokens), the old log-probs (None until the first update of the first
+    minibatch gives them) and the KL reference's log-probs (None without a reference)."""
+
+    rows: list[int]
+    batch: TokenBatch
+    tokens: int
+    old_logp: torch.Tensor | None
+    ref_logp: torch.Tensor | None
+
+
+class _EntropyTally:
+    """The sampling policy's entropy over one step's responses: each sequence's mean per-token
+    entropy (`per_sequence`, for the records) and the sum over all response tokens (`total`,
+    over `tokens` response tokens, for the step's metric)."""
+
+    def __init__(self, sequences: int):
+        self.per_sequence = torch.zeros(sequences, dtype=torch.float64)
+        self.total = 0.0
+        self.tokens = 0
+
+    def note(self, rows: list[int], entropy: torch.Tensor, mask: torch.Tensor) -> None:
+        """Record the per-token `entropy` (B, T - 1) of the sequences `rows`, response tokens `mask`."""
+        per_row = (entropy * mask).sum(1) / mask.sum(1).clamp(min=1)
+        self.per_sequence[rows] = per_row.double().cpu()
+        self.total += float(entropy[mask].sum())
+
+    def mean(self) -> float:
+        return self.total / max(self.tokens, 1)
+
+
+def kl_to_reference(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The KL penalty: the mean over the response tokens (`mask`) of Schulman's k3 estimator of
+    KL(pi || pi_ref) at tokens sampled from pi. With delta = log pi_ref - log pi (`ref_logp - logp`)
+    at each token, k3 = exp(delta) - delta - 1: unbiased, and >= 0 for every token (0 only where
+    pi_ref = pi). The trainer adds `kl_beta` times it to the rule's loss (a penalty: minimising
+    the loss pulls the policy toward the reference)."""
+    delta = torch.where(mask, ref_logp - logp, torch.zeros_like(logp))
+    k3 = torch.exp(delta) - delta - 1
+    return (k3 * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _clip_records(
+    step: int,
+    update: int,
+    epoch: int,
+    minibatch: int,
+    rows: list[int],
+    out: LossOutput,
+    advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    entropy: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """One clip record per sequence of an update; S and L exactly as the rule saw them (its
+    LossOutput carries them)."""
+    columns = zip(
+        rows,
+        out.lengths.long().tolist(),
+        out.seq_log_ratio.tolist(),
+        advantages.tolist(),
+        out.seq_clip.tolist(),
+        out.seq_out.tolist(),
+        strict=True,
+    )
+    return [
+        {
+            "step": step,
+            "update": update,
+            "epoch": epoch,
+            "minibatch": minibatch,
+            "seq": row,
+            "length": length,
+            "S": seq_s,
+            "advantage": a,
+            "reward": float(rewards[row]),
+            "entropy": float(entropy[row]),
+            "seq_clip": clip,
+            "seq_out": out_of_band,
+        }
+        for row, length, seq_s, a, clip, out_of_band in columns
+    ]
+
+
+def _step_metrics(
+    step: int,
+    samples: Samples,
+    rewards: torch.Tensor,
+    statuses: dict[str, int],
+    entropy: _EntropyTally,
+    update_metrics: list[dict[str, float]],
+) -> dict[str, Any]:
+    """The step's line of metrics.jsonl: rewards, response lengths, truncation, the sampling
+    policy's entropy, verifier statuses, and the mean over updates of each update metric."""
+    lengths = [len(c) for c in samples.completion_ids]
+    return {
+        "step": step,
+        "reward_mean": float(rewards.mean()),
+        "accuracy": float(rewards.mean()),
+        "response_length_mean": float(np.mean(lengths)),
+        "response_length_p90": _p90(lengths),
+        "response_length_max": int(max(lengths)),
+        "truncated_frac": 1.0 - float(np.mean(samples.finished)),
+        "entropy": entropy.mean(),
+        **{f"verifier_{k}": v for k, v in sorted(statuses.items())},
+        **{k: float(np.mean([m[k] for m in update_metrics])) for k in update_metrics[0]},
+        "updates": len(update_metrics),
+    }
+
+
+def _perf(step: int, timing: dict[str, Phase], start: float) -> dict[str, Any]:
+    """The step's line of perf.jsonl: seconds and tokens/s per phase, and the whole step's seconds."""
+    perf = {"step": step, **{f"{k}_s": v.seconds for k, v in timing.items()}}
+    perf.update(
+        {f"{k}_tokens_per_s": v.tokens / v.seconds for k, v in timing.items() if v.seconds > 0 and v.tokens}
+    )
+    perf["step_s"] = time.perf_counter() - start
+    return perf
 
 
 class Trainer:
@@ -584,157 +711,142 @@ class Trainer:
         )
 
     def _train_step(self, step: int) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame]:
-        cfg = self.config
-        timing = defaultdict(Phase)
+        """One RL step: sample -> score -> advantages -> old log-probs -> updates -> records.
+        Returns the step's metrics (a line of metrics.jsonl), its timings (perf.jsonl) and the
+        clip records of every sequence in every update."""
+        timing: dict[str, Phase] = {}
         start = time.perf_counter()
         samples, answers = self._rollout(step)
-        n_new_tokens = sum(len(c) for c in samples.completion_ids)
-        timing["generate"] = Phase(time.perf_counter() - start, n_new_tokens)
+        timing["generate"] = Phase.since(start, sum(len(c) for c in samples.completion_ids))
         t0 = time.perf_counter()
         rewards, statuses = self._score(samples, answers)
-        timing["score"] = Phase(time.perf_counter() - t0, len(answers))
+        timing["score"] = Phase.since(t0, len(answers))
+        advantages = self._advantages(rewards)
+        minibatch_rows = self._minibatch_rows(step)
+        t0 = time.perf_counter()
+        entropy = _EntropyTally(len(advantages))
+        minibatches = self._old_logprobs(samples, minibatch_rows, entropy)
+        timing["logprob"] = Phase.since(t0, sum(m.tokens for m in minibatches[1:]))
+        t0 = time.perf_counter()
+        update_metrics, records = self._updates(step, minibatches, advantages, rewards, entropy)
+        all_tokens = sum(m.tokens for m in minibatches)
+        timing["update"] = Phase.since(t0, self.config.optim.epochs * all_tokens)
+        metrics = _step_metrics(step, samples, rewards, statuses, entropy, update_metrics)
+        return metrics, _perf(step, timing, start), artifacts.clip_records_frame(records)
 
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Group-relative advantages (P * G,) of the rewards, a group being one prompt's G samples."""
+        cfg = self.config
         p, g = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
-        advantages = compute_advantages(rewards.view(p, g), cfg.advantage.estimator, cfg.advantage.eps).view(
-            -1
-        )
+        return compute_advantages(rewards.view(p, g), cfg.advantage.estimator, cfg.advantage.eps).view(-1)
+
+    def _minibatch_rows(self, step: int) -> list[list[int]]:
+        """The rollout batch's rows split into M minibatches by a permutation seeded by (seed, step)."""
+        cfg = self.config
+        p, g = cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt
         order = torch.randperm(p * g, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, step, 1)))
-        minibatches = order.view(cfg.optim.minibatches, -1).tolist()
+        return order.view(cfg.optim.minibatches, -1).tolist()
 
-        t0 = time.perf_counter()
-        device = cfg.device
-        prepared, entropy_sum, token_count, forward_tokens, all_tokens = [], 0.0, 0, 0, 0
-        seq_entropy = torch.zeros(p * g, dtype=torch.float64)  # per sequence, of the sampling policy
-
-        def note_entropy(rows: list[int], entropy: torch.Tensor, mask: torch.Tensor) -> float:
-            """Record each row's mean per-token entropy; return the sum over response tokens."""
-            per_row = (entropy * mask).sum(1) / mask.sum(1).clamp(min=1)
-            seq_entropy[rows] = per_row.double().cpu()
-            return float(entropy[mask].sum())
-
-        with torch.no_grad():
-            for mb, rows in enumerate(minibatches):
-                batch = collate(
-                    [samples.prompt_ids[i] for i in rows],
-                    [samples.completion_ids[i] for i in rows],
-                    self.tokenizer.pad_token_id,
-                ).to(device)
-                batch_tokens = int(batch.attention_mask.sum())
-                all_tokens += batch_tokens
-                old_logp = None  # the first update's own forward gives them (same weights, same tensors)
-                if mb > 0:
-                    old_logp, entropy = token_logprobs(
-                        self.model, batch, cfg.rollout.temperature, with_entropy=True
-                    )
-                    entropy_sum += note_entropy(rows, entropy, batch.response_mask)
-                    forward_tokens += batch_tokens
-                token_count += int(batch.response_mask.sum())
-                ref_logp = (
-                    token_logprobs(self.reference, batch, cfg.rollout.temperature)[0]
-                    if self.reference is not None
-                    else None
+    @torch.no_grad()
+    def _old_logprobs(
+        self, samples: Samples, minibatch_rows: list[list[int]], entropy: _EntropyTally
+    ) -> list[_Minibatch]:
+        """Each minibatch collated, with the log-probs of the weights that sampled: the old
+        log-probs (and the sampling policy's entropy, noted in `entropy`) of every minibatch but
+        the first, whose first update's own forward gives them (same weights, same tensors), and
+        the KL reference's log-probs when there is a reference."""
+        cfg = self.config
+        minibatches = []
+        for index, rows in enumerate(minibatch_rows):
+            batch = collate(
+                [samples.prompt_ids[i] for i in rows],
+                [samples.completion_ids[i] for i in rows],
+                self.tokenizer.pad_token_id,
+            ).to(cfg.device)
+            tokens = int(batch.attention_mask.sum())
+            old_logp = None
+            if index > 0:
+                old_logp, token_entropy = token_logprobs(
+                    self.model, batch, cfg.rollout.temperature, with_entropy=True
                 )
-                prepared.append([rows, batch, old_logp, ref_logp])
-        timing["logprob"] = Phase(time.perf_counter() - t0, forward_tokens)
+                entropy.note(rows, token_entropy, batch.response_mask)
+            entropy.tokens += int(batch.response_mask.sum())
+            ref_logp = (
+                token_logprobs(self.reference, batch, cfg.rollout.temperature)[0]
+                if self.reference is not None
+                else None
+            )
+            minibatches.append(_Minibatch(rows, batch, tokens, old_logp, ref_logp))
+        return minibatches
 
-        t0 = time.perf_counter()
+    def _updates(
+        self,
+        step: int,
+        minibatches: list[_Minibatch],
+        advantages: torch.Tensor,
+        rewards: torch.Tensor,
+        entropy: _EntropyTally,
+    ) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+        """E epochs over the M minibatches, one update each; returns every update's metrics and
+        the clip records of every sequence in every update."""
         update_metrics: list[dict[str, float]] = []
-        records = []
+        records: list[dict[str, Any]] = []
         update = 0
-        for epoch in range(cfg.optim.epochs):
-            for mb, (rows, batch, old_logp, ref_logp) in enumerate(prepared):
-                logp, entropy = token_logprobs(
-                    self.model, batch, cfg.rollout.temperature, with_entropy=old_logp is None
+        for epoch in range(self.config.optim.epochs):
+            for index, minibatch in enumerate(minibatches):
+                out, adv, metrics = self._update(step, update, minibatch, advantages, entropy)
+                update_metrics.append(metrics)
+                records += _clip_records(
+                    step, update, epoch, index, minibatch.rows, out, adv, rewards, entropy.per_sequence
                 )
-                if old_logp is None:
-                    # The first update runs on the weights that sampled: old log-probs are its own,
-                    # detached, so its ratio is exactly 1 without a second forward pass.
-                    old_logp = prepared[mb][2] = logp.detach()
-                    entropy_sum += note_entropy(rows, entropy, batch.response_mask)
-                adv = advantages[rows].to(device=device, dtype=old_logp.dtype)
-                out = self.method.loss(logp, old_logp, adv, batch.response_mask)
-                loss = out.loss
-                extra = {}
-                if ref_logp is not None:
-                    delta = torch.where(batch.response_mask, ref_logp - logp, torch.zeros_like(logp))
-                    k3 = torch.exp(delta) - delta - 1
-                    kl = (k3 * batch.response_mask).sum() / batch.response_mask.sum().clamp(min=1)
-                    loss = loss + cfg.kl_beta * kl
-                    extra["kl_ref"] = kl.item()
-
-                def debug(logp=logp, old_logp=old_logp, adv=adv, batch=batch, rows=rows):
-                    return {
-                        "rows": rows,
-                        "logp": logp.detach().cpu(),
-                        "old_logp": old_logp.cpu(),
-                        "advantages": adv.cpu(),
-                        "mask": batch.response_mask.cpu(),
-                    }
-
-                self._check_finite(step, update, "loss", loss.detach(), debug)
-                loss.backward()
-                max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-                self._check_finite(step, update, "gradient norm", grad_norm, debug)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                update_metrics.append(
-                    {**out.metrics, **extra, "loss": loss.item(), "grad_norm": grad_norm.item()}
-                )
-                # S and L exactly as the rule saw them (LossOutput carries them).
-                columns = zip(
-                    rows,
-                    out.lengths.long().tolist(),
-                    out.seq_log_ratio.tolist(),
-                    adv.tolist(),
-                    out.seq_clip.tolist(),
-                    out.seq_out.tolist(),
-                    strict=True,
-                )
-                for row, length, seq_s, a, clip, out_of_band in columns:
-                    records.append(
-                        {
-                            "step": step,
-                            "update": update,
-                            "epoch": epoch,
-                            "minibatch": mb,
-                            "seq": row,
-                            "length": length,
-                            "S": seq_s,
-                            "advantage": a,
-                            "reward": float(rewards[row]),
-                            "entropy": float(seq_entropy[row]),
-                            "seq_clip": clip,
-                            "seq_out": out_of_band,
-                        }
-                    )
                 update += 1
-        timing["update"] = Phase(time.perf_counter() - t0, cfg.optim.epochs * all_tokens)
+        return update_metrics, records
 
-        lengths = [len(c) for c in samples.completion_ids]
-        metrics = {
-            "step": step,
-            "reward_mean": float(rewards.mean()),
-            "accuracy": float(rewards.mean()),
-            "response_length_mean": float(np.mean(lengths)),
-            "response_length_p90": _p90(lengths),
-            "response_length_max": int(max(lengths)),
-            "truncated_frac": 1.0 - float(np.mean(samples.finished)),
-            "entropy": entropy_sum / max(token_count, 1),
-            **{f"verifier_{k}": v for k, v in sorted(statuses.items())},
-            **{k: float(np.mean([m[k] for m in update_metrics])) for k in update_metrics[0]},
-            "updates": update,
-        }
-        perf = {"step": step, **{f"{k}_s": v.seconds for k, v in timing.items()}}
-        perf.update(
-            {
-                f"{k}_tokens_per_s": v.tokens / v.seconds
-                for k, v in timing.items()
-                if v.seconds > 0 and v.tokens
+    def _update(
+        self,
+        step: int,
+        update: int,
+        minibatch: _Minibatch,
+        advantages: torch.Tensor,
+        entropy: _EntropyTally,
+    ) -> tuple[LossOutput, torch.Tensor, dict[str, float]]:
+        """One `method.loss` (+ the KL penalty) and AdamW step on `minibatch`; returns the rule's
+        output, the minibatch's advantages and the update's metrics."""
+        cfg = self.config
+        batch = minibatch.batch
+        first = minibatch.old_logp is None
+        logp, token_entropy = token_logprobs(self.model, batch, cfg.rollout.temperature, with_entropy=first)
+        if first:
+            # The first update runs on the weights that sampled: old log-probs are its own,
+            # detached, so its ratio is exactly 1 without a second forward pass.
+            minibatch.old_logp = logp.detach()
+            entropy.note(minibatch.rows, token_entropy, batch.response_mask)
+        old_logp = minibatch.old_logp
+        adv = advantages[minibatch.rows].to(device=cfg.device, dtype=old_logp.dtype)
+        out = self.method.loss(logp, old_logp, adv, batch.response_mask)
+        loss, extra = out.loss, {}
+        if minibatch.ref_logp is not None:
+            kl = kl_to_reference(logp, minibatch.ref_logp, batch.response_mask)
+            loss = loss + cfg.kl_beta * kl
+            extra["kl_ref"] = kl.item()
+
+        def debug():
+            return {
+                "rows": minibatch.rows,
+                "logp": logp.detach().cpu(),
+                "old_logp": old_logp.cpu(),
+                "advantages": adv.cpu(),
+                "mask": batch.response_mask.cpu(),
             }
-        )
-        perf["step_s"] = time.perf_counter() - start
-        return metrics, perf, artifacts.clip_records_frame(records)
+
+        self._check_finite(step, update, "loss", loss.detach(), debug)
+        loss.backward()
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self._check_finite(step, update, "gradient norm", grad_norm, debug)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return out, adv, {**out.metrics, **extra, "loss": loss.item(), "grad_norm": grad_norm.item()}
 
     # ------------------------------------------------------------------ checkpoints
 

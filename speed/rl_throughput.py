@@ -10,7 +10,7 @@ checkpointing (TRL's GRPOConfig turns it on by default; we keep activations), so
 generation cycle (M*E optimizer steps) is one of our RL steps. Otherwise TRL runs at its
 defaults: it pads each batch to its longest sequence (GRPOConfig has no padding-free option in
 1.16), where clipbench's forward runs on the sequences packed back to back
-(clipbench.rollout.token_logprobs); that is one of the things compared.
+(clipbench.logprobs.token_logprobs); that is one of the things compared.
 
 Each trainer runs in its own subprocess (alternating, `--repeats` times each); a step's time is the
 wall clock between the ends of consecutive RL steps (so it includes everything the loop does:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_policy import DEVICES, load_policy
 
 from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.trainer import Trainer
@@ -28,6 +29,18 @@ def base_model(tmp_path_factory) -> str:
         tokenizer, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128, seed=0
     )
     return str(save_model(model, tokenizer, tmp_path_factory.mktemp("base") / "model"))
+
+
+@pytest.fixture(scope="module")
+def policy(base_model):
+    """`base_model` loaded with EOS made likely (tiny_policy.load_policy), once per test file."""
+    return load_policy(base_model)
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def device_policy(base_model, request):
+    """`policy` on each device (CPU, and CUDA where there is one)."""
+    return load_policy(base_model, request.param)
 
 
 def parity_reward(self, samples, answers):

