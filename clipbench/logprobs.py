@@ -6,7 +6,9 @@
   sampling temperature. The forward runs on the packed layout
   (`clipbench.attention.packed_sdpa_attention`): no linear layer or LM head computes a padding
   token. The trainer's old and new log-probs, the KL reference's and the SFT loss all come from
-  here (vLLM's own log-probs are of the raw logits and are never used for ratios).
+  here (vLLM's own log-probs are of the raw logits and are never used for ratios). With
+  `chunk_tokens` the LM head and log-softmax run a chunk of response positions at a time, each
+  recomputed in backward: no (tokens, vocabulary) tensor at any point.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+import torch.utils.checkpoint
 
 from clipbench.attention import PACKED_SDPA, use_attention
 
@@ -91,14 +94,26 @@ def _packs(model) -> bool:
 ENTROPY_CHUNK = 1024  # response positions per chunk of the entropy computation
 
 
-def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool = False):
+def token_logprobs(
+    model, batch: TokenBatch, temperature: float, with_entropy: bool = False, chunk_tokens: int | None = None
+):
     """Log-probs (B, T - 1) of each next token under softmax(logits / temperature), and the
     per-position entropy of that distribution when asked (else None); both are computed at the
     response positions only (zero elsewhere).
 
     Models on "sdpa" attention run on the packed layout (`packed_sdpa_attention`, see `_packs`):
     the linear layers see no padding (attention itself runs per sequence, padded), and logits
-    are computed only where a response token is predicted. Others run on the padded layout."""
+    are computed only where a response token is predicted. Others run on the padded layout.
+
+    `chunk_tokens=None` computes the (K response positions, V) logits and their float32
+    log-softmax at once. A chunk size runs the model's decoder to its final hidden states instead
+    and computes the LM head, log-probs and entropies `chunk_tokens` positions at a time, each
+    chunk recomputed in backward rather than kept (`_chunked_logprobs`): the memory beyond the
+    decoder's own is two (chunk_tokens, V) tensors at most, whatever K. Same values and gradients
+    (tests/test_logprobs_chunked.py); the log-probs are computed in float32 (float64 for a
+    float64 model) either way."""
+    if chunk_tokens is not None:
+        return _chunked_logprobs(model, batch, temperature, with_entropy, chunk_tokens)
     if _packs(model):
         with use_attention(model, PACKED_SDPA):
             logits = model(
@@ -114,7 +129,7 @@ def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: b
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         logits = logits[:, :-1][batch.response_mask]
         targets = batch.input_ids[:, 1:][batch.response_mask]
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (K, V)
+    logp_all = torch.log_softmax(logits.to(_compute_dtype(logits.dtype)) / temperature, dim=-1)  # (K, V)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     zeros = torch.zeros(batch.response_mask.shape, dtype=logp.dtype, device=logp.device)
     entropy = None
@@ -122,4 +137,116 @@ def token_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: b
         with torch.no_grad():  # in chunks: no (K, V) temporaries beside the logits
             entropy = torch.cat([-(c.exp() * c).sum(-1) for c in logp_all.split(ENTROPY_CHUNK)])
         entropy = zeros.masked_scatter(batch.response_mask, entropy)
+    return zeros.masked_scatter(batch.response_mask, logp), entropy
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype log-probs are computed in: float32, or float64 for a float64 model (the same as
+    `.float()` for every other dtype, so float32 and bfloat16 models get the same bits)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+_ENTROPY_ROWS = 64  # rows per block of the chunked path's entropy
+
+# Config fields of models whose causal-LM head transforms lm_head's output (Gemma's soft-capping,
+# Cohere's and Granite's scales), which the chunked path, computing lm_head(hidden) itself, skips.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _response_hidden_states(model, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's final hidden states (K, H) at the K positions that predict a response token
+    (in `response_mask`'s row-major order), and those tokens (K,): what
+    `model(...).logits[...]` computes the LM head of, without the LM head."""
+    config = model.config
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(config, name, None)
+        if value is not None and value != 1:
+            raise NotImplementedError(
+                f"chunked log-probs compute the logits as the output embeddings of the final hidden "
+                f"states; {type(model).__name__} transforms them further ({name}={value})"
+            )
+    decoder = model.get_decoder()
+    if decoder is model:
+        raise NotImplementedError(f"chunked log-probs: no decoder found under {type(model).__name__}")
+    if _packs(model):
+        with use_attention(model, PACKED_SDPA):
+            hidden = decoder(
+                input_ids=batch.packed_ids,
+                position_ids=batch.position_ids,
+                unpack_index=batch.unpack_index,
+                pack_index=batch.pack_index,
+                use_cache=False,
+            ).last_hidden_state[0]
+        return hidden.index_select(0, batch.predict_at), batch.packed_ids[0, batch.predict_at + 1]
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    hidden = hidden.last_hidden_state[:, :-1][batch.response_mask]
+    return hidden, batch.input_ids[:, 1:][batch.response_mask]
+
+
+class _SelectedLogProb(torch.autograd.Function):
+    """log softmax(logits / T)[target] per row, and the entropy of softmax(logits / T) when asked
+    (without gradient: a metric), in `_compute_dtype`. Backward recomputes the softmax from the
+    saved logits and log-sum-exp into one tensor: (onehot - softmax) * grad / T."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, with_entropy):
+        shifted = logits.to(_compute_dtype(logits.dtype), copy=True).div_(temperature)
+        top = shifted.amax(-1, keepdim=True)
+        shifted.sub_(top)  # logits / T - max <= 0
+        selected = shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        entropy = None
+        if with_entropy:  # -sum p log p = log(total) - sum(exp * shifted) / total, with p = exp / total
+            totals, dots = [], []
+            for rows in shifted.split(_ENTROPY_ROWS):  # no second (chunk, V) tensor beside `shifted`
+                exp = rows.exp()
+                totals.append(exp.sum(-1))
+                dots.append(torch.linalg.vecdot(exp, rows))
+            total = torch.cat(totals)
+            log_total = total.log()
+            entropy = log_total - torch.cat(dots) / total
+            ctx.mark_non_differentiable(entropy)
+        else:
+            log_total = shifted.exp_().sum(-1).log()
+        ctx.save_for_backward(logits, targets, log_total + top.squeeze(-1))
+        ctx.temperature = temperature
+        return selected - log_total, entropy
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        logits, targets, logsumexp = ctx.saved_tensors
+        temperature = ctx.temperature
+        dtype = _compute_dtype(logits.dtype)
+        softmax = logits.to(dtype, copy=True).div_(temperature).sub_(logsumexp.unsqueeze(-1)).exp_()
+        scale = (grad / temperature).unsqueeze(-1)
+        grad_logits = softmax.mul_(-scale).scatter_add_(-1, targets.unsqueeze(-1), scale)
+        return grad_logits.to(logits.dtype), None, None, None
+
+
+def _chunked_logprobs(model, batch: TokenBatch, temperature: float, with_entropy: bool, chunk_tokens: int):
+    """`token_logprobs` with the LM head, log-softmax and entropy computed `chunk_tokens`
+    response positions at a time. Where a gradient is recorded, each chunk runs under
+    non-reentrant activation checkpointing: its forward keeps only its input hidden states, and
+    backward recomputes that chunk's logits, so no (K, V) tensor exists at any point."""
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be a positive int or None, got {chunk_tokens!r}")
+    hidden, targets = _response_hidden_states(model, batch)
+    head = model.get_output_embeddings()
+    logps, entropies = [], []
+    for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True):
+        pending = [with_entropy]  # the entropy on the first run only, not on backward's rerun
+
+        def chunk(h, t, pending=pending):
+            logp, entropy = _SelectedLogProb.apply(head(h), t, temperature, pending[0])
+            if pending[0]:
+                entropies.append(entropy)
+                pending[0] = False
+            return logp
+
+        if torch.is_grad_enabled():
+            logps.append(torch.utils.checkpoint.checkpoint(chunk, h, t, use_reentrant=False))
+        else:
+            logps.append(chunk(h, t))
+    logp = torch.cat(logps)
+    zeros = torch.zeros(batch.response_mask.shape, dtype=logp.dtype, device=logp.device)
+    entropy = zeros.masked_scatter(batch.response_mask, torch.cat(entropies)) if with_entropy else None
     return zeros.masked_scatter(batch.response_mask, logp), entropy
