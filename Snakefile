@@ -21,6 +21,8 @@ if not workflow.overwrite_configfiles:
 
 # `lr: 1e-5` is text to YAML 1.1 (Snakemake's loader); clipbench reads it as the number it means.
 config.update(exponent_numbers(config))
+# The schema is generated from the config dataclasses (python -m clipbench.study --write-schema);
+# workflows/rules/common.smk then checks what no schema can say (clipbench.study.check_study).
 validate(config, "workflows/config/schema.yaml")
 
 

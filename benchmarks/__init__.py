@@ -18,7 +18,7 @@ generated sources), :mod:`~benchmarks.synthetic` (the arithmetic set), :mod:`~be
 :mod:`~benchmarks.verifier` (math-verify in a pool of killable worker processes).
 """
 
-from benchmarks.loading import DataIntegrityWarning, LoadResult, load, load_with_meta
+from benchmarks.loading import DataIntegrityWarning, LoadResult, load, load_with_meta, local_file
 from benchmarks.problem import Problem
 from benchmarks.prompts import BASE_TEMPLATE, INSTRUCTION, build_prompt
 from benchmarks.registry import BenchmarkSpec, HubSource, LocalFile, RowFormat, available, get_spec
@@ -54,6 +54,7 @@ __all__ = [
     "get_spec",
     "load",
     "load_with_meta",
+    "local_file",
     "shutdown",
     "verify",
 ]

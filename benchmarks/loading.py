@@ -221,15 +221,25 @@ def _check_split(spec: BenchmarkSpec, split: str) -> None:
         raise ValueError(f"{spec.name} has no split {split!r}; splits: {spec.splits}")
 
 
-def _load_local(spec: BenchmarkSpec, split: str, data_dir: Path) -> LoadResult:
+def local_file(name: str, split: str | None, data_dir: str | Path) -> Path:
+    """The local copy of ``name``/``split`` under ``data_dir``, without reading it: ValueError when
+    the set has no local copy of that split, FileNotFoundError when the file is not there. The
+    loader and the checks that run before any work (a run's config, a study's DAG) call this."""
+    spec = get_spec(name)
+    split = spec.default_split if split is None else split
     if split not in spec.local or spec.local_format is None:
         raise ValueError(
             f"{spec.name} has no local file for split {split!r}; local splits: {sorted(spec.local)}"
         )
-    entry = spec.local[split]
-    path = Path(data_dir) / entry.path
+    path = Path(data_dir) / spec.local[split].path
     if not path.is_file():
         raise FileNotFoundError(f"{spec.name}/{split}: {path} not found (data_dir={data_dir})")
+    return path
+
+
+def _load_local(spec: BenchmarkSpec, split: str, data_dir: Path) -> LoadResult:
+    path = local_file(spec.name, split, data_dir)
+    entry = spec.local[split]
     rows, digest = read_local(path)
     if entry.sha256 is not None and digest != entry.sha256:
         warnings.warn(

@@ -1,17 +1,18 @@
 """The configuration of one training run (`clipbench train`, `clipbench sft`): typed sections,
 read from YAML or a dict, validated before any compute with messages that name the field.
 
-Each field's comment says what it means; the defaults are the tiny offline profile.
+Each field is declared once with `clipbench.settings.setting`: its type, default (the tiny offline
+profile), valid values and meaning. `from_dict` reads and checks a mapping by those declarations,
+`validate` adds the rules that tie fields together and builds the method, and the study's schema
+(`workflows/config/schema.yaml`) is generated from the same declarations (`clipbench.study`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,29 @@ import yaml
 
 import methods
 from clipbench.advantages import available_estimators
-from clipbench.errors import UserError
+from clipbench.settings import ConfigError, check, from_dict, setting
+
+__all__ = [
+    "AdvantageConfig",
+    "ConfigError",
+    "DataConfig",
+    "OptimConfig",
+    "RolloutConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "check_run",
+    "exponent_numbers",
+    "from_dict",
+    "load_config",
+    "load_yaml",
+    "validate",
+]
 
 ENGINES = ("hf", "vllm")
 PROMPT_STYLES = ("base", "chat")
 DEVICE = re.compile(r"cpu|mps|cuda(?::\d+)?")  # what `device` may be (torch device strings)
-
-
-class ConfigError(UserError, ValueError):
-    """An invalid configuration; the message names the field."""
+# TrainConfig.build_method's methods, by config object (not in the object: its fields are its state).
+_BUILT: dict[int, methods.Method] = {}
 
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -53,246 +68,169 @@ def load_yaml(text: str) -> Any:
     return exponent_numbers(yaml.safe_load(text))
 
 
+def _benchmarks() -> list[str]:
+    import benchmarks
+
+    return benchmarks.available()
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    benchmark: str = "synthetic"  # a name from benchmarks.available(): the training prompts
-    split: str = "train"
-    n: int | None = 2000  # number of training problems (None: the whole split)
-    data_dir: str | None = None  # local copies (e.g. ../shared/data); None: the hub or the generator
-    prompt_style: str = "base"  # "base": the benchmark's template; "chat": the tokenizer's chat template
-    seed: int = 0  # the synthetic generator's seed (not the run seed: every method sees the same problems)
+    benchmark: str = setting(
+        "synthetic", help="a name from benchmarks.available(): the training prompts", choices=_benchmarks
+    )
+    split: str = setting("train", help="the split of `benchmark` to train on")
+    n: int | None = setting(2000, help="number of training problems (null: the whole split)", ge=1)
+    data_dir: str | None = setting(
+        None, help="local copies (e.g. ../shared/data); null: the hub or the generator"
+    )
+    prompt_style: str = setting(
+        "base",
+        help='"base": the benchmark\'s template; "chat": the tokenizer\'s chat template',
+        choices=PROMPT_STYLES,
+    )
+    seed: int = setting(
+        0,
+        help="the synthetic generator's seed (not the run seed: every method sees the same problems)",
+        ge=0,
+    )
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = "hf"  # "hf" (KV-cached sampling on the transformers model, CPU or GPU) or "vllm"
-    prompts_per_step: int = 8  # P
-    samples_per_prompt: int = 8  # G, the group size of the advantage estimator
-    temperature: float = 1.0  # sampling temperature; the policy's log-probs use the same one
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    gpu_memory_utilization: float = 0.3  # vllm only
+    engine: str = setting(
+        "hf",
+        help='"hf" (KV-cached sampling on the transformers model, CPU or GPU) or "vllm"',
+        choices=ENGINES,
+    )
+    prompts_per_step: int = setting(8, help="P, prompts per RL step", ge=1)
+    samples_per_prompt: int = setting(
+        8, help="G, the group size of the advantage estimator", ge=2, why="group-relative advantages"
+    )
+    temperature: float = setting(
+        1.0, help="sampling temperature; the policy's log-probs use the same one", gt=0
+    )
+    top_p: float = setting(1.0, help="nucleus sampling: the smallest top set of this probability", gt=0, le=1)
+    max_new_tokens: int = setting(256, help="the longest response, in tokens", ge=1)
+    gpu_memory_utilization: float = setting(
+        0.3, help="vllm only: the share of GPU memory the engine may take", gt=0, le=1
+    )
 
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    estimator: str = "grpo"  # clipbench.advantages: grpo, drgrpo, rloo
-    eps: float = 1e-6  # added to the group std (grpo)
+    estimator: str = setting(
+        "grpo", help="the advantage estimator (clipbench.advantages)", choices=available_estimators
+    )
+    # grpo divides by std + eps: a negative eps can make that 0 (inf advantages) or flip signs.
+    eps: float = setting(1e-6, help="added to the group std (grpo)", ge=0)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    grad_clip: float = 1.0  # max global grad norm (0 disables clipping)
-    # The rollout batch (P * G sequences) is split into `minibatches` parts and swept `epochs`
-    # times, one optimizer step per part: minibatches * epochs must be > 1, or every update
-    # runs at ratio exactly 1 (the policy has not moved since the rollout) and no rule clips.
-    minibatches: int = 4
-    epochs: int = 1
+    lr: float = setting(1e-4, help="AdamW learning rate", gt=0)
+    weight_decay: float = setting(0.0, help="AdamW weight decay", ge=0)
+    beta1: float = setting(0.9, help="AdamW beta1", ge=0, lt=1)
+    beta2: float = setting(0.999, help="AdamW beta2", ge=0, lt=1)
+    grad_clip: float = setting(1.0, help="max global grad norm (0 disables clipping)", ge=0)
+    # minibatches * epochs must be > 1 (checked by `check_run`), or every update runs at ratio
+    # exactly 1 (the policy has not moved since the rollout) and no rule clips.
+    minibatches: int = setting(
+        4,
+        help="the rollout batch (P * G sequences) is split into this many parts, one optimizer step "
+        "each; must divide P * G, and minibatches * epochs must be > 1",
+        ge=1,
+    )
+    epochs: int = setting(1, help="sweeps over the rollout batch per step", ge=1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = ""  # base checkpoint: an HF model directory (or hub id)
-    method: str = "fspo"  # a name from methods.available_methods()
-    method_params: dict[str, Any] = field(default_factory=dict)  # hyperparameter overrides
-    seed: int = 0  # sampling seeds derive from (seed, step) only
-    steps: int = 20  # RL steps (one rollout batch each)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    kl_beta: float = 0.0  # weight of the k3 KL to the base model (0: no reference model)
-    checkpoint_every: int = 5  # steps between checkpoints (the last step is always saved)
-    keep_checkpoints: int = 2
-    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "mps"
+    model: str = setting("", help="base checkpoint: an HF model directory (or hub id)")
+    method: str = setting(
+        "fspo", help="a name from methods.available_methods()", choices=methods.available_methods
+    )
+    method_params: dict[str, Any] = setting(
+        default_factory=dict,
+        help="hyperparameter overrides of `method` (checked by the method's own hparam declarations)",
+    )
+    seed: int = setting(0, help="sampling seeds derive from (seed, step) only", ge=0)
+    steps: int = setting(20, help="RL steps (one rollout batch each)", ge=1)
+    data: DataConfig = setting(default_factory=DataConfig, help="the training problems")
+    rollout: RolloutConfig = setting(default_factory=RolloutConfig, help="sampling the responses")
+    advantage: AdvantageConfig = setting(default_factory=AdvantageConfig, help="the advantage estimator")
+    optim: OptimConfig = setting(default_factory=OptimConfig, help="the optimizer and the update schedule")
+    kl_beta: float = setting(0.0, help="weight of the k3 KL to the base model (0: no reference model)", ge=0)
+    checkpoint_every: int = setting(5, help="steps between checkpoints (the last step is always saved)", ge=1)
+    keep_checkpoints: int = setting(2, help="checkpoints kept on disk (older ones are deleted)", ge=1)
+    device: str = setting(
+        "cpu",
+        help='"cpu", "cuda", "cuda:N" or "mps"',
+        pattern=DEVICE.pattern,
+        means="cpu, cuda, cuda:N or mps",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def build_method(self) -> methods.Method:
-        return methods.get_method(self.method, **self.method_params)
+        """The run's method, built once per config object (`methods.get_method` checks its
+        hyperparameters by the rule's own `hparam` declarations)."""
+        built = _BUILT.get(id(self))
+        if built is None:
+            built = methods.get_method(self.method, **self.method_params)
+            _BUILT[id(self)] = built
+            weakref.finalize(self, _BUILT.pop, id(self), None)  # forgotten with the config
+        return built
 
 
-def _type_name(kind: Any) -> str:
-    return getattr(kind, "__name__", str(kind))
+def check_run(config: TrainConfig) -> TrainConfig:
+    """Every check of `validate` except building the method: each field's type and declared range
+    (every number finite), then the rules that tie fields together. Returns the config unchanged.
 
+    The study checks every run's config with this when the DAG is built (and each method's
+    hyperparameters once, with `methods.get_method`)."""
+    from benchmarks import get_spec, local_file, synthetic
 
-def _coerce(path: str, kind: Any, value: Any) -> Any:
-    """Check `value` against the annotation `kind`; sections recurse through `from_dict`."""
-    if dataclasses.is_dataclass(kind):
-        return from_dict(kind, value, path)
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(kind)
-        if value is None and type(None) in options:
-            return None
-        (kind,) = [o for o in options if o is not type(None)]
-        origin = typing.get_origin(kind)
-    if origin is dict or kind is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except OverflowError:  # an integer beyond float range
-            raise ConfigError(f"{path}: must be finite, got an integer of {len(str(value))} digits") from None
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    raise ConfigError(f"{path}: unsupported field type {_type_name(kind)}")  # pragma: no cover
-
-
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
-    where = prefix or cls.__name__
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
+    if not config.model:
+        raise ConfigError("model: required (an HF model directory or hub id)")
+    check(config)
+    d = config.data
+    spec = get_spec(d.benchmark)
+    if spec.generated:
+        if d.n is not None and d.n > synthetic.MAX_N:
+            raise ConfigError(f"data.n: a generated set gives at most {synthetic.MAX_N} problems, got {d.n}")
+    if d.split not in spec.splits:
         raise ConfigError(
-            f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown field; valid: {', '.join(names)}"
+            f"data.split: {d.benchmark} has no split {d.split!r}; splits: {', '.join(spec.splits)}"
         )
-    values = {k: _coerce(f"{prefix + '.' if prefix else ''}{k}", hints[k], v) for k, v in data.items()}
-    return cls(**values)
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _number(
-    path: str,
-    value: float,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    """`value` must be finite and within the given bounds (closed unless `*_open`); the message
-    names `path`, the rule and the value, e.g. "rollout.temperature: must be finite and > 0, got inf"."""
-    ok = math.isfinite(value)
-    if low is not None:
-        ok = ok and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if ok:
-        return
-    if low is not None and high is not None:
-        rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        rule = f"{'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        rule = f"{'<' if high_open else '<='} {high:g}"
-    else:
-        raise ConfigError(f"{path}: must be finite, got {value}")
-    raise ConfigError(f"{path}: must be finite and {rule}, got {value}")
+    if d.data_dir is not None and not spec.generated:
+        try:
+            local_file(d.benchmark, d.split, d.data_dir)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"data.data_dir: {err}") from None
+    r, o = config.rollout, config.optim
+    if o.minibatches * o.epochs <= 1:
+        raise ConfigError(
+            "optim.minibatches * optim.epochs: must be > 1 (with one minibatch and one epoch every update runs "
+            "at ratio 1, so no clipping rule ever acts)"
+        )
+    batch = r.prompts_per_step * r.samples_per_prompt
+    if batch % o.minibatches:
+        raise ConfigError(
+            f"optim.minibatches: must divide the rollout batch prompts_per_step * samples_per_prompt = {batch}"
+        )
+    return config
 
 
 def validate(config: TrainConfig) -> TrainConfig:
-    """Every check that can fail before compute; returns the config unchanged.
-
-    Every numeric field is checked for finiteness and range (an infinite temperature or learning
-    rate would otherwise run to the end on garbage), and the device must be one torch names."""
-    import benchmarks
-    from benchmarks import synthetic
-
-    _require(bool(config.model), "model: required (an HF model directory or hub id)")
-    if config.method not in methods.available_methods():
-        raise ConfigError(
-            f"method: unknown method {config.method!r}; available: {', '.join(methods.available_methods())}"
-        )
+    """Every check that can fail before compute (`check_run`), and the method built from its
+    hyperparameters (once: `build_method` keeps it); returns the config unchanged."""
+    check_run(config)
     try:
-        method = config.build_method()
+        config.build_method()
     except ValueError as err:
         raise ConfigError(f"method_params: {err}") from None
-    for name, value in method.hparams().items():
-        if isinstance(value, float):
-            _number(f"method_params.{name}", value)
-    _require(config.steps >= 1, f"steps: must be >= 1, got {config.steps}")
-    _require(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
-    _require(
-        bool(DEVICE.fullmatch(config.device)),
-        f"device: must be cpu, cuda, cuda:N or mps, got {config.device!r}",
-    )
-    d = config.data
-    if d.benchmark not in benchmarks.available():
-        raise ConfigError(
-            f"data.benchmark: unknown benchmark {d.benchmark!r}; available: {', '.join(benchmarks.available())}"
-        )
-    _require(d.prompt_style in PROMPT_STYLES, f"data.prompt_style: must be one of {PROMPT_STYLES}")
-    _require(d.n is None or d.n >= 1, f"data.n: must be >= 1 or null, got {d.n}")
-    if benchmarks.get_spec(d.benchmark).generated:
-        _require(
-            d.n is None or d.n <= synthetic.MAX_N,
-            f"data.n: a generated set gives at most {synthetic.MAX_N} problems, got {d.n}",
-        )
-    _require(d.seed >= 0, f"data.seed: must be >= 0, got {d.seed}")
-    splits = benchmarks.get_spec(d.benchmark).splits
-    _require(
-        d.split in splits, f"data.split: {d.benchmark} has no split {d.split!r}; splits: {', '.join(splits)}"
-    )
-    r = config.rollout
-    _require(
-        r.engine in ENGINES, f"rollout.engine: unknown engine {r.engine!r}; available: {', '.join(ENGINES)}"
-    )
-    _require(r.prompts_per_step >= 1, f"rollout.prompts_per_step: must be >= 1, got {r.prompts_per_step}")
-    _require(
-        r.samples_per_prompt >= 2,
-        f"rollout.samples_per_prompt: must be >= 2 (group-relative advantages), got {r.samples_per_prompt}",
-    )
-    _number("rollout.temperature", r.temperature, 0, low_open=True)
-    _number("rollout.top_p", r.top_p, 0, 1, low_open=True)
-    _require(r.max_new_tokens >= 1, f"rollout.max_new_tokens: must be >= 1, got {r.max_new_tokens}")
-    _number("rollout.gpu_memory_utilization", r.gpu_memory_utilization, 0, 1, low_open=True)
-    if config.advantage.estimator not in available_estimators():
-        raise ConfigError(
-            f"advantage.estimator: unknown estimator {config.advantage.estimator!r}; "
-            f"available: {', '.join(available_estimators())}"
-        )
-    # grpo divides by std + eps: a negative eps can make that 0 (inf advantages) or flip signs.
-    _number("advantage.eps", config.advantage.eps, 0)
-    o = config.optim
-    _number("optim.lr", o.lr, 0, low_open=True)
-    _number("optim.weight_decay", o.weight_decay, 0)
-    _number("optim.beta1", o.beta1, 0, 1, high_open=True)
-    _number("optim.beta2", o.beta2, 0, 1, high_open=True)
-    _number("optim.grad_clip", o.grad_clip, 0)
-    _require(o.minibatches >= 1 and o.epochs >= 1, "optim.minibatches and optim.epochs: must be >= 1")
-    _require(
-        o.minibatches * o.epochs > 1,
-        "optim.minibatches * optim.epochs: must be > 1 (with one minibatch and one epoch every update runs at "
-        "ratio 1, so no clipping rule ever acts)",
-    )
-    batch = r.prompts_per_step * r.samples_per_prompt
-    _require(
-        batch % o.minibatches == 0,
-        f"optim.minibatches: must divide the rollout batch prompts_per_step * samples_per_prompt = {batch}",
-    )
-    _number("kl_beta", config.kl_beta, 0)
-    _require(config.checkpoint_every >= 1, f"checkpoint_every: must be >= 1, got {config.checkpoint_every}")
-    _require(config.keep_checkpoints >= 1, f"keep_checkpoints: must be >= 1, got {config.keep_checkpoints}")
     return config
 
 

@@ -58,9 +58,10 @@ import os
 import random
 import tempfile
 import time
+import typing
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,16 @@ from benchmarks import lm_eval_tasks, synthetic
 from benchmarks.prompts import STYLES
 from clipbench.artifacts import MODEL_PROVENANCE_FILE  # written by clipbench.models.save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, provenance
+from clipbench.settings import ConfigError, check, setting
 
 __all__ = [
     "BACKENDS",
+    "CLI_FIELDS",
     "Settings",
     "add_cli",
+    "check_data",
     "check_settings",
+    "cli_flag",
     "context_length",
     "evaluate",
     "lm_eval_model",
@@ -99,21 +104,94 @@ _RUN_FIELDS = ("temperature", "max_new_tokens", "prompt_style", "backend", "batc
 # --- arguments ---------------------------------------------------------------------------------
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+def _benchmarks() -> list[str]:
+    return benchmarks.available()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one evaluation, declared once: :func:`evaluate`'s keyword arguments,
+    ``clipbench evaluate``'s flags (:func:`add_cli`) and a study's ``evaluate`` section
+    (:mod:`clipbench.study`) are these fields. :func:`check_settings` returns them checked, with the
+    benchmark spec's defaults filled in; ``asdict`` of that is the summary's config."""
+
+    benchmark: str = setting(help="a registered set", choices=_benchmarks)
+    k: int | None = setting(None, help="samples per problem (default: the benchmark's)", ge=1)
+    limit: int | None = setting(None, help="evaluate the first N problems only", ge=1)
+    data_dir: str | None = setting(None, help="folder of the local copies (default: the hub)")
+    split: str | None = setting(None, help="split (default: the benchmark's)")
+    backend: str = setting("hf", help="hf (transformers) or vllm (GPU)", choices=BACKENDS)
+    temperature: float | None = setting(None, help="default: 0 (greedy) for k=1, 1.0 for k>1", ge=0)
+    max_new_tokens: int | None = setting(None, help="default: the benchmark's", ge=1)
+    prompt_style: str = setting(
+        "base", help="base: the benchmark's template; chat: the tokenizer's chat template", choices=STYLES
+    )
+    batch_size: int = setting(32, help="hf backend batch size (default 32)", ge=1)
+    seed: int = setting(0, help="seeds the sampling")
+    load_kwargs: dict[str, Any] = setting(
+        default_factory=dict,
+        help="passed to benchmarks.load_with_meta (e.g. min_steps/max_steps of the synthetic set)",
+    )
+
+    @classmethod
+    def of(cls, benchmark: str, **options: Any) -> Settings:
+        """Settings from :func:`evaluate`'s arguments: a keyword that is no field (but
+        ``load_kwargs``) goes to ``load_kwargs``; a path is kept as its string. Not checked yet."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("benchmark", "load_kwargs")]
+        given = {name: options.pop(name) for name in names if name in options}
+        if isinstance(given.get("data_dir"), os.PathLike):
+            given["data_dir"] = os.fspath(given["data_dir"])
+        return cls(benchmark=benchmark, **given, load_kwargs=options)
+
+
+#: The fields given on the command line (``--max-new-tokens``...), in order.
+CLI_FIELDS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "load_kwargs")
+
+
+def cli_flag(name: str) -> str:
+    """The ``clipbench evaluate`` flag of field ``name``: ``max_new_tokens`` -> ``--max-new-tokens``."""
+    return "--" + name.replace("_", "-")
 
 
 def sampling(k: int, temperature: float | None) -> float:
     """The sampling temperature: as given, else greedy (0) for k = 1 and 1.0 for k > 1."""
     if temperature is None:
         return 0.0 if k == 1 else SAMPLING_TEMPERATURE
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     return float(temperature)
+
+
+def check_settings(settings: Settings) -> Settings:
+    """Validate everything that needs no file: every field by its declaration, the split against
+    the spec; a bad value raises ValueError naming its field. Returns the settings with the spec's
+    defaults filled in (``k``, ``temperature``, ``max_new_tokens``)."""
+    check(settings)
+    spec = benchmarks.get_spec(settings.benchmark)
+    if settings.split is not None and settings.split not in spec.splits:
+        raise ConfigError(
+            f"split: {settings.benchmark} has no split {settings.split!r}; splits: {', '.join(spec.splits)}"
+        )
+    if "n" in settings.load_kwargs:
+        raise ConfigError("load_kwargs: pass limit=..., not n=...")
+    k = spec.k if settings.k is None else settings.k
+    return dataclasses.replace(
+        settings,
+        k=k,
+        temperature=sampling(k, settings.temperature),
+        max_new_tokens=spec.max_new_tokens if settings.max_new_tokens is None else settings.max_new_tokens,
+        load_kwargs=dict(settings.load_kwargs),
+    )
+
+
+def check_data(settings: Settings) -> None:
+    """The local copy the settings read exists (``data_dir`` set, a set read from files), without
+    reading it; ValueError naming ``data_dir`` otherwise. The loader makes the same check
+    (:func:`benchmarks.local_file`); a study calls this when its DAG is built."""
+    if settings.data_dir is None or benchmarks.get_spec(settings.benchmark).generated:
+        return
+    try:
+        benchmarks.local_file(settings.benchmark, settings.split, settings.data_dir)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"data_dir: {err}") from None
 
 
 def _looks_local(model: str) -> bool:
@@ -453,71 +531,6 @@ def _model_info(model: str) -> dict[str, Any]:
 # --- the entry point ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The checked arguments of one evaluation (spec defaults filled in); ``asdict`` is its config."""
-
-    benchmark: str
-    k: int
-    limit: int | None
-    data_dir: str | None
-    split: str | None
-    backend: str
-    temperature: float
-    max_new_tokens: int
-    prompt_style: str
-    batch_size: int
-    seed: int
-    load_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def check_settings(
-    benchmark: str,
-    *,
-    k: int | None,
-    limit: int | None,
-    data_dir: str | Path | None,
-    split: str | None,
-    backend: str,
-    temperature: float | None,
-    max_new_tokens: int | None,
-    prompt_style: str,
-    batch_size: int,
-    seed: int,
-    load_kwargs: dict[str, Any],
-) -> Settings:
-    """Validate everything that needs no file: a bad value raises ValueError naming its field."""
-    spec = benchmarks.get_spec(benchmark)
-    k = spec.k if k is None else _positive_int("k", k)
-    if max_new_tokens is not None:
-        _positive_int("max_new_tokens", max_new_tokens)
-    if limit is not None:
-        _positive_int("limit", limit)
-    _positive_int("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    if prompt_style not in STYLES:
-        raise ValueError(f"prompt_style must be one of {list(STYLES)}, got {prompt_style!r}")
-    if "n" in load_kwargs:
-        raise ValueError("pass limit=..., not n=...")
-    return Settings(
-        benchmark=benchmark,
-        k=k,
-        limit=limit,
-        data_dir=None if data_dir is None else str(data_dir),
-        split=split,
-        backend=backend,
-        temperature=sampling(k, temperature),
-        max_new_tokens=spec.max_new_tokens if max_new_tokens is None else max_new_tokens,
-        prompt_style=prompt_style,
-        batch_size=batch_size,
-        seed=seed,
-        load_kwargs=dict(load_kwargs),
-    )
-
-
 def _lm_eval_metrics(results: dict, task_name: str) -> dict[str, Any]:
     """lm-eval's own aggregates of :func:`benchmarks.lm_eval_tasks.process_results` (a cross-check)."""
     return {
@@ -539,61 +552,43 @@ def _source(loaded: benchmarks.LoadResult) -> dict[str, Any]:
 
 
 def evaluate(
-    model: str | Path,
-    benchmark: str,
-    *,
-    out: str | Path,
-    k: int | None = None,
-    limit: int | None = None,
-    data_dir: str | Path | None = None,
-    split: str | None = None,
-    backend: str = "hf",
-    temperature: float | None = None,
-    max_new_tokens: int | None = None,
-    prompt_style: str = "base",
-    batch_size: int = 32,
-    seed: int = 0,
-    **load_kwargs: Any,
+    model: str | Path, benchmark: str | Settings, *, out: str | Path, **options: Any
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``benchmark`` through lm-eval; write ``out`` and its samples file.
 
-    ``k`` (samples per problem) and ``max_new_tokens`` default to the benchmark spec's; ``limit``
-    keeps the first problems; ``data_dir`` reads the local copy (None: the hub, or the generator
-    for ``synthetic``); ``load_kwargs`` go to :func:`benchmarks.load_with_meta` (e.g.
-    ``min_steps``/``max_steps`` of the synthetic set, whose generator seed stays its default so that
-    every evaluation sees the same problems; ``seed`` seeds the sampling). ``model`` is a directory,
-    or a hub id ("org/name", exactly one slash, not an existing path). ``batch_size`` is the hf
-    backend's (vLLM schedules its own batches). Returns the summary written to ``out`` (see the
-    module docstring).
+    ``benchmark`` is a registered set's name, with the other :class:`Settings` fields as keyword
+    ``options``, or a whole :class:`Settings`. ``k`` (samples per problem) and ``max_new_tokens``
+    default to the benchmark spec's; ``limit`` keeps the first problems; ``data_dir`` reads the
+    local copy (None: the hub, or the generator for ``synthetic``); any other keyword goes to
+    :func:`benchmarks.load_with_meta` (e.g. ``min_steps``/``max_steps`` of the synthetic set, whose
+    generator seed stays its default so that every evaluation sees the same problems; ``seed``
+    seeds the sampling). ``model`` is a directory, or a hub id ("org/name", exactly one slash, not
+    an existing path). ``batch_size`` is the hf backend's (vLLM schedules its own batches). Returns
+    the summary written to ``out`` (see the module docstring).
     """
     started = time.perf_counter()
-    settings = check_settings(
-        benchmark,
-        k=k,
-        limit=limit,
-        data_dir=data_dir,
-        split=split,
-        backend=backend,
-        temperature=temperature,
-        max_new_tokens=max_new_tokens,
-        prompt_style=prompt_style,
-        batch_size=batch_size,
-        seed=seed,
-        load_kwargs=load_kwargs,
-    )
+    if isinstance(benchmark, Settings):
+        if options:
+            raise TypeError(f"evaluate: give a Settings or keyword options, not both ({sorted(options)})")
+        settings = benchmark
+    else:
+        settings = Settings.of(benchmark, **options)
+    settings = check_settings(settings)
     settings = _cap_limit(settings)
-    spec = benchmarks.get_spec(benchmark)
+    spec = benchmarks.get_spec(settings.benchmark)
     paths = output_paths(out)
     check_output_paths(paths)
     model = _check_model(model)
-    _check_installed(backend)
-    loaded = _load_problems(benchmark, data_dir, split, settings.limit, settings.load_kwargs)
+    _check_installed(settings.backend)
+    loaded = _load_problems(
+        settings.benchmark, settings.data_dir, settings.split, settings.limit, settings.load_kwargs
+    )
 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    prompts = _render_prompts(loaded.problems, tokenizer, prompt_style, spec.prompt_template)
-    stops = stop_sequences(tokenizer, prompt_style)
+    prompts = _render_prompts(loaded.problems, tokenizer, settings.prompt_style, spec.prompt_template)
+    stops = stop_sequences(tokenizer, settings.prompt_style)
     truncated = _overlong_prompts(prompts, tokenizer, settings.max_new_tokens, context_length(model))
     if truncated:
         warnings.warn(
@@ -732,21 +727,8 @@ def _generate_and_write(
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    summary = evaluate(
-        args.model,
-        args.benchmark,
-        out=args.out,
-        k=args.k,
-        limit=args.limit,
-        data_dir=args.data_dir,
-        split=args.split,
-        backend=args.backend,
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        prompt_style=args.prompt_style,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    settings = Settings.of(**{name: getattr(args, name) for name in CLI_FIELDS})
+    summary = evaluate(args.model, settings, out=args.out)
     print(
         f"{summary['benchmark']}/{summary['split']}: {summary['n_problems']} problems x k={summary['k']}: "
         f"avg@k {summary['avg@k']:.4f}, pass@k {summary['pass@k']:.4f}, statuses {summary['statuses']}"
@@ -764,17 +746,24 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         "verifier, and write the summary JSON (--out) and <stem>.samples.jsonl beside it.",
     )
     p.add_argument("--model", required=True, help="model directory (Hugging Face format) or hub id")
-    p.add_argument("--benchmark", required=True, help=f"registered set: {', '.join(benchmarks.available())}")
-    p.add_argument("--out", type=Path, required=True, help="summary JSON file")
-    p.add_argument("--k", type=int, help="samples per problem (default: the benchmark's)")
-    p.add_argument("--limit", type=int, help="evaluate the first N problems only")
-    p.add_argument("--data-dir", type=Path, help="folder of the local copies (default: the hub)")
-    p.add_argument("--split", help="split (default: the benchmark's)")
-    p.add_argument("--backend", choices=BACKENDS, default="hf")
-    p.add_argument("--temperature", type=float, help="default: 0 (greedy) for k=1, 1.0 for k>1")
-    p.add_argument("--max-new-tokens", type=int, help="default: the benchmark's")
-    p.add_argument("--prompt-style", choices=STYLES, default="base")
-    p.add_argument("--batch-size", type=int, default=32, help="hf backend batch size (default 32)")
-    p.add_argument("--seed", type=int, default=0)
+    hints = typing.get_type_hints(Settings)
+    for f in dataclasses.fields(Settings):
+        if f.name not in CLI_FIELDS:
+            continue
+        kind = typing.get_args(hints[f.name])[0] if typing.get_args(hints[f.name]) else hints[f.name]
+        kwargs: dict[str, Any] = {"help": f.metadata["help"]}
+        if f.default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+        if f.name == "benchmark":
+            kwargs["help"] = f"registered set: {', '.join(benchmarks.available())}"
+        elif isinstance(f.metadata.get("choices"), tuple):
+            kwargs["choices"] = f.metadata["choices"]
+        else:
+            kwargs["type"] = Path if f.name == "data_dir" else kind
+        p.add_argument(cli_flag(f.name), **kwargs)
+        if f.name == "benchmark":
+            p.add_argument("--out", type=Path, required=True, help="summary JSON file")
     p.set_defaults(func=_cmd_evaluate)
     return p

@@ -10,7 +10,6 @@ response lengths the fairness metrics bin.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,57 +17,49 @@ import torch
 
 import benchmarks
 from benchmarks import synthetic
-from clipbench.config import ConfigError
 from clipbench.logprobs import collate, token_logprobs
 from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.provenance import atomic_write_json, provenance
+from clipbench.settings import ConfigError, check, setting
 
 
 @dataclass(frozen=True)
 class SFTConfig:
-    seed: int = 0  # model init, data order and the synthetic generator
-    n_problems: int = 4000  # synthetic train problems to learn from (the dev slice is taken after them)
-    dev_problems: int = 128  # held-out train-split problems for the early-stopping accuracy
-    batch_size: int = 64
-    lr: float = 3e-3
-    max_steps: int = 600
-    eval_every: int = 50
-    target_accuracy: float = 0.5  # stop once greedy dev accuracy reaches this (imperfect on purpose)
-    max_new_tokens: int = 128  # the longest train solution (12 steps) is ~85 tokens
-    hidden_size: int = 128  # a multiple of 8: 4 attention heads of an even size (rotary embeddings)
-    num_layers: int = 4
-    intermediate_size: int = 512
+    seed: int = setting(0, help="model init, data order and the synthetic generator", ge=0)
+    n_problems: int = setting(
+        4000, help="synthetic train problems to learn from (the dev slice is taken after them)", ge=1
+    )
+    dev_problems: int = setting(
+        128, help="held-out train-split problems for the early-stopping accuracy", ge=1
+    )
+    batch_size: int = setting(64, help="examples per optimizer step", ge=1)
+    lr: float = setting(3e-3, help="AdamW learning rate (50 warm-up steps)", gt=0)
+    max_steps: int = setting(600, help="optimizer steps at most", ge=1)
+    eval_every: int = setting(50, help="steps between dev accuracy evaluations", ge=1)
+    target_accuracy: float = setting(
+        0.5, help="stop once greedy dev accuracy reaches this (imperfect on purpose)", gt=0, le=1
+    )
+    max_new_tokens: int = setting(
+        128, help="greedy dev generation length (the longest train solution, 12 steps, is ~85 tokens)", ge=1
+    )
+    hidden_size: int = setting(
+        128,
+        help="model width",
+        ge=8,
+        multiple_of=8,
+        why="4 attention heads of an even size, for rotary embeddings",
+    )
+    num_layers: int = setting(4, help="transformer layers", ge=1)
+    intermediate_size: int = setting(512, help="MLP width", ge=1)
 
     def __post_init__(self) -> None:
         """Every field checked before any work (ConfigError naming it)."""
-        for name in (
-            "n_problems",
-            "dev_problems",
-            "batch_size",
-            "max_steps",
-            "eval_every",
-            "max_new_tokens",
-            "num_layers",
-            "intermediate_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"sft.{name}={getattr(self, name)}: must be >= 1")
-        if self.seed < 0:
-            raise ConfigError(f"sft.seed={self.seed}: must be >= 0")
+        check(self, "sft")
         if self.n_problems + self.dev_problems > synthetic.MAX_N:
             raise ConfigError(
                 f"sft.n_problems + sft.dev_problems = {self.n_problems + self.dev_problems}: "
                 f"the synthetic generator gives at most {synthetic.MAX_N} problems"
             )
-        if self.hidden_size < 8 or self.hidden_size % 8:
-            raise ConfigError(
-                f"sft.hidden_size={self.hidden_size}: must be a positive multiple of 8 "
-                "(4 attention heads of an even size)"
-            )
-        if not 0 < self.target_accuracy <= 1:
-            raise ConfigError(f"sft.target_accuracy={self.target_accuracy}: must be in (0, 1]")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"sft.lr={self.lr}: must be finite and > 0")
 
 
 def _encode(tokenizer, prompt: str, solution: str) -> tuple[list[int], list[int]]:

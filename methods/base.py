@@ -53,7 +53,9 @@ def hparam(
     choices: tuple[str, ...] | None = None,
 ) -> Any:
     """Declare a hyperparameter field: its default, what it means (`help`, with its source) and its
-    valid values (open bounds `gt`/`lt`, closed bounds `ge`/`le`, or a tuple of `choices`)."""
+    valid values (open bounds `gt`/`lt`, closed bounds `ge`/`le`, or a tuple of `choices`; a float
+    must also be finite). These declarations are the only check of a rule's hyperparameters: a
+    config, a study and the simulator all build the rule with `get_method`, which runs them."""
     meta = {"help": help, "gt": gt, "ge": ge, "lt": lt, "le": le, "choices": choices}
     return dataclasses.field(default=default, metadata=meta)
 
@@ -81,8 +83,8 @@ def _check_value(owner: str, name: str, kind: type, meta: dict, value: Any) -> A
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: must be a number")
         value = float(value)
-        if math.isnan(value):
-            raise ValueError(f"{where}: must not be NaN")
+        if not math.isfinite(value):  # NaN or inf: no band, no rule
+            raise ValueError(f"{where}: must be finite")
     elif kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{where}: must be an integer")

@@ -54,7 +54,7 @@ BAD = [
     (None, "device", "CPU", "device: must be cpu, cuda, cuda:N or mps, got 'CPU'"),
     (None, "keep_checkpoints", 0, "keep_checkpoints: must be >= 1, got 0"),
     (None, "checkpoint_every", 0, "checkpoint_every: must be >= 1, got 0"),
-    (None, "method_params", {"c_low": INF}, "method_params.c_low: must be finite, got inf"),
+    (None, "method_params", {"c_low": INF}, "method_params: fspo.c_low=inf: must be finite"),
     # An integer beyond float range:
     ("optim", "lr", 10**400, "optim.lr: must be finite, got an integer of 401 digits"),
 ]
@@ -150,13 +150,17 @@ def test_a_config_file_that_is_not_a_mapping(text, message, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("hidden_size", 0, "sft.hidden_size=0: must be a positive multiple of 8"),
-        ("hidden_size", 12, "sft.hidden_size=12: must be a positive multiple of 8"),
-        ("num_layers", 0, "sft.num_layers=0: must be >= 1"),
-        ("intermediate_size", 0, "sft.intermediate_size=0: must be >= 1"),
-        ("lr", INF, "sft.lr=inf: must be finite and > 0"),
-        ("target_accuracy", NAN, r"sft.target_accuracy=nan: must be in \(0, 1\]"),
-        ("seed", -1, "sft.seed=-1: must be >= 0"),
+        (
+            "hidden_size",
+            0,
+            r"sft.hidden_size: must be >= 8 and a multiple of 8 \(4 attention heads .*\), got 0",
+        ),
+        ("hidden_size", 12, r"sft.hidden_size: must be >= 8 and a multiple of 8 .*, got 12"),
+        ("num_layers", 0, "sft.num_layers: must be >= 1, got 0"),
+        ("intermediate_size", 0, "sft.intermediate_size: must be >= 1, got 0"),
+        ("lr", INF, "sft.lr: must be finite and > 0, got inf"),
+        ("target_accuracy", NAN, r"sft.target_accuracy: must be finite and in \(0, 1\], got nan"),
+        ("seed", -1, "sft.seed: must be >= 0, got -1"),
         ("n_problems", 10**9, r"sft.n_problems \+ sft.dev_problems = 1000000128: .* at most 200000"),
     ],
 )

@@ -286,3 +286,33 @@ def test_common_smk_checks_names_even_without_the_schema(tmp_path, changes, mess
     assert result.returncode != 0
     assert message in log, log[-3000:]
     assert "Job stats" not in log and not (tmp_path / "work" / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"benchmark": "synthetic", "split": "tset", "n": 100},
+            "config train.data.split: synthetic has no split 'tset'; splits: test, test_ood, train",
+        ),
+        pytest.param(
+            {"benchmark": "math_train", "split": "train", "data_dir": "no_such_dir"},
+            "config train.data.data_dir: math_train/train: no_such_dir/math_train/train.json not found",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_bad_training_data_fails_at_dag_construction(tmp_path, data, message):
+    """The training set of every run is checked while the DAG is built, as the train job checks
+    it (clipbench.config.check_run), not first inside a job: a split the benchmark lacks, a local
+    copy that is not there. Nothing is run or written."""
+    project = copy_workflow(tmp_path)
+    study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    study["train"]["data"] = data
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study))
+    result = dry_run(config, tmp_path, project / "Snakefile")
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in log, log[-3000:]
+    assert "Job stats" not in log and not (tmp_path / "work" / "results").exists()

@@ -439,7 +439,7 @@ def cli_case(case: str, tmp_path: Path, base_model: str) -> tuple[list[str], str
     if case == "sft_hidden_size_0":
         return (
             ["sft", "--out", str(out), "--set", "hidden_size=0"],
-            "sft.hidden_size=0: must be a positive",
+            "sft.hidden_size: must be >= 8 and a multiple of 8",
             out,
         )
     raise AssertionError(case)

