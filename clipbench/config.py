@@ -142,6 +142,13 @@ class OptimConfig:
         ge=1,
     )
     epochs: int = setting(1, help="sweeps over the rollout batch per step", ge=1)
+    logprob_chunk_tokens: int | None = setting(
+        None,
+        help="compute log-probs over this many response tokens at a time, the LM head recomputed in "
+        "backward, so no (tokens x vocabulary) tensor is kept (clipbench.logprobs; 256 suits a "
+        "150k vocabulary); null: all at once, today's bits",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)

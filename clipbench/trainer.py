@@ -756,6 +756,7 @@ class Trainer:
         the first, whose first update's own forward gives them (same weights, same tensors), and
         the KL reference's log-probs when there is a reference."""
         cfg = self.config
+        chunk = cfg.optim.logprob_chunk_tokens
         minibatches = []
         for index, rows in enumerate(minibatch_rows):
             batch = collate(
@@ -767,12 +768,12 @@ class Trainer:
             old_logp = None
             if index > 0:
                 old_logp, token_entropy = token_logprobs(
-                    self.model, batch, cfg.rollout.temperature, with_entropy=True
+                    self.model, batch, cfg.rollout.temperature, with_entropy=True, chunk_tokens=chunk
                 )
                 entropy.note(rows, token_entropy, batch.response_mask)
             entropy.tokens += int(batch.response_mask.sum())
             ref_logp = (
-                token_logprobs(self.reference, batch, cfg.rollout.temperature)[0]
+                token_logprobs(self.reference, batch, cfg.rollout.temperature, chunk_tokens=chunk)[0]
                 if self.reference is not None
                 else None
             )
@@ -815,7 +816,13 @@ class Trainer:
         cfg = self.config
         batch = minibatch.batch
         first = minibatch.old_logp is None
-        logp, token_entropy = token_logprobs(self.model, batch, cfg.rollout.temperature, with_entropy=first)
+        logp, token_entropy = token_logprobs(
+            self.model,
+            batch,
+            cfg.rollout.temperature,
+            with_entropy=first,
+            chunk_tokens=cfg.optim.logprob_chunk_tokens,
+        )
         if first:
             # The first update runs on the weights that sampled: old log-probs are its own,
             # detached, so its ratio is exactly 1 without a second forward pass.

@@ -151,6 +151,30 @@ def test_first_update_is_on_policy_and_later_ones_are_not(tmp_path, base_model, 
     assert len(records) == 2 * 2 * 16  # every sequence once per epoch, per step
 
 
+def test_chunked_log_probs_train_as_the_unchunked_ones(tmp_path, base_model, parity, monkeypatch):
+    # optim.logprob_chunk_tokens reaches every log-prob of the step (old, update; the chunked
+    # path is exact to float32 rounding, clipbench/logprobs.py): one step, same S and clip records.
+    Trainer(small_config(base_model, steps=1), tmp_path / "whole", progress=False).run()
+    seen = []
+    real = trainer_module.token_logprobs
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("chunk_tokens"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "token_logprobs", spy)
+    chunked = small_config(
+        base_model, steps=1, optim={"lr": 3e-3, "minibatches": 2, "epochs": 2, "logprob_chunk_tokens": 5}
+    )
+    Trainer(chunked, tmp_path / "chunked", progress=False).run()
+    assert len(seen) == 5 and set(seen) == {5}  # 1 old-log-prob pass + 4 updates, all chunked
+    _, whole = read_run(tmp_path / "whole")
+    _, parts = read_run(tmp_path / "chunked")
+    assert (whole["S"] != 0).any()
+    pd.testing.assert_series_equal(whole["S"], parts["S"], atol=1e-4, rtol=0)
+    pd.testing.assert_series_equal(whole["length"], parts["length"])
+
+
 def test_two_runs_with_the_same_seed_are_identical(tmp_path, base_model, parity):
     for name in ("a", "b"):
         Trainer(small_config(base_model), tmp_path / name, progress=False).run()
