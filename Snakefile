@@ -1,5 +1,6 @@
 # clipbench study: base model -> train {method} x {seed} -> evaluate every model on every
-# benchmark -> summary.csv, fairness.csv -> results/tables/main.md and results/plots/*.png.
+# benchmark -> summary.csv, fairness.csv, fairness_bins.csv -> results/tables/main.md and one
+# results/plots/{name}.png per plot registered in clipbench/plots.py.
 #
 #   snakemake --cores all                                   the default study (offline, CPU)
 #   snakemake results/tables/main.md                        just the main table (and what it needs)

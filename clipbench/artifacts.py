@@ -54,7 +54,9 @@ MODEL_PROVENANCE_FILE = "clipbench_model.json"
 BASE_MODEL_MARKER = f"{BASE_MODEL_DIR}/{MODEL_PROVENANCE_FILE}"
 MODEL_NAME = "{method}-seed{seed}"
 RUN_DIR = f"{RESULTS}/runs/{{method}}/seed{{seed}}"
-RUN_FINAL_DIR = f"{RUN_DIR}/final"
+#: A run's final folder (the trained model, then summary.json, written last).
+FINAL_DIR = "final"
+RUN_FINAL_DIR = f"{RUN_DIR}/{FINAL_DIR}"
 FINAL_SUMMARY_FILE = "summary.json"
 RUN_FINAL_SUMMARY = f"{RUN_FINAL_DIR}/{FINAL_SUMMARY_FILE}"  # written last by a finished run
 EVAL_SUMMARY = f"{RESULTS}/evals/{{model}}/{{bench}}.json"
@@ -126,16 +128,18 @@ def read_metrics(run_dirs):
 
     import pandas as pd
 
+    if not run_dirs:
+        raise ValueError("read_metrics: no run directories given")
     frames = []
     for (method, seed), run_dir in run_dirs.items():
-        lines = (Path(run_dir) / METRICS_FILE).read_text().splitlines()
+        lines = [line for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines() if line.strip()]
         frames.append(pd.DataFrame([json.loads(line) for line in lines]).assign(method=method, seed=seed))
     return pd.concat(frames, ignore_index=True)
 
 
 def run_is_finished(run_dir: str | Path) -> bool:
     """Whether a run directory has its final summary (written last by a finished run)."""
-    return (Path(run_dir) / "final" / FINAL_SUMMARY_FILE).is_file()
+    return (Path(run_dir) / FINAL_DIR / FINAL_SUMMARY_FILE).is_file()
 
 
 def records_dir(run_dir: str | Path) -> Path:
@@ -167,15 +171,18 @@ def write_step_records(run_dir: str | Path, step: int, frame) -> Path:
 
 
 def read_clip_records(run_dir: str | Path):
-    """Every step's clip records of a run, checked: ValueError naming the folder when it has no
-    step file or lacks columns."""
+    """Every step's clip records of a run, in step order, checked: ValueError naming the folder
+    when it has no step file, misses a step (the steps must be 0, 1, ..., N - 1) or lacks columns."""
     import pandas as pd
 
     folder = records_dir(run_dir)
-    if not step_records_files(run_dir):
+    files = step_records_files(run_dir)
+    if not files:
         raise ValueError(f"{folder}: no clip records (step_NNNNNN.parquet files)")
-    # pyarrow reads the folder's files in name order (step order) and skips dot files.
-    frame = pd.read_parquet(folder)
+    gaps = sorted(set(range(max(files) + 1)) - set(files))
+    if gaps:
+        raise ValueError(f"{folder}: the clip records of steps {gaps} are missing (a damaged run?)")
+    frame = pd.concat([pd.read_parquet(path) for path in files.values()], ignore_index=True)
     missing = [c for c in CLIP_RECORD_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{folder}: not clip records, they lack the columns {missing}")
@@ -220,7 +227,7 @@ class RunId:
 
     @property
     def final_dir(self) -> str:
-        """The run's final model (an HF model directory) and its records."""
+        """The run's final model (an HF model directory) and its summary.json."""
         return self.fill(RUN_FINAL_DIR)
 
     @property

@@ -173,15 +173,6 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
-# Which flag of `clipbench report` gives each input a plot may declare (clipbench.plots.INPUTS).
-_INPUT_FLAGS = {
-    "summary": "--summary",
-    "fairness": "--fairness",
-    "fairness_bins": "--fairness-bins",
-    "metrics": "--runs",
-}
-
-
 def _report_plots(args: argparse.Namespace) -> list[str]:
     """The plots asked for: with --plots, those named by --only, else every registered one."""
     from clipbench import plots
@@ -236,8 +227,8 @@ def _report_problems(args: argparse.Namespace) -> list[str]:
                 where = "--plots"
             else:
                 where = "--table" if len(users) == 1 else "--table and --plots"
-            what = "the run directories' metrics.jsonl" if need == "metrics" else plots.INPUTS[need]
-            problems.append(f"{where}: {_needs(users)} {_INPUT_FLAGS[need]} ({what})")
+            source = plots.INPUTS[need]
+            problems.append(f"{where}: {_needs(users)} {source.flag} ({source.holds})")
         elif need == "metrics":
             absent = [str(d) for d in args.runs if not _has_lines(d / artifacts.METRICS_FILE)]
             if absent:
@@ -277,7 +268,9 @@ def _read_input(args: argparse.Namespace, name: str):
     """One input of the report, read: a tidy csv, or the runs' metrics."""
     if name == "metrics":
         return artifacts.read_metrics(_runs_from_dirs(args.runs))
-    return _read_csv(_INPUT_FLAGS[name], getattr(args, name))
+    from clipbench import plots
+
+    return _read_csv(plots.INPUTS[name].flag, getattr(args, name))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -339,7 +332,18 @@ def version() -> str:
         return getattr(clipbench, "__version__", "unknown")
 
 
+def _plot_inputs_text() -> str:
+    """``name: --flag, --flag`` for every registered plot, for the report command's help."""
+    from clipbench import plots
+
+    return "; ".join(
+        f"{name}: {' and '.join(plots.INPUTS[i].flag for i in plot.inputs)}"
+        for name, plot in plots.PLOTS.items()
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from clipbench.fairness import CLIP_COLUMNS, DEFAULT_BINS
     from clipbench.simulate import DEFAULT_LENGTHS
 
     parser = argparse.ArgumentParser(
@@ -458,8 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--fairness", type=Path, required=True)
     p.add_argument("--fairness-bins", type=Path, required=True)
-    p.add_argument("--bins", type=int, default=5, help="length bins (quantiles of the pooled lengths)")
-    p.add_argument("--clip-column", choices=("seq_out", "seq_clip"), default="seq_out")
+    p.add_argument(
+        "--bins", type=int, default=DEFAULT_BINS, help="length bins (quantiles of the pooled lengths)"
+    )
+    p.add_argument("--clip-column", choices=CLIP_COLUMNS, default=CLIP_COLUMNS[0])
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser(
@@ -467,10 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main table (markdown) and the plots from the tidy files",
         description="Write the main table (--table: needs --summary and --fairness) and/or the plots "
         "registered in clipbench.plots (--plots DIR, each as DIR/{name}.png; --only names some): each "
-        "plot reads the inputs it declares (accuracy: --summary; clip_by_length: --fairness-bins and "
-        "--fairness; training_curves: the --runs directories' metrics.jsonl). What every requested "
-        "output needs is checked before any is written; a missing input exits with code 2 and writes "
-        "nothing.",
+        f"plot reads the inputs it declares ({_plot_inputs_text()}). What every requested output needs "
+        "is checked before any is written; a missing input exits with code 2 and writes nothing.",
     )
     p.add_argument("--summary", type=Path, help="summary.csv (the table, the accuracy plot)")
     p.add_argument("--fairness", type=Path, help="fairness.csv (the table, the clip-by-length plot)")

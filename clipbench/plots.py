@@ -36,13 +36,33 @@ import numpy as np
 import pandas as pd
 
 from clipbench import artifacts
+from clipbench.report import missing_columns
 
-#: What each input a plot may declare holds.
+
+@dataclass(frozen=True)
+class PlotInput:
+    """An input a plot may declare: what it holds, the `clipbench report` flag that gives it, and
+    its file in a study (None for the runs' metrics: one metrics.jsonl per run directory)."""
+
+    holds: str
+    flag: str
+    study_file: str | None
+
+
+#: Every input a plot may declare, by name (the plot function's keyword argument).
 INPUTS = {
-    "summary": "summary.csv, accuracy per model, benchmark and metric",
-    "fairness": "fairness.csv, the fairness metrics per method and per run",
-    "fairness_bins": "fairness_bins.csv, clip rate and median |S| per length bin",
-    "metrics": "the runs' metrics.jsonl, one row per step",
+    "summary": PlotInput(
+        "summary.csv, accuracy per model, benchmark and metric", "--summary", artifacts.SUMMARY_CSV
+    ),
+    "fairness": PlotInput(
+        "fairness.csv, the fairness metrics per method and per run", "--fairness", artifacts.FAIRNESS_CSV
+    ),
+    "fairness_bins": PlotInput(
+        "fairness_bins.csv, clip rate and median |S| per length bin",
+        "--fairness-bins",
+        artifacts.FAIRNESS_BINS_CSV,
+    ),
+    "metrics": PlotInput("the run directories' metrics.jsonl", "--runs", None),
 }
 #: The summary.csv columns the accuracy plot reads.
 SUMMARY_NEEDS = ["method", "seed", "benchmark", "metric", "k", "value"]
@@ -141,15 +161,11 @@ def clip_rate_lines(sns, ax, data: pd.DataFrame, x: str, y: str) -> None:
     sns.lineplot(data=data, x=x, y=y, hue="method", style="method", markers=True, dashes=False, ax=ax)
 
 
-def _lacking(frame: pd.DataFrame, columns) -> list[str]:
-    return [c for c in columns if c not in frame.columns]
-
-
 # --------------------------------------------------------------------------- the plots
 
 
 def _accuracy_needs(summary: pd.DataFrame) -> str | None:
-    lacking = _lacking(summary, SUMMARY_NEEDS)
+    lacking = missing_columns(summary, SUMMARY_NEEDS)
     if lacking:
         return f"--summary with the columns {lacking} (a summary.csv from `clipbench aggregate`)"
     if not (summary["metric"] == "avg@k").any():
@@ -180,10 +196,10 @@ def accuracy(summary: pd.DataFrame):
 
 
 def _clip_by_length_needs(fairness_bins: pd.DataFrame, fairness: pd.DataFrame) -> str | None:
-    lacking = _lacking(fairness_bins, ["scope", "method", "length_mean"])
+    lacking = missing_columns(fairness_bins, ["scope", "method", "length_mean"])
     if lacking:
         return f"--fairness-bins with the columns {lacking} (a fairness_bins.csv from `clipbench aggregate`)"
-    lacking = _lacking(fairness, ["scope", "method", "clip_column"])
+    lacking = missing_columns(fairness, ["scope", "method", "clip_column"])
     if lacking:
         return f"--fairness with the columns {lacking} (a fairness.csv from `clipbench aggregate`)"
     if not (fairness_bins["scope"] == "pooled").any() or not (fairness["scope"] == "pooled").any():
@@ -231,7 +247,7 @@ def clip_by_length(fairness_bins: pd.DataFrame, fairness: pd.DataFrame):
 
 def _training_curves_needs(metrics: pd.DataFrame) -> str | None:
     needed = ["step", *(c for c, _ in TRAINING_CURVE_PANELS)]
-    lacking = _lacking(metrics, needed)
+    lacking = missing_columns(metrics, needed)
     if lacking:
         return f"--runs whose metrics.jsonl have the columns {lacking}"
     runs = metrics.groupby(["method", "seed"])[needed]

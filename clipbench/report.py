@@ -96,6 +96,8 @@ def _hash_mismatches(summary: pd.DataFrame) -> list[str]:
 
 def read_clip_records(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.DataFrame:
     """Every run's per-sequence clip records, with method and seed columns."""
+    if not run_dirs:
+        raise ValueError("read_clip_records: no run directories given")
     frames = []
     for (method, seed), run_dir in run_dirs.items():
         frames.append(artifacts.read_clip_records(run_dir).assign(method=method, seed=seed))
@@ -151,7 +153,7 @@ def main_table(
     benches = sorted(acc.benchmark.unique())
     ks = {b: int(acc[acc.benchmark == b].k.iloc[0]) for b in benches}
     pooled = fairness_table[fairness_table.scope == "pooled"].set_index("method")
-    clip_column = str(pooled["clip_column"].iloc[0]) if "clip_column" in pooled and len(pooled) else "seq_out"
+    clip_column = str(pooled["clip_column"].iloc[0])
     names = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
     cells: dict[str, dict[str, tuple[float, str]]] = {m: {} for m in names}
     level = {m: _level(m) for m in names}
@@ -272,17 +274,20 @@ def _separated_best(group: list[str], key: str, cells, spans, pick) -> str | Non
 # --------------------------------------------------------------------------- what each output needs
 
 
-def _lacking(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+def missing_columns(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+    """The ``columns`` that ``frame`` lacks, in their order."""
     return [c for c in columns if c not in frame.columns]
 
 
 def unmet_needs(summary: pd.DataFrame, fairness_table: pd.DataFrame) -> str | None:
     """What the main table needs from summary.csv and fairness.csv and they lack, as a phrase that
     completes "the main table needs ..."; None when it can be made."""
-    lacking = _lacking(summary, SUMMARY_COLUMNS[1:])
+    lacking = missing_columns(summary, SUMMARY_COLUMNS[1:])
     if lacking:
         return f"--summary with the columns {lacking} (a summary.csv from `clipbench aggregate`)"
-    lacking = _lacking(fairness_table, ["scope", "method", "clip_rate", "spread", "lre", "s_exponent"])
+    lacking = missing_columns(
+        fairness_table, ["scope", "method", "clip_column", "clip_rate", "spread", "lre", "s_exponent"]
+    )
     if lacking:
         return f"--fairness with the columns {lacking} (a fairness.csv from `clipbench aggregate`)"
     return None

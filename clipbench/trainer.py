@@ -63,7 +63,7 @@ import yaml
 import benchmarks
 from clipbench import artifacts
 from clipbench.advantages import compute_advantages
-from clipbench.config import ConfigError, DataConfig, TrainConfig, load_yaml, validate
+from clipbench.config import ConfigError, DataConfig, TrainConfig, load_config, load_yaml, validate
 from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
 from clipbench.errors import UserError
 from clipbench.logprobs import TokenBatch, collate, token_logprobs
@@ -485,11 +485,14 @@ class Trainer:
                 f"{saved}: unreadable ({' '.join(str(err).split())[:200]}); this is not a clipbench run "
                 "directory or it is damaged: use a new run directory or delete it"
             ) from None
-        if config_hash(previous) != config_hash(self.config.to_dict()):
+        # Compared with the defaults of today's fields filled in: a run saved before a field was
+        # added (at its default, which keeps the old behaviour) still resumes.
+        if _with_defaults(previous) != config_hash(self.config.to_dict()):
             raise ConfigError(
-                f"{self.run_dir} holds a run with another config (hash {config_hash(previous)} != "
+                f"{self.run_dir} holds a run with another config (hash {_with_defaults(previous)} != "
                 f"{config_hash(self.config.to_dict())}); use a new run directory or delete it"
             )
+        self._saved_config_hash = config_hash(previous)  # what its checkpoints recorded
 
     def _remove_temporaries(self) -> None:
         """Remove what an interrupted atomic write left (checkpoints/.step_N.tmp-*, .final.tmp-*,
@@ -564,7 +567,8 @@ class Trainer:
 
     def _load_checkpoint_state(self, checkpoint: Path) -> int:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
-        if state.get("config_hash") not in (None, config_hash(self.config.to_dict())):
+        known = (None, config_hash(self.config.to_dict()), getattr(self, "_saved_config_hash", None))
+        if state.get("config_hash") not in known:
             raise ConfigError(
                 f"{checkpoint} was written by a run with another config (hash {state['config_hash']} != "
                 f"{config_hash(self.config.to_dict())}); use a new run directory or delete it"
@@ -664,7 +668,7 @@ class Trainer:
 
     def _truncate_logs(self, done: int) -> None:
         """Drop what steps >= `done` wrote before an interruption (they are redone)."""
-        for name in ("metrics.jsonl", "perf.jsonl"):
+        for name in (artifacts.METRICS_FILE, "perf.jsonl"):
             path = self.run_dir / name
             if not path.exists():
                 continue
@@ -682,7 +686,7 @@ class Trainer:
                 part.unlink()
         for leftover in artifacts.records_dir(self.run_dir).glob(".*"):
             leftover.unlink()
-        shutil.rmtree(self.run_dir / "final", ignore_errors=True)
+        shutil.rmtree(self.run_dir / artifacts.FINAL_DIR, ignore_errors=True)
 
     # ------------------------------------------------------------------ one step
 
@@ -910,7 +914,7 @@ class Trainer:
             metrics, perf, records = self._train_step(step)
             self.engine.sync(self.model)
             artifacts.write_step_records(self.run_dir, step, records)
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with open(self.run_dir / artifacts.METRICS_FILE, "a") as f:
                 f.write(json.dumps(metrics, sort_keys=True) + "\n")
             with open(self.run_dir / "perf.jsonl", "a") as f:
                 f.write(json.dumps(perf, sort_keys=True) + "\n")
@@ -926,15 +930,20 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> Path:
-        final = self.run_dir / "final"
+        final = self.run_dir / artifacts.FINAL_DIR
         save_model(
             self.model,
             self.tokenizer,
             final,
             extra={"steps_done": self.config.steps, "method": self.method.name},
         )
+        steps = list(artifacts.step_records_files(self.run_dir))
+        if steps != list(range(self.config.steps)):
+            raise TrainingError(
+                f"{self.run_dir}: clip records of steps {steps}, not 0..{self.config.steps - 1}"
+            )
         records = artifacts.read_clip_records(self.run_dir)
-        lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+        lines = (self.run_dir / artifacts.METRICS_FILE).read_text().splitlines()
         summary = {
             "method": self.method.name,
             "hparams": self.method.hparams(),
@@ -943,8 +952,17 @@ class Trainer:
             "last": json.loads(lines[-1]),
             "records": len(records),
         }
-        atomic_write_json(final / "summary.json", summary)
+        atomic_write_json(final / artifacts.FINAL_SUMMARY_FILE, summary)
         return final
+
+
+def _with_defaults(saved: dict) -> str:
+    """The hash of a saved run config with every field this version has and the file lacks at its
+    default (the raw hash when the file is not a valid config of this version)."""
+    try:
+        return config_hash(load_config(saved).to_dict())
+    except ValueError:
+        return config_hash(saved)
 
 
 def train(config: TrainConfig | dict | str | Path, run_dir: str | Path, *, progress: bool = True) -> Path:

@@ -135,9 +135,13 @@ def test_clip_records_are_written_per_step_and_read_as_one_frame(tmp_path):
         assert path == run_dir / "records" / f"step_{step:06d}.parquet"
     (run_dir / "records" / ".step_000011.parquet.tmp").write_text("a kill's leftover")
     assert list(artifacts.step_records_files(run_dir)) == [0, 1, 10]
+    with pytest.raises(ValueError, match=r"the clip records of steps \[2, 3, 4, 5, 6, 7, 8, 9\] are missing"):
+        artifacts.read_clip_records(run_dir)
+    for step in range(2, 10):
+        artifacts.write_step_records(run_dir, step, artifacts.clip_records_frame([record(step=step)]))
     frame = artifacts.read_clip_records(run_dir)
-    assert frame.step.tolist() == [0, 1, 10]  # step order, the temporary file left out
-    assert frame.equals(artifacts.clip_records_frame([record(step=s) for s in (0, 1, 10)]))
+    assert frame.step.tolist() == list(range(11))  # step order (10 after 9), the temporary file left out
+    assert frame.equals(artifacts.clip_records_frame([record(step=s) for s in range(11)]))
 
 
 def test_reading_clip_records_names_a_folder_that_holds_none(tmp_path):

@@ -52,8 +52,17 @@ def fairness_inputs():
 def test_plots_are_byte_reproducible(tmp_path):
     # A plot drawn twice from the same tidy data is the same file (no unseeded jitter, no
     # timestamps): a re-run of a study reproduces its figures as well as its tables.
-    frames = {"summary": summary_rows(), **fairness_inputs()}
-    for name in ("accuracy", "clip_by_length"):
+    metrics = pd.DataFrame(
+        [
+            {"method": m, "seed": seed, "step": step, "reward_mean": 0.1 * step + seed}
+            | {"clip_frac": 0.01 * step, "response_length_mean": 20 + step}
+            for m in ("fspo", "gspo")
+            for seed in (0, 1)
+            for step in range(4)
+        ]
+    )
+    frames = {"summary": summary_rows(), "metrics": metrics, **fairness_inputs()}
+    for name in plots.PLOTS:
         first = plots.write(name, frames, tmp_path / f"{name}-1.png").read_bytes()
         assert plots.write(name, frames, tmp_path / f"{name}-2.png").read_bytes() == first
 

@@ -48,11 +48,13 @@ def fairness_rows():
         "gspo": [(1.00, 0.0500), (1.20, 0.0700)],
     }
     pooled = [
-        {"scope": "pooled", "method": m, "seed": -1, "clip_rate": c, "spread": s, "lre": e, "s_exponent": a}
+        {"scope": "pooled", "method": m, "seed": -1, "clip_column": "seq_out", "clip_rate": c, "spread": s}
+        | {"lre": e, "s_exponent": a}
         for m, (c, s, e, a) in values.items()
     ]
     seeds = [
-        {"scope": "seed", "method": m, "seed": seed, "clip_rate": values[m][0], "spread": s, "lre": e}
+        {"scope": "seed", "method": m, "seed": seed, "clip_column": "seq_out", "clip_rate": values[m][0]}
+        | {"spread": s, "lre": e}
         for m, rows in per_seed.items()
         for seed, (s, e) in enumerate(rows)
     ]

@@ -154,7 +154,7 @@ def test_first_update_is_on_policy_and_later_ones_are_not(tmp_path, base_model, 
 def test_chunked_log_probs_train_as_the_unchunked_ones(tmp_path, base_model, parity, monkeypatch):
     # optim.logprob_chunk_tokens reaches every log-prob of the step (old, update; the chunked
     # path is exact to float32 rounding, clipbench/logprobs.py): one step, same S and clip records.
-    Trainer(small_config(base_model, steps=1), tmp_path / "whole", progress=False).run()
+    Trainer(small_config(base_model, steps=1, kl_beta=0.1), tmp_path / "whole", progress=False).run()
     seen = []
     real = trainer_module.token_logprobs
 
@@ -164,14 +164,19 @@ def test_chunked_log_probs_train_as_the_unchunked_ones(tmp_path, base_model, par
 
     monkeypatch.setattr(trainer_module, "token_logprobs", spy)
     chunked = small_config(
-        base_model, steps=1, optim={"lr": 3e-3, "minibatches": 2, "epochs": 2, "logprob_chunk_tokens": 5}
+        base_model,
+        steps=1,
+        kl_beta=0.1,
+        optim={"lr": 3e-3, "minibatches": 2, "epochs": 2, "logprob_chunk_tokens": 5},
     )
     Trainer(chunked, tmp_path / "chunked", progress=False).run()
-    assert len(seen) == 5 and set(seen) == {5}  # 1 old-log-prob pass + 4 updates, all chunked
+    # 1 old-log-prob pass + 2 reference passes + 4 updates, all chunked
+    assert len(seen) == 7 and set(seen) == {5}
     _, whole = read_run(tmp_path / "whole")
     _, parts = read_run(tmp_path / "chunked")
     assert (whole["S"] != 0).any()
-    pd.testing.assert_series_equal(whole["S"], parts["S"], atol=1e-4, rtol=0)
+    for column in ("S", "entropy", "seq_clip", "seq_out"):
+        pd.testing.assert_series_equal(whole[column], parts[column], atol=1e-4, rtol=0)
     pd.testing.assert_series_equal(whole["length"], parts["length"])
 
 
@@ -215,6 +220,38 @@ def test_a_changed_config_does_not_resume_silently(tmp_path, base_model, parity)
     Trainer(small_config(base_model, steps=1), tmp_path / "run", progress=False).run()
     with pytest.raises(ConfigError, match="holds a run with another config"):
         Trainer(small_config(base_model, steps=1, seed=5), tmp_path / "run", progress=False).run()
+
+
+def test_a_run_saved_before_a_field_existed_resumes(tmp_path, base_model, parity, monkeypatch):
+    """A config field added later (at its default, which keeps the old behaviour) does not make
+    a run directory of the previous version "another config": it resumes."""
+    import yaml
+
+    from clipbench.provenance import config_hash
+
+    real_step = Trainer._train_step
+
+    def crash_at_step_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_3)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(small_config(base_model), run, progress=False).run()
+    # What the previous version wrote: no optim.logprob_chunk_tokens, hashes without it.
+    old = yaml.safe_load((run / "config.yaml").read_text())
+    del old["optim"]["logprob_chunk_tokens"]
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=True))
+    checkpoint = run / "checkpoints" / "step_000002"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    (checkpoint / "trainer_state.json").write_text(json.dumps({**state, "config_hash": config_hash(old)}))
+    trainer_module.write_manifest(checkpoint)
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    Trainer(small_config(base_model), run, progress=False).run()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+    assert list(artifacts.step_records_files(run)) == [0, 1, 2, 3]
 
 
 def test_non_finite_loss_stops_with_step_method_and_dump(tmp_path, base_model, parity, monkeypatch):
@@ -439,8 +476,8 @@ def test_kl_penalty_to_the_reference_model(tmp_path, base_model, parity, monkeyp
     ref_logps = []
     real_logprobs = trainer_module.token_logprobs
 
-    def watch_reference(model, batch, temperature, with_entropy=False):
-        out = real_logprobs(model, batch, temperature, with_entropy=with_entropy)
+    def watch_reference(model, batch, temperature, with_entropy=False, chunk_tokens=None):
+        out = real_logprobs(model, batch, temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens)
         if model is trainer.reference:
             ref_logps.append(out[0].clone())
         return out

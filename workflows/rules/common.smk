@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from clipbench import artifacts, plots, study
+from clipbench import artifacts, fairness, plots, study
 from clipbench.artifacts import RunId
 from clipbench.provenance import config_hash
 
@@ -24,7 +24,7 @@ wildcard_constraints:
     method="|".join(map(re.escape, METHODS)) or "NONE",
     seed=artifacts.SEED,
     model=artifacts.model_wildcard(METHODS),
-    bench="|".join(map(re.escape, BENCHES)),
+    bench="|".join(map(re.escape, BENCHES)) or "NONE",
 
 
 def base_model_dir():
@@ -69,18 +69,14 @@ def resources_of(group):
 
 
 # For each input a plot may declare (clipbench.plots.INPUTS): the files it is read from, and the
-# `clipbench report` arguments that give it.
+# `clipbench report` arguments that give it (the runs' metrics: every run of the study).
 PLOT_INPUT_FILES = {
-    "summary": [artifacts.SUMMARY_CSV],
-    "fairness": [artifacts.FAIRNESS_CSV],
-    "fairness_bins": [artifacts.FAIRNESS_BINS_CSV],
-    "metrics": [run.final_summary for run in RUNS],
+    name: [source.study_file] if source.study_file else [run.final_summary for run in RUNS]
+    for name, source in plots.INPUTS.items()
 }
 PLOT_INPUT_ARGS = {
-    "summary": ["--summary", artifacts.SUMMARY_CSV],
-    "fairness": ["--fairness", artifacts.FAIRNESS_CSV],
-    "fairness_bins": ["--fairness-bins", artifacts.FAIRNESS_BINS_CSV],
-    "metrics": ["--runs", *(run.run_dir for run in RUNS)],
+    name: [source.flag, *([source.study_file] if source.study_file else [run.run_dir for run in RUNS])]
+    for name, source in plots.INPUTS.items()
 }
 
 

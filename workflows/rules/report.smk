@@ -11,8 +11,8 @@ rule aggregate:
         fairness_bins=artifacts.FAIRNESS_BINS_CSV,
     params:
         runs=[run.run_dir for run in RUNS],
-        bins=config.get("fairness", {}).get("bins", 5),
-        column=config.get("fairness", {}).get("clip_column", "seq_out"),
+        bins=config.get("fairness", {}).get("bins", fairness.DEFAULT_BINS),
+        column=config.get("fairness", {}).get("clip_column", fairness.CLIP_COLUMNS[0]),
     log:
         artifacts.AGGREGATE_LOG,
     conda:
@@ -49,7 +49,7 @@ rule plot:
     params:
         args=plot_args,
     wildcard_constraints:
-        plot="|".join(plots.PLOTS),
+        plot="|".join(map(re.escape, plots.PLOTS)) or "NONE",
     log:
         artifacts.PLOT_LOG,
     conda:
