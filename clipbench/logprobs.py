@@ -116,14 +116,7 @@ def token_logprobs(
         return _chunked_logprobs(model, batch, temperature, with_entropy, chunk_tokens)
     if _packs(model):
         with use_attention(model, PACKED_SDPA):
-            logits = model(
-                input_ids=batch.packed_ids,
-                position_ids=batch.position_ids,
-                unpack_index=batch.unpack_index,
-                pack_index=batch.pack_index,
-                logits_to_keep=batch.predict_at,
-                use_cache=False,
-            ).logits[0]
+            logits = model(**_packed_inputs(batch), logits_to_keep=batch.predict_at).logits[0]
         targets = batch.packed_ids[0, batch.predict_at + 1]
     else:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
@@ -138,6 +131,18 @@ def token_logprobs(
             entropy = torch.cat([-(c.exp() * c).sum(-1) for c in logp_all.split(ENTROPY_CHUNK)])
         entropy = zeros.masked_scatter(batch.response_mask, entropy)
     return zeros.masked_scatter(batch.response_mask, logp), entropy
+
+
+def _packed_inputs(batch: TokenBatch) -> dict[str, torch.Tensor | bool]:
+    """The keyword arguments of a forward on the packed layout (`packed_sdpa_attention` reads
+    `unpack_index` and `pack_index`)."""
+    return {
+        "input_ids": batch.packed_ids,
+        "position_ids": batch.position_ids,
+        "unpack_index": batch.unpack_index,
+        "pack_index": batch.pack_index,
+        "use_cache": False,
+    }
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -170,13 +175,7 @@ def _response_hidden_states(model, batch: TokenBatch) -> tuple[torch.Tensor, tor
         raise NotImplementedError(f"chunked log-probs: no decoder found under {type(model).__name__}")
     if _packs(model):
         with use_attention(model, PACKED_SDPA):
-            hidden = decoder(
-                input_ids=batch.packed_ids,
-                position_ids=batch.position_ids,
-                unpack_index=batch.unpack_index,
-                pack_index=batch.pack_index,
-                use_cache=False,
-            ).last_hidden_state[0]
+            hidden = decoder(**_packed_inputs(batch)).last_hidden_state[0]
         return hidden.index_select(0, batch.predict_at), batch.packed_ids[0, batch.predict_at + 1]
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     hidden = hidden.last_hidden_state[:, :-1][batch.response_mask]

@@ -192,8 +192,9 @@ def test_two_runs_with_the_same_seed_are_identical(tmp_path, base_model, parity)
     assert read_run(tmp_path / "c")[0] != metrics_a
 
 
-def test_resume_after_an_error_equals_an_uninterrupted_run(tmp_path, base_model, parity, monkeypatch):
-    Trainer(small_config(base_model), tmp_path / "full", progress=False).run()
+def interrupt_at_step_3(monkeypatch):
+    """Make step 3 of the next run raise KeyboardInterrupt (after the checkpoint at 2 steps);
+    returns the real `_train_step`, to put back."""
     real_step = Trainer._train_step
 
     def crash_at_step_3(self, step):
@@ -202,6 +203,12 @@ def test_resume_after_an_error_equals_an_uninterrupted_run(tmp_path, base_model,
         return real_step(self, step)
 
     monkeypatch.setattr(Trainer, "_train_step", crash_at_step_3)
+    return real_step
+
+
+def test_resume_after_an_error_equals_an_uninterrupted_run(tmp_path, base_model, parity, monkeypatch):
+    Trainer(small_config(base_model), tmp_path / "full", progress=False).run()
+    real_step = interrupt_at_step_3(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         Trainer(small_config(base_model), tmp_path / "resumed", progress=False).run()
     # Step 2 ran after the checkpoint at 2 steps: its lines are dropped and redone on resume.
@@ -229,14 +236,7 @@ def test_a_run_saved_before_a_field_existed_resumes(tmp_path, base_model, parity
 
     from clipbench.provenance import config_hash
 
-    real_step = Trainer._train_step
-
-    def crash_at_step_3(self, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated interruption")
-        return real_step(self, step)
-
-    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_3)
+    real_step = interrupt_at_step_3(monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         Trainer(small_config(base_model), run, progress=False).run()
