@@ -313,7 +313,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    import methods
+    from clipbench import methods
 
     for name in methods.available_methods():
         print(methods.get_method_class(name).describe())
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "methods",
         help="list the registered clipping rules and their hyperparameters",
-        description="Print every registered clipping rule (the modules of methods/) with its level "
+        description="Print every registered clipping rule (the modules of clipbench/methods/) with its level "
         "(token or sequence) and each hyperparameter's default, valid range and meaning.",
     )
     p.set_defaults(func=cmd_methods)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-import methods
+from clipbench import methods
 from clipbench.advantages import available_estimators
 from clipbench.settings import ConfigError, check, from_dict, setting
 
@@ -69,7 +69,7 @@ def load_yaml(text: str) -> Any:
 
 
 def _benchmarks() -> list[str]:
-    import benchmarks
+    from clipbench import benchmarks
 
     return benchmarks.available()
 
@@ -77,7 +77,9 @@ def _benchmarks() -> list[str]:
 @dataclass(frozen=True)
 class DataConfig:
     benchmark: str = setting(
-        "synthetic", help="a name from benchmarks.available(): the training prompts", choices=_benchmarks
+        "synthetic",
+        help="a name from clipbench.benchmarks.available(): the training prompts",
+        choices=_benchmarks,
     )
     split: str = setting("train", help="the split of `benchmark` to train on")
     n: int | None = setting(2000, help="number of training problems (null: the whole split)", ge=1)
@@ -155,7 +157,7 @@ class OptimConfig:
 class TrainConfig:
     model: str = setting("", help="base checkpoint: an HF model directory (or hub id)")
     method: str = setting(
-        "fspo", help="a name from methods.available_methods()", choices=methods.available_methods
+        "fspo", help="a name from clipbench.methods.available_methods()", choices=methods.available_methods
     )
     method_params: dict[str, Any] = setting(
         default_factory=dict,
@@ -197,7 +199,7 @@ def check_run(config: TrainConfig) -> TrainConfig:
 
     The study checks every run's config with this when the DAG is built (and each method's
     hyperparameters once, with `methods.get_method`)."""
-    from benchmarks import get_spec, local_file, synthetic
+    from clipbench.benchmarks import get_spec, local_file, synthetic
 
     if not config.model:
         raise ConfigError("model: required (an HF model directory or hub id)")

@@ -65,10 +65,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import benchmarks
-from benchmarks import lm_eval_tasks, synthetic
-from benchmarks.prompts import STYLES
+from clipbench import benchmarks
 from clipbench.artifacts import MODEL_PROVENANCE_FILE  # written by clipbench.models.save_model
+from clipbench.benchmarks import lm_eval_tasks, synthetic
+from clipbench.benchmarks.prompts import STYLES
 from clipbench.provenance import atomic_write_json, atomic_write_text, provenance
 from clipbench.settings import ConfigError, check, setting
 

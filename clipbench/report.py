@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import methods
-from clipbench import artifacts, fairness
+from clipbench import artifacts, fairness, methods
 
 BASE = artifacts.BASE
 SUMMARY_COLUMNS = ["model", "method", "seed", "benchmark", "metric", "k", "value"]
@@ -218,7 +217,7 @@ def main_table(
         lines += [
             "",
             f"⚠ data hash mismatch: {len(mismatches)} evaluation(s) read a local data file whose sha256 differs "
-            "from the registry's (`benchmarks/registry.py`), so their numbers may not be on the published set: "
+            "from the registry's (`clipbench/benchmarks/registry.py`), so their numbers may not be on the published set: "
             + "; ".join(mismatches)
             + ".",
         ]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-import benchmarks
-from benchmarks import synthetic
+from clipbench import benchmarks
+from clipbench.benchmarks import synthetic
 from clipbench.logprobs import collate, token_logprobs
 from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.provenance import atomic_write_json, provenance

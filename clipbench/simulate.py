@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-import methods
-from clipbench import fairness
+from clipbench import fairness, methods
 from clipbench.provenance import atomic_write_json, atomic_write_text, provenance
 
 DEFAULT_LENGTHS = tuple(2**k for k in range(3, 13))  # 8 ... 4096

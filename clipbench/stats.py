@@ -228,7 +228,7 @@ def _check_verdicts(verdicts: pd.DataFrame) -> None:
 def _per_problem(verdicts: pd.DataFrame) -> pd.DataFrame:
     """One row per (benchmark, method, seed, problem): k and each problem's avg@k and pass@k
     (``benchmarks.lm_eval_tasks.problem_metrics``, the metrics' one definition)."""
-    from benchmarks.lm_eval_tasks import problem_metrics
+    from clipbench.benchmarks.lm_eval_tasks import problem_metrics
 
     keys = ["benchmark", "method", "seed", "problem"]
     frame = verdicts.sort_values([*keys, "sample"], kind="stable")

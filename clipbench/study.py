@@ -35,8 +35,7 @@ from typing import Any
 
 import yaml
 
-import methods
-from clipbench import artifacts, fairness
+from clipbench import artifacts, fairness, methods
 from clipbench.config import TrainConfig, check_run
 from clipbench.evaluate import Settings, check_data, check_settings, cli_flag
 from clipbench.settings import ConfigError, Pattern, from_dict, object_schema, setting

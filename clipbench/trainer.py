@@ -60,16 +60,15 @@ import pandas as pd
 import torch
 import yaml
 
-import benchmarks
-from clipbench import artifacts
+from clipbench import artifacts, benchmarks
 from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, load_config, load_yaml, validate
 from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
 from clipbench.errors import UserError
 from clipbench.logprobs import TokenBatch, collate, token_logprobs
+from clipbench.methods import LossOutput
 from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
-from methods import LossOutput
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-import benchmarks
+from clipbench import benchmarks
 from clipbench.evaluate import evaluate
 from clipbench.models import build_tiny_model, build_tokenizer, count_parameters, load_model, save_model
 

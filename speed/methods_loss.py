@@ -16,7 +16,7 @@ import time
 
 import torch
 
-import methods
+from clipbench import methods
 
 
 def reference_ppo_loss(logp, old_logp, advantages, mask, eps=0.2):

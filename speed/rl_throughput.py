@@ -132,7 +132,7 @@ def run_trl(config: dict, out: Path) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
-    import benchmarks
+    from clipbench import benchmarks
     from clipbench.config import load_config
     from clipbench.models import load_model
     from clipbench.trainer import prompt_indices, training_prompts

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-import benchmarks
+from clipbench import benchmarks
 from clipbench.models import build_tiny_model, build_tokenizer
 from clipbench.sft import SFTConfig, _encode, padded_sft_loss, sft_loss
 

@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "speed"))
 
 from verifier_throughput import _busy_cpu_seconds, build_inputs  # noqa: E402
 
-import benchmarks  # noqa: E402
-from benchmarks import verifier  # noqa: E402
+from clipbench import benchmarks  # noqa: E402
+from clipbench.benchmarks import verifier  # noqa: E402
 
 LOAD_BEFORE = ", ".join(f"{x:.2f}" for x in os.getloadavg())
 

@@ -40,9 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import benchmarks  # noqa: E402
-from benchmarks import _worker  # noqa: E402
-from benchmarks.verifier import gold_string, prepare  # noqa: E402
+from clipbench import benchmarks  # noqa: E402
+from clipbench.benchmarks import _worker  # noqa: E402
+from clipbench.benchmarks.verifier import gold_string, prepare  # noqa: E402
 
 LOAD_BEFORE = ", ".join(f"{x:.2f}" for x in os.getloadavg())
 SETS = ["math500", "aime24", "aime25", "amc23", "minerva_math", "olympiadbench", "gsm8k"]

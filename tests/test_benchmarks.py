@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import benchmarks
-from benchmarks import extraction, loading
-from benchmarks.registry import REGISTRY
+from clipbench import benchmarks
+from clipbench.benchmarks import extraction, loading
+from clipbench.benchmarks.registry import REGISTRY
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 requires_data = pytest.mark.skipif(

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-import benchmarks
-from benchmarks import lm_eval_tasks
+from clipbench import benchmarks
 from clipbench import evaluate as ev
+from clipbench.benchmarks import lm_eval_tasks
 
 # Everything here is offline: local model directories, local or generated data.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -418,7 +418,7 @@ def test_task_config_shape():
     assert "n" not in config["generation_kwargs"]
     described = lm_eval_tasks.describe_config(config)
     json.dumps(described)  # JSON-safe
-    assert described["process_results"] == "benchmarks.lm_eval_tasks.process_results"
+    assert described["process_results"] == "clipbench.benchmarks.lm_eval_tasks.process_results"
     with pytest.raises(ValueError, match="k must be >= 1"):
         lm_eval_tasks.task_config("math500", "x.jsonl", k=0, generation=gen, fallbacks=())
 
@@ -502,7 +502,7 @@ def test_smollm2_gsm8k_chat_greedy(smollm2_dir, tmp_path):
 def test_benchmarks_import_without_lm_eval():
     code = (
         "import sys; sys.modules['lm_eval'] = None\n"  # `import lm_eval` now raises ImportError
-        "import benchmarks, benchmarks.lm_eval_tasks, clipbench.evaluate"
+        "import clipbench.benchmarks, clipbench.benchmarks.lm_eval_tasks, clipbench.evaluate"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-import methods
+from clipbench import methods
 
 NAN, INF = float("nan"), float("inf")
 LOG_12 = math.log1p(0.2)  # exactly the upper bound log(1 + 0.2) that the rules compute

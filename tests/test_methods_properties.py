@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-import methods
-from methods.base import prepare_batch, sequence_level_rule
+from clipbench import methods
+from clipbench.methods.base import prepare_batch, sequence_level_rule
 
 ALL = methods.available_methods()
 CORE = ["fspo", "grpo", "gspo", "ppo", "seq_ppo"]

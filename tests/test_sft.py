@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import benchmarks
+from clipbench import benchmarks
 from clipbench.models import build_tiny_model, build_tokenizer
 from clipbench.sft import SFTConfig, _encode, padded_sft_loss, run_sft, sft_loss
 

@@ -12,8 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-import methods
-from clipbench import evaluate, study
+from clipbench import evaluate, methods, study
 from clipbench.config import (
     AdvantageConfig,
     DataConfig,

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-import benchmarks
-from benchmarks import synthetic
+from clipbench import benchmarks
+from clipbench.benchmarks import synthetic
 
 
 def _evaluate(expression: str) -> int:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-import benchmarks
-from benchmarks import Verdict, VerifierPool
+from clipbench import benchmarks
+from clipbench.benchmarks import Verdict, VerifierPool
 
 pytest.importorskip("math_verify", reason="the verifier needs math-verify (the 'eval' extra)")
 

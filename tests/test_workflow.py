@@ -288,8 +288,8 @@ def test_use_conda_dry_run():
 NEW_RULE = '''"""seq_ppo with a narrower band, under a new name (test of the one-file promise)."""
 from dataclasses import dataclass
 
-from methods import register
-from methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, sequence_level_rule
+from clipbench.methods import register
+from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, sequence_level_rule
 
 
 @register("narrow_seq")
@@ -320,7 +320,7 @@ def reward_by_step(metrics):
 @pytest.mark.slow
 def test_a_new_method_and_plot_join_the_smoke_study_which_survives_a_kill(tmp_path):
     """One smoke study (one, for CI's time) in a copy of the project shows three things:
-    - one new file in methods/ joins the study with no other edit: the dry run with the method
+    - one new file in clipbench/methods/ joins the study with no other edit: the dry run with the method
       list left to its default (every registered rule) lists it, and main.md gets its row;
     - one new function registered with @plot in clipbench/plots.py is a plot of the study:
       `snakemake --cores all` builds results/plots/<name>.png, and so does that target alone;
@@ -339,7 +339,7 @@ def test_a_new_method_and_plot_join_the_smoke_study_which_survives_a_kill(tmp_pa
             ".git", "results", ".snakemake", "__pycache__", "*.egg-info", ".ruff_cache"
         ),
     )
-    (project / "methods" / "narrow_seq.py").write_text(NEW_RULE)
+    (project / "clipbench" / "methods" / "narrow_seq.py").write_text(NEW_RULE)
     with open(project / "clipbench" / "plots.py", "a") as plots_file:
         plots_file.write(NEW_PLOT)
     study = yaml.safe_load((project / "workflows" / "config" / "smoke.yaml").read_text())

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from benchmarks import synthetic
-from benchmarks.prompts import BASE_TEMPLATE
+from clipbench.benchmarks import synthetic
+from clipbench.benchmarks.prompts import BASE_TEMPLATE
 
 #: How a gold answer is read from its field (see ``benchmarks.loading.read_gold``).
 GOLD_KINDS = ("value", "last_boxed", "hashes", "list")

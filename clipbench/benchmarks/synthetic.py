@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from benchmarks.problem import Problem
+from clipbench.benchmarks.problem import Problem
 
 MAX_VALUE = 9
 MAX_ADD = 9  # largest operand of + and -

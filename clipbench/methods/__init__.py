@@ -1,6 +1,6 @@
 """The clipping rules of clipbench, behind one interface, and their registry.
 
-    from methods import get_method, available_methods
+    from clipbench.methods import get_method, available_methods
     m = get_method("fspo", c_low=0.02)
     out = m.loss(logp=..., old_logp=..., advantages=..., mask=...)   # -> LossOutput
 
@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from methods.base import (
+from clipbench.methods.base import (
     LOG_WEIGHT_CLAMP,
     ClippedUnits,
     LossOutput,
@@ -79,12 +79,16 @@ class DuplicateMethodError(ValueError):
 
 
 def _source_file(cls: type) -> str:
-    """Where `cls` was defined, for messages: `methods/fspo.py` for this package's modules."""
+    """Where `cls` was defined, for messages: `clipbench/methods/fspo.py` for this package's modules."""
     path = getattr(sys.modules.get(cls.__module__), "__file__", None)
     if path is None:
         return f"module {cls.__module__}"
     path = Path(path)
-    return f"methods/{path.name}" if path.parent.resolve() == Path(__file__).resolve().parent else str(path)
+    return (
+        f"clipbench/methods/{path.name}"
+        if path.parent.resolve() == Path(__file__).resolve().parent
+        else str(path)
+    )
 
 
 def _class_source(cls: type) -> str | None:
@@ -117,7 +121,7 @@ def _duplicate_message(name: str, existing: type, cls: type) -> str:
         why = "the same class source" if same_source else "its file name"
         return (
             f"{text}. {copy} looks like a copy of {original} ({why}): delete it or move it out of "
-            f"methods/, or, if it is a new rule, give it another name in @register(...)"
+            f"clipbench/methods/, or, if it is a new rule, give it another name in @register(...)"
         )
     return f"{text}: give one of them another name in @register(...)"
 
@@ -136,7 +140,9 @@ def register(name: str):
 
     def decorate(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"@register({name!r}) expects a subclass of methods.Method, got {cls!r}")
+            raise TypeError(
+                f"@register({name!r}) expects a subclass of clipbench.methods.Method, got {cls!r}"
+            )
         params = getattr(cls, "__dataclass_params__", None)
         if "__dataclass_fields__" not in cls.__dict__ or params is None or not params.frozen:
             raise TypeError(f"@register({name!r}): {cls.__qualname__} must be a @dataclass(frozen=True)")
@@ -147,7 +153,7 @@ def register(name: str):
         for f in dataclasses.fields(cls):
             if "help" not in f.metadata:
                 raise TypeError(
-                    f"@register({name!r}): field {f.name!r} must be declared with methods.hparam(...)"
+                    f"@register({name!r}): field {f.name!r} must be declared with clipbench.methods.hparam(...)"
                 )
         existing = _REGISTRY.get(name)
         # Re-importing the same module (e.g. importlib.reload) re-registers the same class: allowed.
@@ -170,11 +176,11 @@ def _discover() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if info.name == "base" or info.name.startswith("_"):
             continue
-        shown = f"methods/{info.name}{'/' if info.ispkg else '.py'}"
+        shown = f"clipbench/methods/{info.name}{'/' if info.ispkg else '.py'}"
         if not info.name.isidentifier():
             warnings.warn(
                 f"{shown}: skipped, {info.name!r} is not a Python module name (a copy?); name a "
-                "method file like my_rule.py, or move this one out of methods/",
+                "method file like my_rule.py, or move this one out of clipbench/methods/",
                 stacklevel=2,
             )
             continue

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.problem import Problem
-from benchmarks.verifier import DEFAULT_TIMEOUT_S, verify
+from clipbench.benchmarks.problem import Problem
+from clipbench.benchmarks.verifier import DEFAULT_TIMEOUT_S, verify
 
 TASK_PREFIX = "clipbench_"
 FILTER_NAME = "verified"

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import synthetic
-from benchmarks.extraction import clean_gold, format_number, gold_from_hashes, last_boxed
-from benchmarks.problem import Problem
-from benchmarks.registry import BenchmarkSpec, RowFormat, get_spec
+from clipbench.benchmarks import synthetic
+from clipbench.benchmarks.extraction import clean_gold, format_number, gold_from_hashes, last_boxed
+from clipbench.benchmarks.problem import Problem
+from clipbench.benchmarks.registry import BenchmarkSpec, RowFormat, get_spec
 
 
 class DataIntegrityWarning(UserWarning):

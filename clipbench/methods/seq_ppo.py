@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods import register
-from methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, sequence_level_rule
+from clipbench.methods import register
+from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, sequence_level_rule
 
 
 @register("seq_ppo")

@@ -75,7 +75,13 @@ from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from benchmarks.extraction import MAX_ANSWER_CHARS, check_fallbacks, clean_gold, extract_answer, format_number
+from clipbench.benchmarks.extraction import (
+    MAX_ANSWER_CHARS,
+    check_fallbacks,
+    clean_gold,
+    extract_answer,
+    format_number,
+)
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_KILL_GRACE_S = 1.0
@@ -201,7 +207,7 @@ class _Worker:
     def __init__(self, max_memory_mb: int | None) -> None:
         parent_end, child_end = Pipe(duplex=True)
         fd = child_end.fileno()
-        code = f"from benchmarks._worker import main; main({fd}, {max_memory_mb!r})"
+        code = f"from clipbench.benchmarks._worker import main; main({fd}, {max_memory_mb!r})"
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", code],

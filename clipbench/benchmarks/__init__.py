@@ -2,7 +2,7 @@ r"""Evaluation sets, prompts and the answer verifier of clipbench.
 
 ::
 
-    import benchmarks
+    from clipbench import benchmarks
 
     benchmarks.available()                       # ['aime24', 'aime25', 'amc23', 'gsm8k', ...]
     spec = benchmarks.get_spec("math500")        # hub id, local file + sha256, k, max tokens, fallbacks
@@ -18,11 +18,11 @@ generated sources), :mod:`~benchmarks.synthetic` (the arithmetic set), :mod:`~be
 :mod:`~benchmarks.verifier` (math-verify in a pool of killable worker processes).
 """
 
-from benchmarks.loading import DataIntegrityWarning, LoadResult, load, load_with_meta, local_file
-from benchmarks.problem import Problem
-from benchmarks.prompts import BASE_TEMPLATE, INSTRUCTION, build_prompt
-from benchmarks.registry import BenchmarkSpec, HubSource, LocalFile, RowFormat, available, get_spec
-from benchmarks.verifier import (
+from clipbench.benchmarks.loading import DataIntegrityWarning, LoadResult, load, load_with_meta, local_file
+from clipbench.benchmarks.problem import Problem
+from clipbench.benchmarks.prompts import BASE_TEMPLATE, INSTRUCTION, build_prompt
+from clipbench.benchmarks.registry import BenchmarkSpec, HubSource, LocalFile, RowFormat, available, get_spec
+from clipbench.benchmarks.verifier import (
     DEFAULT_TIMEOUT_S,
     Verdict,
     VerifierPool,

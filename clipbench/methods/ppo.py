@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods import register
-from methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, token_level_rule
+from clipbench.methods import register
+from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, token_level_rule
 
 
 @register("ppo")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.problem import Problem
+from clipbench.benchmarks.problem import Problem
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 BASE_TEMPLATE = "{problem}\n" + INSTRUCTION.replace("{}", "{{}}")
