@@ -151,6 +151,15 @@ class OptimConfig:
         "150k vocabulary); null: all at once, today's bits",
         ge=1,
     )
+    max_tokens_per_microbatch: int | None = setting(
+        None,
+        help="split each minibatch into micro-batches of at most this many packed tokens (prompt + "
+        "response), gradients accumulated, one optimizer step per minibatch; every rule divides by "
+        "the minibatch's totals, so the update is that of the unsplit minibatch (a sequence longer than "
+        "the budget forms a micro-batch alone); also bounds the old and reference log-prob passes; "
+        "null: each minibatch in one forward",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)

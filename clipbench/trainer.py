@@ -66,7 +66,7 @@ from clipbench.config import ConfigError, DataConfig, TrainConfig, load_config, 
 from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
 from clipbench.errors import UserError
 from clipbench.logprobs import TokenBatch, collate, token_logprobs
-from clipbench.methods import LossOutput
+from clipbench.methods import BatchTotals, LossOutput, combine_outputs
 from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
 
@@ -300,6 +300,11 @@ def training_prompts(data: DataConfig, tokenizer) -> tuple[list, list[str]]:
     return problems, prompts
 
 
+def _total(values: list[float]) -> float:
+    """The sum of micro-batch values; a single value as it is (a sum would turn -0.0 into 0.0)."""
+    return values[0] if len(values) == 1 else float(sum(values))
+
+
 def _p90(values: list[int]) -> float:
     return float(np.percentile(values, 90)) if values else 0.0
 
@@ -315,17 +320,56 @@ class Phase:
         return cls(time.perf_counter() - start, tokens)
 
 
+def split_by_tokens(sizes: list[int], budget: int | None) -> list[list[int]]:
+    """The positions 0..len(sizes)-1 cut into contiguous runs (order kept) whose `sizes` sum to at
+    most `budget`, each run as long as the budget allows; a single size over the budget is a run
+    alone. budget None: one run of everything."""
+    if budget is None:
+        return [list(range(len(sizes)))]
+    runs: list[list[int]] = []
+    used = 0
+    for position, size in enumerate(sizes):
+        if runs and used + size <= budget:
+            runs[-1].append(position)
+            used += size
+        else:
+            runs.append([position])
+            used = size
+    return runs
+
+
 @dataclass
-class _Minibatch:
-    """One minibatch of a step: its rows of the rollout batch, their collated tokens (`tokens`:
-    prompt + completion tokens), the old log-probs (None until the first update of the first
-    minibatch gives them) and the KL reference's log-probs (None without a reference)."""
+class _Microbatch:
+    """What one forward (and backward) sees: a contiguous run of a minibatch's rows, collated
+    (`tokens`: packed prompt + completion tokens), their old log-probs (None until the first
+    update of the first minibatch gives them) and the KL reference's (None without a reference)."""
 
     rows: list[int]
     batch: TokenBatch
     tokens: int
-    old_logp: torch.Tensor | None
-    ref_logp: torch.Tensor | None
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+
+
+@dataclass
+class _Minibatch:
+    """One minibatch of a step (one optimizer step): its rows of the rollout batch, in the order of
+    its micro-batches (`optim.max_tokens_per_microbatch`; one micro-batch of every row without it)."""
+
+    rows: list[int]
+    micro: list[_Microbatch]
+
+    @property
+    def tokens(self) -> int:
+        return sum(m.tokens for m in self.micro)
+
+    @property
+    def on_policy(self) -> bool:
+        """No old log-probs yet: the first update of the first minibatch, on the sampling weights."""
+        return self.micro[0].old_logp is None
+
+    def response_lengths(self) -> torch.Tensor:
+        return torch.cat([m.batch.response_mask.sum(-1) for m in self.micro])
 
 
 class _EntropyTally:
@@ -348,15 +392,20 @@ class _EntropyTally:
         return self.total / max(self.tokens, 1)
 
 
-def kl_to_reference(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def kl_to_reference(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor | None = None
+) -> torch.Tensor:
     """The KL penalty: the mean over the response tokens (`mask`) of Schulman's k3 estimator of
     KL(pi || pi_ref) at tokens sampled from pi. With delta = log pi_ref - log pi (`ref_logp - logp`)
     at each token, k3 = exp(delta) - delta - 1: unbiased, and >= 0 for every token (0 only where
     pi_ref = pi). The trainer adds `kl_beta` times it to the rule's loss (a penalty: minimising
-    the loss pulls the policy toward the reference)."""
+    the loss pulls the policy toward the reference). For a micro-batch, `tokens` is the whole
+    minibatch's number of response tokens (the mean's denominator; the mask's own count if None),
+    so that micro-batches' penalties add up to the minibatch's, like the rules' losses."""
     delta = torch.where(mask, ref_logp - logp, torch.zeros_like(logp))
     k3 = torch.exp(delta) - delta - 1
-    return (k3 * mask).sum() / mask.sum().clamp(min=1)
+    count = mask.sum() if tokens is None else tokens.to(logp.dtype)
+    return (k3 * mask).sum() / count.clamp(min=1)
 
 
 def _clip_records(
@@ -762,25 +811,28 @@ class Trainer:
         chunk = cfg.optim.logprob_chunk_tokens
         minibatches = []
         for index, rows in enumerate(minibatch_rows):
-            batch = collate(
-                [samples.prompt_ids[i] for i in rows],
-                [samples.completion_ids[i] for i in rows],
-                self.tokenizer.pad_token_id,
-            ).to(cfg.device)
-            tokens = int(batch.attention_mask.sum())
-            old_logp = None
-            if index > 0:
-                old_logp, token_entropy = token_logprobs(
-                    self.model, batch, cfg.rollout.temperature, with_entropy=True, chunk_tokens=chunk
-                )
-                entropy.note(rows, token_entropy, batch.response_mask)
-            entropy.tokens += int(batch.response_mask.sum())
-            ref_logp = (
-                token_logprobs(self.reference, batch, cfg.rollout.temperature, chunk_tokens=chunk)[0]
-                if self.reference is not None
-                else None
-            )
-            minibatches.append(_Minibatch(rows, batch, tokens, old_logp, ref_logp))
+            sizes = [len(samples.prompt_ids[i]) + len(samples.completion_ids[i]) for i in rows]
+            micro = []
+            for run in split_by_tokens(sizes, cfg.optim.max_tokens_per_microbatch):
+                part = [rows[position] for position in run]
+                batch = collate(
+                    [samples.prompt_ids[i] for i in part],
+                    [samples.completion_ids[i] for i in part],
+                    self.tokenizer.pad_token_id,
+                ).to(cfg.device)
+                m = _Microbatch(part, batch, int(batch.attention_mask.sum()))
+                if index > 0:
+                    m.old_logp, token_entropy = token_logprobs(
+                        self.model, batch, cfg.rollout.temperature, with_entropy=True, chunk_tokens=chunk
+                    )
+                    entropy.note(part, token_entropy, batch.response_mask)
+                entropy.tokens += int(batch.response_mask.sum())
+                if self.reference is not None:
+                    m.ref_logp = token_logprobs(
+                        self.reference, batch, cfg.rollout.temperature, chunk_tokens=chunk
+                    )[0]
+                micro.append(m)
+            minibatches.append(_Minibatch([row for m in micro for row in m.rows], micro))
         return minibatches
 
     def _updates(
@@ -814,49 +866,85 @@ class Trainer:
         advantages: torch.Tensor,
         entropy: _EntropyTally,
     ) -> tuple[LossOutput, torch.Tensor, dict[str, float]]:
-        """One `method.loss` (+ the KL penalty) and AdamW step on `minibatch`; returns the rule's
-        output, the minibatch's advantages and the update's metrics."""
+        """One optimizer step on `minibatch`: per micro-batch, `method.loss` (+ the KL penalty)
+        and its backward, gradients accumulated; then clipping and the AdamW step. Split, every
+        micro-batch's loss divides by the minibatch's totals (the method interface's contract), so
+        the step is the unsplit minibatch's. Returns the rule's output over the minibatch, its
+        advantages (in its row order) and the update's metrics."""
         cfg = self.config
-        batch = minibatch.batch
-        first = minibatch.old_logp is None
-        logp, token_entropy = token_logprobs(
-            self.model,
-            batch,
-            cfg.rollout.temperature,
-            with_entropy=first,
-            chunk_tokens=cfg.optim.logprob_chunk_tokens,
-        )
-        if first:
-            # The first update runs on the weights that sampled: old log-probs are its own,
-            # detached, so its ratio is exactly 1 without a second forward pass.
-            minibatch.old_logp = logp.detach()
-            entropy.note(minibatch.rows, token_entropy, batch.response_mask)
-        old_logp = minibatch.old_logp
-        adv = advantages[minibatch.rows].to(device=cfg.device, dtype=old_logp.dtype)
-        out = self.method.loss(logp, old_logp, adv, batch.response_mask)
-        loss, extra = out.loss, {}
-        if minibatch.ref_logp is not None:
-            kl = kl_to_reference(logp, minibatch.ref_logp, batch.response_mask)
-            loss = loss + cfg.kl_beta * kl
-            extra["kl_ref"] = kl.item()
+        on_policy = minibatch.on_policy
+        totals = self._minibatch_totals(minibatch) if len(minibatch.micro) > 1 else None
+        outputs, advs, losses, kls = [], [], [], []
+        for micro in minibatch.micro:
+            batch = micro.batch
+            logp, token_entropy = token_logprobs(
+                self.model,
+                batch,
+                cfg.rollout.temperature,
+                with_entropy=on_policy,
+                chunk_tokens=cfg.optim.logprob_chunk_tokens,
+            )
+            if on_policy:
+                # The first update runs on the weights that sampled: old log-probs are its own,
+                # detached, so its ratio is exactly 1 without a second forward pass.
+                micro.old_logp = logp.detach()
+                entropy.note(micro.rows, token_entropy, batch.response_mask)
+            old_logp = micro.old_logp
+            adv = advantages[micro.rows].to(device=cfg.device, dtype=old_logp.dtype)
+            out = self.method.loss(logp, old_logp, adv, batch.response_mask, totals=totals)
+            loss = out.loss
+            if micro.ref_logp is not None:
+                tokens = None if totals is None else totals.tokens
+                kl = kl_to_reference(logp, micro.ref_logp, batch.response_mask, tokens)
+                loss = loss + cfg.kl_beta * kl
+                kls.append(kl.item())
 
-        def debug():
-            return {
-                "rows": minibatch.rows,
-                "logp": logp.detach().cpu(),
-                "old_logp": old_logp.cpu(),
-                "advantages": adv.cpu(),
-                "mask": batch.response_mask.cpu(),
-            }
+            def debug(micro=micro, logp=logp, old_logp=old_logp, adv=adv):
+                return {
+                    "rows": micro.rows,
+                    "logp": logp.detach().cpu(),
+                    "old_logp": old_logp.cpu(),
+                    "advantages": adv.cpu(),
+                    "mask": micro.batch.response_mask.cpu(),
+                }
 
-        self._check_finite(step, update, "loss", loss.detach(), debug)
-        loss.backward()
+            self._check_finite(step, update, "loss", loss.detach(), debug)
+            loss.backward()
+            outputs.append(out)
+            advs.append(adv)
+            losses.append(loss.item())
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # Dumped with a non-finite norm: the last micro-batch (the whole minibatch when unsplit).
         self._check_finite(step, update, "gradient norm", grad_norm, debug)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return out, adv, {**out.metrics, **extra, "loss": loss.item(), "grad_norm": grad_norm.item()}
+        out = combine_outputs(outputs)
+        extra = {"kl_ref": _total(kls)} if kls else {}
+        metrics = {**out.metrics, **extra, "loss": _total(losses), "grad_norm": grad_norm.item()}
+        return out, torch.cat(advs), metrics
+
+    @torch.no_grad()
+    def _minibatch_totals(self, minibatch: _Minibatch) -> BatchTotals:
+        """The counts every micro-batch's loss divides by: the minibatch's response tokens and
+        non-empty sequences, and, for a rule that declares it needs it, its sum of l_t under the
+        current weights (0 on policy; otherwise one forward pass without gradients)."""
+        log_ratio = None
+        if self.method.needs_log_ratio_total:
+            log_ratio = torch.zeros((), dtype=torch.float64)
+            if not minibatch.on_policy:
+                for micro in minibatch.micro:
+                    logp = token_logprobs(
+                        self.model,
+                        micro.batch,
+                        self.config.rollout.temperature,
+                        chunk_tokens=self.config.optim.logprob_chunk_tokens,
+                    )[0]
+                    mask = micro.batch.response_mask
+                    log_ratio += (
+                        torch.where(mask, logp - micro.old_logp, torch.zeros_like(logp)).sum().double().cpu()
+                    )
+        return BatchTotals.from_lengths(minibatch.response_lengths(), log_ratio)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -258,8 +258,8 @@ def test_non_finite_loss_stops_with_step_method_and_dump(tmp_path, base_model, p
     config = small_config(base_model)
     real_loss = type(config.build_method()).loss
 
-    def nan_loss(self, *args):
-        out = real_loss(self, *args)
+    def nan_loss(self, *args, **kwargs):
+        out = real_loss(self, *args, **kwargs)
         return type(out)(out.loss * float("nan"), out.seq_clip, out.seq_out, out.metrics)
 
     monkeypatch.setattr(type(config.build_method()), "loss", nan_loss)
@@ -377,14 +377,15 @@ def spy_on_loss(monkeypatch, config) -> list[dict]:
     real_loss = cls.loss
     calls = []
 
-    def recording(self, logp, old_logp, advantages, mask):
-        out = real_loss(self, logp, old_logp, advantages, mask)
+    def recording(self, logp, old_logp, advantages, mask, totals=None):
+        out = real_loss(self, logp, old_logp, advantages, mask, totals=totals)
         calls.append(
             {
                 "logp": logp.detach().clone(),
                 "old_logp": old_logp.detach().clone(),
                 "mask": mask.clone(),
                 "loss": out.loss.item(),
+                "totals": totals,
             }
         )
         return out

@@ -31,11 +31,13 @@ from typing import Any
 
 from clipbench.methods.base import (
     LOG_WEIGHT_CLAMP,
+    BatchTotals,
     ClippedUnits,
     LossOutput,
     Method,
     RolloutBatch,
     clipped_objective,
+    combine_outputs,
     hparam,
     log_band,
     masked_mean,
@@ -47,6 +49,7 @@ from clipbench.methods.base import (
 
 __all__ = [
     "LOG_WEIGHT_CLAMP",
+    "BatchTotals",
     "ClippedUnits",
     "DuplicateMethodError",
     "LossOutput",
@@ -54,6 +57,7 @@ __all__ = [
     "RolloutBatch",
     "available_methods",
     "clipped_objective",
+    "combine_outputs",
     "get_method",
     "get_method_class",
     "hparam",

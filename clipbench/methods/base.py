@@ -5,8 +5,10 @@ What lives here:
 * `Method`: the base class of every rule. A rule is a frozen dataclass whose fields are its
   hyperparameters (declared with `hparam`, which carries the field's documentation and its valid
   range); `Method.loss` validates and sanitises the inputs once, then calls the rule's `compute`.
-* `RolloutBatch`: the sanitised inputs a rule sees (log-ratios zeroed off the mask, lengths, S).
-* `LossOutput`: what every rule returns.
+* `RolloutBatch`: the sanitised inputs a rule sees (log-ratios zeroed off the mask, lengths, S),
+  with the `BatchTotals` of the minibatch it is part of.
+* `BatchTotals`: the counts a rule normalises by, over the whole minibatch of one optimizer step.
+* `LossOutput`: what every rule returns; `combine_outputs` joins the outputs of micro-batches.
 * Shared maths: masked sums and means, the PPO pessimistic min with its clip-active and
   out-of-band indicators, and the two rule skeletons (`token_level_rule`, `sequence_level_rule`)
   with their aggregations.
@@ -14,6 +16,17 @@ What lives here:
 Notation (DESIGN.md): l_t = logp_t - old_logp_t on response tokens, L = sum_t mask_t,
 S = sum_t l_t (the sequence log importance ratio), A = the sequence's advantage. Every rule
 minimises -min(w * A, clip(w) * A) per unit (token or sequence).
+
+Normalisation contract (micro-batching): the trainer may split a minibatch into micro-batches
+and accumulate their gradients before one optimizer step. A rule's loss and every metric it
+reports must then be a sum over the units of the batch it is given divided by a total of the
+whole minibatch, read from `batch.totals` (never from the batch's own counts): the micro-batch
+losses, gradients and metrics then add up to exactly those of the unsplit minibatch, whatever
+the split. Unsplit (`totals` not given), the totals are the batch's own, so nothing changes.
+A rule whose band needs a statistic of the current policy over the whole minibatch (FSPO's
+`drift="kl"`: the mean l_t) declares it with `needs_log_ratio_total`; the trainer then gathers
+the minibatch's sum of l_t before the first micro-batch's loss. tests/test_microbatch.py checks
+every registered rule split 1, 2, 3 and 7 ways.
 
 Numerical guard: every log-weight is clamped to [-LOG_WEIGHT_CLAMP, LOG_WEIGHT_CLAMP] (= +-20)
 before `exp`, so e^S never overflows (float32 overflows past e^88). The clamp sits far outside
@@ -112,11 +125,57 @@ def _check_value(owner: str, name: str, kind: type, meta: dict, value: Any) -> A
 
 
 @dataclass(frozen=True)
+class BatchTotals:
+    """Totals over the whole minibatch of one optimizer step: what a rule divides by.
+
+    tokens:    () response tokens of the minibatch (the denominator of a token mean).
+    sequences: () sequences with L > 0 (the denominator of a mean over sequences).
+    log_ratio: () sum of l_t over the minibatch's response tokens under the current weights,
+               detached; gathered only for a rule that declares `needs_log_ratio_total`
+               (reading it otherwise raises, so a rule cannot use a micro-batch's own by mistake).
+
+    `from_lengths` makes them from a minibatch's response lengths (and its sum of l_t), for
+    micro-batches; `prepare_batch` makes them from the batch itself when none are given, and casts
+    given ones to the log-ratio dtype and device.
+    """
+
+    tokens: torch.Tensor
+    sequences: torch.Tensor
+    _log_ratio: torch.Tensor | None = None
+
+    @property
+    def log_ratio(self) -> torch.Tensor:
+        if self._log_ratio is None:
+            raise RuntimeError(
+                "BatchTotals.log_ratio was not gathered: a rule that reads the minibatch's sum of "
+                "l_t must declare needs_log_ratio_total (see clipbench/methods/base.py)"
+            )
+        return self._log_ratio
+
+    @classmethod
+    def from_lengths(cls, lengths: torch.Tensor, log_ratio: torch.Tensor | None = None) -> BatchTotals:
+        """The totals of a minibatch from its (B,) response lengths L; `log_ratio` its () sum of l_t."""
+        lengths = lengths.to(torch.float64)
+        return cls(
+            tokens=lengths.sum(),
+            sequences=(lengths > 0).sum().to(torch.float64),
+            _log_ratio=None if log_ratio is None else log_ratio.detach().to(torch.float64),
+        )
+
+    def to(self, dtype: torch.dtype, device: torch.device) -> BatchTotals:
+        def cast(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.to(dtype=dtype, device=device)
+
+        return BatchTotals(cast(self.tokens), cast(self.sequences), cast(self._log_ratio))
+
+
+@dataclass(frozen=True)
 class RolloutBatch:
     """The inputs of one loss call, validated and sanitised (nothing off the mask survives).
 
     `logp` is the caller's tensor itself (gradients flow through it); `log_ratio` is l_t with
     masked positions set to exactly 0, so any sum over tokens is a sum over response tokens.
+    `totals` are the minibatch's (the batch's own when it is not a micro-batch): divide by them.
     """
 
     logp: torch.Tensor  # (B, T)
@@ -124,6 +183,7 @@ class RolloutBatch:
     advantages: torch.Tensor  # (B,)
     mask: torch.Tensor  # (B, T) bool
     lengths: torch.Tensor  # (B,) L, in the log-ratio dtype
+    totals: BatchTotals
 
     @functools.cached_property
     def seq_log_ratio(self) -> torch.Tensor:
@@ -162,10 +222,40 @@ class LossOutput:
     lengths: torch.Tensor | None = None
 
 
+def combine_outputs(outputs: list[LossOutput]) -> LossOutput:
+    """One minibatch's output from its micro-batches' (in row order), each computed with the
+    minibatch's totals: the loss (detached) and every metric summed, the per-sequence tensors
+    concatenated. A single output is returned as it is."""
+    if len(outputs) == 1:
+        return outputs[0]
+    keys = list(outputs[0].metrics)
+    if any(list(out.metrics) != keys for out in outputs):
+        raise ValueError("micro-batch outputs report different metrics")
+
+    def cat(name: str) -> torch.Tensor | None:
+        parts = [getattr(out, name) for out in outputs]
+        return None if any(part is None for part in parts) else torch.cat(parts)
+
+    return LossOutput(
+        loss=sum(out.loss.detach() for out in outputs),
+        seq_clip=cat("seq_clip"),
+        seq_out=cat("seq_out"),
+        metrics={key: sum(out.metrics[key] for out in outputs) for key in keys},
+        seq_log_ratio=cat("seq_log_ratio"),
+        lengths=cat("lengths"),
+    )
+
+
 def prepare_batch(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    totals: BatchTotals | None = None,
 ) -> RolloutBatch:
-    """Validate shapes and dtypes and zero everything off the mask (NaN and inf included)."""
+    """Validate shapes and dtypes and zero everything off the mask (NaN and inf included).
+    Without `totals` the batch is a whole minibatch: its totals are its own (the sum of l_t
+    included); given, they must cover at least the batch's own tokens and sequences."""
     if logp.dim() != 2:
         raise ValueError(f"logp must be (B, T), got shape {tuple(logp.shape)}")
     if old_logp.shape != logp.shape or mask.shape != logp.shape:
@@ -183,12 +273,28 @@ def prepare_batch(
     log_ratio = torch.where(mask, logp - old_logp.detach().to(logp.dtype), zero)
     lengths = mask.sum(dim=-1).to(logp.dtype)
     advantages = advantages.detach().to(logp.dtype)
+    if totals is None:
+        totals = BatchTotals(
+            tokens=lengths.sum(),
+            sequences=(lengths > 0).sum().to(logp.dtype),
+            _log_ratio=log_ratio.detach().sum(),
+        )
+    else:
+        totals = totals.to(logp.dtype, logp.device)
+        own_tokens, own_sequences = float(lengths.sum()), float((lengths > 0).sum())
+        if float(totals.tokens) < own_tokens or float(totals.sequences) < own_sequences:
+            raise ValueError(
+                f"totals cover {float(totals.tokens):g} tokens and {float(totals.sequences):g} sequences, "
+                f"fewer than this batch's own {own_tokens:g} and {own_sequences:g}: they must be the whole "
+                "minibatch's"
+            )
     return RolloutBatch(
         logp=logp,
         log_ratio=log_ratio,
         advantages=advantages,
         mask=mask,
         lengths=lengths,
+        totals=totals,
     )
 
 
@@ -260,15 +366,17 @@ def _fraction(indicator: torch.Tensor, count: torch.Tensor) -> float:
 
 
 def clip_metrics(units: ClippedUnits, n_units: torch.Tensor, batch: RolloutBatch) -> dict[str, float]:
-    """The metrics every rule reports, as fractions of its units (tokens or sequences).
-    The indicators must already be false on units that do not count (off the mask, empty rows)."""
+    """The metrics every rule reports, as fractions of its units (tokens or sequences): counts in
+    this batch over `n_units`, the minibatch's number of units (from `batch.totals`), so that
+    micro-batches' metrics add up to the minibatch's. The indicators must already be false on
+    units that do not count (off the mask, empty rows)."""
     with torch.no_grad():
         return {
             "clip_frac": _fraction(units.clip_active, n_units),
             "clip_frac_low": _fraction(units.clip_active & units.below, n_units),
             "clip_frac_high": _fraction(units.clip_active & units.above, n_units),
             "out_frac": _fraction(units.outside, n_units),
-            "ppo_kl": -float(batch.log_ratio.detach().sum()) / max(float(batch.lengths.sum()), 1.0),
+            "ppo_kl": -float(batch.log_ratio.detach().sum()) / max(float(batch.totals.tokens), 1.0),
         }
 
 
@@ -278,7 +386,7 @@ TOKEN_AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
 def token_level_rule(batch: RolloutBatch, low: float, high: float, aggregation: str) -> LossOutput:
     """A rule that clips each token's ratio r_t = exp(l_t) to [exp(low), exp(high)] (low < 0 < high).
 
-    aggregation:
+    aggregation (denominators from `batch.totals`, the whole minibatch's):
       token_mean:          sum over all response tokens of the batch / number of those tokens
                            (PPO; verl's "token-mean").
       seq_mean_token_mean: mean over each sequence's tokens, then mean over the sequences with
@@ -293,17 +401,17 @@ def token_level_rule(batch: RolloutBatch, low: float, high: float, aggregation: 
     units = clipped_objective(batch.log_ratio, low, high, adv)
     lengths = batch.lengths
     if aggregation == "token_mean":
-        loss = -units.objective.sum() / lengths.sum().clamp(min=1)
+        loss = -units.objective.sum() / batch.totals.tokens.clamp(min=1)
     elif aggregation == "seq_mean_token_mean":
         per_seq = -units.objective.sum(dim=-1) / lengths.clamp(min=1)
-        loss = per_seq.sum() / batch.valid.sum().clamp(min=1)
+        loss = per_seq.sum() / batch.totals.sequences.clamp(min=1)
     else:
         raise ValueError(f"aggregation={aggregation!r}: must be one of {', '.join(TOKEN_AGGREGATIONS)}")
     with torch.no_grad():
         outside = units.below | units.above
         seq_clip = units.clip_active.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
         seq_out = outside.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
-    metrics = clip_metrics(units, lengths.sum(), batch)
+    metrics = clip_metrics(units, batch.totals.tokens, batch)
     return LossOutput(loss=loss, seq_clip=seq_clip, seq_out=seq_out, metrics=metrics)
 
 
@@ -315,7 +423,8 @@ def sequence_level_rule(
 ) -> LossOutput:
     """A rule with one weight per sequence, w = exp(log_w), clipped to [exp(low), exp(high)]
     (bounds may differ per sequence). The loss is the mean of -min(w A, clip(w) A) over the
-    sequences with L > 0; rows of length 0 contribute nothing and report seq_clip = seq_out = 0."""
+    sequences with L > 0 (of the minibatch: `batch.totals.sequences`); rows of length 0
+    contribute nothing and report seq_clip = seq_out = 0."""
     valid = batch.valid
     zero = torch.zeros((), dtype=batch.log_ratio.dtype, device=batch.log_ratio.device)
     units = clipped_objective(log_w, low, high, torch.where(valid, batch.advantages, zero))
@@ -325,9 +434,9 @@ def sequence_level_rule(
         below=units.below & valid,
         above=units.above & valid,
     )
-    loss = -units.objective.sum() / valid.sum().clamp(min=1)
+    loss = -units.objective.sum() / batch.totals.sequences.clamp(min=1)
     dtype = batch.log_ratio.dtype
-    metrics = clip_metrics(units, valid.sum(), batch)
+    metrics = clip_metrics(units, batch.totals.sequences, batch)
     return LossOutput(
         loss=loss, seq_clip=units.clip_active.to(dtype), seq_out=units.outside.to(dtype), metrics=metrics
     )
@@ -354,6 +463,13 @@ class Method:
     name: ClassVar[str] = ""
     level: ClassVar[str] = ""
 
+    @property
+    def needs_log_ratio_total(self) -> bool:
+        """Whether `compute` reads `batch.totals.log_ratio` (the minibatch's sum of l_t under the
+        current weights); a micro-batching trainer then gathers it with an extra forward pass
+        without gradients. Override to return True where the rule needs it."""
+        return False
+
     def __post_init__(self) -> None:
         owner = type(self).name or type(self).__name__
         hints = typing.get_type_hints(type(self))
@@ -371,14 +487,18 @@ class Method:
         old_logp: torch.Tensor,
         advantages: torch.Tensor,
         mask: torch.Tensor,
+        totals: BatchTotals | None = None,
     ) -> LossOutput:
         """The rule's loss on a batch.
 
         logp, old_logp: (B, T) log-probs of the sampled tokens under the current and the
         behaviour policy (old_logp is treated as a constant); advantages: (B,) one per sequence;
         mask: (B, T) response tokens (bool or 0/1). Values off the mask are ignored, even NaN/inf.
+        totals: for a micro-batch, the whole minibatch's (`BatchTotals.from_lengths`, with the
+        sum of l_t when `needs_log_ratio_total`); the micro-batches' losses, gradients and
+        metrics then sum to the minibatch's. None: the batch is the whole minibatch.
         """
-        batch = prepare_batch(logp, old_logp, advantages, mask)
+        batch = prepare_batch(logp, old_logp, advantages, mask, totals)
         out = self.compute(batch)
         return dataclasses.replace(out, seq_log_ratio=batch.seq_log_ratio.detach(), lengths=batch.lengths)
 

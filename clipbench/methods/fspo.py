@@ -5,7 +5,7 @@ sqrt(L), the way the spread of S grows, so every length is clipped at the same r
     w = exp(S), S clipped to [mu L - c_low sqrt(L), mu L + c_high sqrt(L)],
     loss = mean_i -min(w_i A_i, clip(w_i) A_i)
 
-mu = 0 (drift="none", the paper's final version) or the batch's detached mean per-token l_t
+mu = 0 (drift="none", the paper's final version) or the minibatch's detached mean per-token l_t
 (drift="kl", the "KL-corrected drift" of the paper's first version: an estimate of
 -KL(pi_old || pi_theta) per token, which centres the band where S drifts). Under a Gaussian
 model S ~ N(mu L, sigma^2 L) the out-of-band probability is the same at every L.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clipbench.methods import register
-from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, masked_mean, sequence_level_rule
+from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, sequence_level_rule
 
 
 @register("fspo")
@@ -40,16 +40,21 @@ class FSPO(Method):
     )
     drift: str = hparam(
         "none",
-        help="band centre mu: 'none' (mu = 0, the paper's final version) or 'kl' (mu = detached batch mean of "
+        help="band centre mu: 'none' (mu = 0, the paper's final version) or 'kl' (mu = detached minibatch mean of "
         "l_t, the KL-corrected drift of the paper's first version)",
         choices=("none", "kl"),
     )
+
+    @property
+    def needs_log_ratio_total(self) -> bool:
+        return self.drift == "kl"  # mu is the minibatch's mean l_t
 
     def compute(self, batch: RolloutBatch) -> LossOutput:
         length = batch.lengths
         root = length.sqrt()
         if self.drift == "kl":
-            centre = masked_mean(batch.log_ratio.detach(), batch.mask) * length
+            totals = batch.totals
+            centre = totals.log_ratio / totals.tokens.clamp(min=1) * length
         else:
             centre = length.new_zeros(())
         low = centre - self.c_low * root

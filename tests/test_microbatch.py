@@ -1,0 +1,253 @@
+"""The normalisation contract of the method interface (clipbench/methods/base.py): a minibatch
+split into micro-batches, each given the minibatch's `BatchTotals`, has losses, gradients,
+metrics and per-sequence outputs that add up to exactly those of the unsplit minibatch, for every
+registered rule, whatever the split (1, 2, 3 and 7 micro-batches; rows of length 0; a micro-batch
+holding a single one-token row). A rule that normalises by its micro-batch's own counts fails."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+import torch
+from conftest import parity_reward
+
+from clipbench import artifacts, methods
+from clipbench.config import load_config
+from clipbench.methods import BatchTotals, LossOutput, Method, RolloutBatch, combine_outputs, hparam
+from clipbench.trainer import Trainer, split_by_tokens
+
+# Every registered rule at its defaults, plus FSPO with the drift that needs the minibatch's l_t
+# and GSPO with a band wide enough to keep some sequences inside it (its default puts all outside).
+CASES = [(name, {}) for name in methods.available_methods()] + [
+    ("fspo", {"drift": "kl"}),
+    ("gspo", {"eps_low": 0.05, "eps_high": 0.05}),
+]
+
+# Row lengths of the test minibatch: long and short rows, two empty rows, a one-token row that
+# the 7-way split puts alone in a micro-batch (rows 9 | 10 | 11: 1-token row 10 alone).
+LENGTHS = [17, 3, 0, 9, 25, 1, 12, 0, 6, 14, 1, 8, 20, 2]
+# Contiguous splits as the trainer makes them (row order kept): sizes of each micro-batch.
+SPLITS = {1: [14], 2: [7, 7], 3: [5, 4, 5], 7: [3, 2, 2, 2, 1, 1, 3]}
+
+
+def minibatch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 (logp, old_logp, advantages, mask): per-token log-ratios ~ N(-0.01, 0.15^2), wide
+    enough that every rule's default band clips some units and keeps others; advantages of both
+    signs; NaN and inf off the mask (ignored by contract)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, width = len(LENGTHS), max(LENGTHS) + 2
+    mask = torch.arange(width).expand(rows, width) < torch.tensor(LENGTHS).unsqueeze(1)
+    old = -torch.rand(rows, width, generator=g, dtype=torch.float64) * 3
+    logp = old + (-0.01 + 0.15 * torch.randn(rows, width, generator=g, dtype=torch.float64))
+    logp = torch.where(mask, logp, torch.full_like(logp, float("nan")))
+    old = torch.where(mask, old, torch.full_like(old, float("inf")))
+    adv = torch.randn(rows, generator=g, dtype=torch.float64)
+    return logp, old, adv, mask
+
+
+def unsplit(rule: Method, logp, old, adv, mask) -> tuple[LossOutput, torch.Tensor]:
+    leaf = logp.clone().requires_grad_(True)
+    out = rule.loss(leaf, old, adv, mask)
+    out.loss.backward()
+    return out, leaf.grad
+
+
+def split(rule: Method, logp, old, adv, mask, sizes: list[int]) -> tuple[LossOutput, torch.Tensor]:
+    """The micro-batch path: totals from the whole minibatch (its sum of l_t only when the rule
+    declares it needs it, as the trainer does), one loss and backward per micro-batch."""
+    assert sum(sizes) == logp.shape[0]
+    leaf = logp.clone().requires_grad_(True)
+    log_ratio = None
+    if rule.needs_log_ratio_total:
+        log_ratio = torch.where(mask, logp - old, torch.zeros_like(logp)).sum()
+    totals = BatchTotals.from_lengths(mask.sum(-1), log_ratio)
+    outputs, start = [], 0
+    for size in sizes:
+        rows = slice(start, start + size)
+        out = rule.loss(leaf[rows], old[rows], adv[rows], mask[rows], totals=totals)
+        out.loss.backward()
+        outputs.append(out)
+        start += size
+    return combine_outputs(outputs), leaf.grad
+
+
+def assert_same(got: tuple[LossOutput, torch.Tensor], want: tuple[LossOutput, torch.Tensor]) -> None:
+    (out, grad), (ref, ref_grad) = got, want
+    close = {"rtol": 1e-6, "atol": 1e-12}
+    torch.testing.assert_close(out.loss.detach(), ref.loss.detach(), **close)
+    torch.testing.assert_close(torch.nan_to_num(grad), torch.nan_to_num(ref_grad), **close)
+    for name in ("seq_clip", "seq_out", "seq_log_ratio", "lengths"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), **close, msg=name)
+    assert out.metrics.keys() == ref.metrics.keys()
+    for key, value in ref.metrics.items():
+        assert out.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=[f"{n}{'-' + str(p) if p else ''}" for n, p in CASES])
+@pytest.mark.parametrize("parts", sorted(SPLITS))
+def test_every_rule_split_into_microbatches_equals_the_unsplit_minibatch(name, params, parts):
+    rule = methods.get_method(name, **params)
+    batch = minibatch()
+    want = unsplit(rule, *batch)
+    # The case is worth testing: the rule clips some units and keeps the gradient of others.
+    assert 0 < want[0].metrics["clip_frac"] < 1, want[0].metrics
+    assert torch.isfinite(want[1]).all() and want[1].abs().sum() > 0
+    assert_same(split(rule, *batch, SPLITS[parts]), want)
+
+
+@dataclass(frozen=True)
+class PerMicrobatchMean(Method):
+    """The bug the contract forbids: a token mean over the micro-batch's own tokens."""
+
+    level = "token"
+    eps: float = hparam(0.2, help="half-width", gt=0, lt=1)
+
+    def compute(self, batch: RolloutBatch) -> LossOutput:
+        ratio = torch.exp(batch.log_ratio)
+        objective = torch.minimum(
+            ratio * batch.advantages[:, None], ratio.clamp(0.8, 1.2) * batch.advantages[:, None]
+        )
+        loss = -(objective * batch.mask).sum() / batch.lengths.sum().clamp(min=1)  # own count: wrong
+        zeros = torch.zeros_like(batch.lengths)
+        return LossOutput(loss=loss, seq_clip=zeros, seq_out=zeros, metrics={})
+
+
+def test_a_rule_normalising_by_its_microbatch_fails_the_check():
+    rule = PerMicrobatchMean()
+    batch = minibatch()
+    assert_same(split(rule, *batch, SPLITS[1]), unsplit(rule, *batch))  # unsplit, it agrees
+    with pytest.raises(AssertionError):
+        assert_same(split(rule, *batch, SPLITS[3]), unsplit(rule, *batch))
+
+
+def test_the_minibatch_sum_of_l_t_must_be_declared_to_be_read():
+    logp, old, adv, mask = minibatch()
+    totals = BatchTotals.from_lengths(mask.sum(-1))  # the sum of l_t not gathered
+    with pytest.raises(RuntimeError, match="needs_log_ratio_total"):
+        methods.get_method("fspo", drift="kl").loss(logp[:5], old[:5], adv[:5], mask[:5], totals=totals)
+    assert methods.get_method("fspo", drift="kl").needs_log_ratio_total
+    assert not methods.get_method("fspo").needs_log_ratio_total
+    methods.get_method("fspo").loss(logp[:5], old[:5], adv[:5], mask[:5], totals=totals)  # mu = 0: fine
+
+
+def test_totals_smaller_than_the_batch_are_refused():
+    logp, old, adv, mask = minibatch()
+    small = BatchTotals.from_lengths(mask[:3].sum(-1))
+    with pytest.raises(ValueError, match="whole minibatch"):
+        methods.get_method("ppo").loss(logp, old, adv, mask, totals=small)
+
+
+def test_totals_of_a_minibatch_by_hand():
+    totals = BatchTotals.from_lengths(torch.tensor([2, 0, 1]), torch.tensor(-0.5))
+    assert (float(totals.tokens), float(totals.sequences), float(totals.log_ratio)) == (3.0, 2.0, -0.5)
+
+
+def test_combining_outputs():
+    one = LossOutput(torch.tensor(1.0), torch.tensor([0.5]), torch.tensor([1.0]), {"m": -0.0})
+    assert combine_outputs([one]) is one  # unsplit: untouched (-0.0 stays -0.0 in metrics.jsonl)
+    two = LossOutput(torch.tensor(2.0), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]), {"m": 0.25})
+    both = combine_outputs([one, two])
+    assert float(both.loss) == 3.0 and both.metrics == {"m": 0.25}
+    assert both.seq_clip.tolist() == [0.5, 0.0, 1.0] and both.seq_out.tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="different metrics"):
+        combine_outputs([one, LossOutput(torch.tensor(0.0), one.seq_clip, one.seq_out, {"n": 1.0})])
+
+
+# --------------------------------------------------------------------------- the trainer's split
+
+
+def test_split_by_tokens_by_hand():
+    assert split_by_tokens([5, 3, 9], None) == [[0, 1, 2]]
+    assert split_by_tokens([5, 3, 9], 100) == [[0, 1, 2]]
+    # 5 + 3 fit in 8; 9 is over the budget: alone; 2 + 4 fit; order kept throughout.
+    assert split_by_tokens([5, 3, 9, 2, 4], 8) == [[0, 1], [2], [3, 4]]
+    assert split_by_tokens([4, 4, 4], 4) == [[0], [1], [2]]
+    assert split_by_tokens([], 8) == []
+
+
+def run_config(base_model: str, method: str, params: dict, budget: int | None, kl_beta: float = 0.0):
+    return load_config(
+        {
+            "model": base_model,
+            "method": method,
+            "method_params": params,
+            "steps": 1,
+            "data": {"n": 40},
+            "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 24},
+            "optim": {"lr": 3e-3, "minibatches": 2, "epochs": 2, "max_tokens_per_microbatch": budget},
+            "kl_beta": kl_beta,
+        }
+    )
+
+
+def loss_calls(monkeypatch, method: Method) -> list[BatchTotals | None]:
+    """The `totals` of every call of the rule's loss."""
+    cls, seen = type(method), []
+    real = cls.loss
+
+    def spy(self, *args, totals=None):
+        seen.append(totals)
+        return real(self, *args, totals=totals)
+
+    monkeypatch.setattr(cls, "loss", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "kl_beta"),
+    [("grpo", {}, 0.0), ("ppo", {}, 0.5), ("fspo", {"c_low": 0.05, "c_high": 0.05, "drift": "kl"}, 0.0)],
+)
+def test_a_step_split_into_microbatches_is_the_unsplit_step(
+    tmp_path, base_model, parity, monkeypatch, method, params, kl_beta
+):
+    """One RL step (2 minibatches x 2 epochs: on- and off-policy updates) with every minibatch
+    split into micro-batches of at most 40 packed tokens gives the metrics, clip records and
+    gradients of the same step unsplit, for a token mean, a sequence mean of token means with the
+    KL penalty, and FSPO's drift (the minibatch's mean l_t, gathered before the first loss)."""
+    runs, grads = {}, {}
+    real_clip = torch.nn.utils.clip_grad_norm_
+    for budget in (None, 40):
+        config = run_config(base_model, method, params, budget, kl_beta)
+        calls = loss_calls(monkeypatch, config.build_method())
+        grads[budget] = []
+
+        def watch(parameters, max_norm, seen=grads[budget]):
+            parameters = list(parameters)
+            seen.append(torch.cat([p.grad.flatten() for p in parameters if p.grad is not None]).clone())
+            return real_clip(parameters, max_norm)
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", watch)
+        trainer = Trainer(config, tmp_path / f"run_{budget}", progress=False)
+        trainer.run()
+        monkeypatch.undo()
+        monkeypatch.setattr(Trainer, "_score", parity_reward)
+        runs[budget] = (trainer, calls)
+    (whole, whole_calls), (split_run, split_calls) = runs[None], runs[40]
+    updates = 2 * 2
+    assert len(whole_calls) == updates and all(t is None for t in whole_calls)
+    assert len(split_calls) >= 3 * updates, "the budget should split each minibatch at least 3 ways"
+    assert all(isinstance(t, BatchTotals) for t in split_calls)
+    if params.get("drift") == "kl":
+        assert all(t._log_ratio is not None for t in split_calls)
+
+    def metrics(trainer):
+        return json.loads((trainer.run_dir / "metrics.jsonl").read_text())
+
+    want, got = metrics(whole), metrics(split_run)
+    assert want.keys() == got.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    if kl_beta:
+        assert want["kl_ref"] > 0
+    records = [artifacts.read_clip_records(trainer.run_dir) for trainer in (whole, split_run)]
+    pd.testing.assert_frame_equal(
+        records[0].drop(columns="S"), records[1].drop(columns="S"), check_exact=False, rtol=1e-4, atol=1e-6
+    )
+    assert (records[0]["S"] - records[1]["S"]).abs().max() < 1e-4
+    # Gradients, update by update, as clipping saw them (the two runs round differently in float32,
+    # and later updates start from weights that differ by as much through AdamW).
+    for update, (a, b) in enumerate(zip(grads[None], grads[40], strict=True)):
+        assert float((a - b).norm() / a.norm()) < 1e-4, update
