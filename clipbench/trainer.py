@@ -66,7 +66,7 @@ from clipbench.config import ConfigError, DataConfig, TrainConfig, load_config, 
 from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
 from clipbench.errors import UserError
 from clipbench.logprobs import TokenBatch, collate, token_logprobs
-from clipbench.methods import BatchTotals, LossOutput, combine_outputs
+from clipbench.methods import BatchTotals, LossOutput, combine_outputs, prepare_batch, sum_statistics
 from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
 
@@ -873,7 +873,7 @@ class Trainer:
         advantages (in its row order) and the update's metrics."""
         cfg = self.config
         on_policy = minibatch.on_policy
-        totals = self._minibatch_totals(minibatch) if len(minibatch.micro) > 1 else None
+        totals = self._minibatch_totals(minibatch, advantages) if len(minibatch.micro) > 1 else None
         outputs, advs, losses, kls = [], [], [], []
         for micro in minibatch.micro:
             batch = micro.batch
@@ -925,26 +925,33 @@ class Trainer:
         return out, torch.cat(advs), metrics
 
     @torch.no_grad()
-    def _minibatch_totals(self, minibatch: _Minibatch) -> BatchTotals:
+    def _minibatch_totals(self, minibatch: _Minibatch, advantages: torch.Tensor) -> BatchTotals:
         """The counts every micro-batch's loss divides by: the minibatch's response tokens and
-        non-empty sequences, and, for a rule that declares it needs it, its sum of l_t under the
-        current weights (0 on policy; otherwise one forward pass without gradients)."""
-        log_ratio = None
-        if self.method.needs_log_ratio_total:
-            log_ratio = torch.zeros((), dtype=torch.float64)
-            if not minibatch.on_policy:
-                for micro in minibatch.micro:
+        non-empty sequences, and, for a rule that declares it needs them, its statistics under the
+        current weights, summed over the micro-batches (on policy l_t = 0: no forward pass;
+        otherwise one forward pass without gradients)."""
+        statistics = None
+        if self.method.needs_minibatch_statistics:
+            cfg = self.config
+            parts = []
+            for micro in minibatch.micro:
+                mask = micro.batch.response_mask
+                adv = advantages[micro.rows].to(device=cfg.device, dtype=torch.float64)
+                if minibatch.on_policy:
+                    logp = old_logp = torch.zeros(mask.shape, dtype=torch.float64, device=mask.device)
+                else:
+                    old_logp = micro.old_logp
                     logp = token_logprobs(
                         self.model,
                         micro.batch,
-                        self.config.rollout.temperature,
-                        chunk_tokens=self.config.optim.logprob_chunk_tokens,
+                        cfg.rollout.temperature,
+                        chunk_tokens=cfg.optim.logprob_chunk_tokens,
                     )[0]
-                    mask = micro.batch.response_mask
-                    log_ratio += (
-                        torch.where(mask, logp - micro.old_logp, torch.zeros_like(logp)).sum().double().cpu()
-                    )
-        return BatchTotals.from_lengths(minibatch.response_lengths(), log_ratio)
+                parts.append(
+                    self.method.minibatch_statistics(prepare_batch(logp, old_logp, adv.to(logp.dtype), mask))
+                )
+            statistics = sum_statistics(parts)
+        return BatchTotals.from_lengths(minibatch.response_lengths(), statistics)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -16,7 +16,16 @@ from conftest import parity_reward
 
 from clipbench import artifacts, methods
 from clipbench.config import load_config
-from clipbench.methods import BatchTotals, LossOutput, Method, RolloutBatch, combine_outputs, hparam
+from clipbench.methods import (
+    BatchTotals,
+    LossOutput,
+    Method,
+    RolloutBatch,
+    combine_outputs,
+    hparam,
+    prepare_batch,
+    sum_statistics,
+)
 from clipbench.trainer import Trainer, split_by_tokens
 
 # Every registered rule at its defaults, plus FSPO with the drift that needs the minibatch's l_t
@@ -56,14 +65,22 @@ def unsplit(rule: Method, logp, old, adv, mask) -> tuple[LossOutput, torch.Tenso
 
 
 def split(rule: Method, logp, old, adv, mask, sizes: list[int]) -> tuple[LossOutput, torch.Tensor]:
-    """The micro-batch path: totals from the whole minibatch (its sum of l_t only when the rule
-    declares it needs it, as the trainer does), one loss and backward per micro-batch."""
+    """The micro-batch path as the trainer takes it: totals from the whole minibatch (with the
+    rule's statistics, summed over the micro-batches, when it declares it needs them), then one
+    loss and backward per micro-batch."""
     assert sum(sizes) == logp.shape[0]
     leaf = logp.clone().requires_grad_(True)
-    log_ratio = None
-    if rule.needs_log_ratio_total:
-        log_ratio = torch.where(mask, logp - old, torch.zeros_like(logp)).sum()
-    totals = BatchTotals.from_lengths(mask.sum(-1), log_ratio)
+    statistics = None
+    if rule.needs_minibatch_statistics:
+        parts, start = [], 0
+        for size in sizes:
+            rows = slice(start, start + size)
+            parts.append(
+                rule.minibatch_statistics(prepare_batch(logp[rows], old[rows], adv[rows], mask[rows]))
+            )
+            start += size
+        statistics = sum_statistics(parts)
+    totals = BatchTotals.from_lengths(mask.sum(-1), statistics)
     outputs, start = [], 0
     for size in sizes:
         rows = slice(start, start + size)
@@ -123,13 +140,13 @@ def test_a_rule_normalising_by_its_microbatch_fails_the_check():
         assert_same(split(rule, *batch, SPLITS[3]), unsplit(rule, *batch))
 
 
-def test_the_minibatch_sum_of_l_t_must_be_declared_to_be_read():
+def test_minibatch_statistics_must_be_declared_to_be_read():
     logp, old, adv, mask = minibatch()
-    totals = BatchTotals.from_lengths(mask.sum(-1))  # the sum of l_t not gathered
-    with pytest.raises(RuntimeError, match="needs_log_ratio_total"):
+    totals = BatchTotals.from_lengths(mask.sum(-1))  # statistics not gathered
+    with pytest.raises(RuntimeError, match="needs_minibatch_statistics"):
         methods.get_method("fspo", drift="kl").loss(logp[:5], old[:5], adv[:5], mask[:5], totals=totals)
-    assert methods.get_method("fspo", drift="kl").needs_log_ratio_total
-    assert not methods.get_method("fspo").needs_log_ratio_total
+    assert methods.get_method("fspo", drift="kl").needs_minibatch_statistics
+    assert not methods.get_method("fspo").needs_minibatch_statistics
     methods.get_method("fspo").loss(logp[:5], old[:5], adv[:5], mask[:5], totals=totals)  # mu = 0: fine
 
 
@@ -141,8 +158,15 @@ def test_totals_smaller_than_the_batch_are_refused():
 
 
 def test_totals_of_a_minibatch_by_hand():
-    totals = BatchTotals.from_lengths(torch.tensor([2, 0, 1]), torch.tensor(-0.5))
-    assert (float(totals.tokens), float(totals.sequences), float(totals.log_ratio)) == (3.0, 2.0, -0.5)
+    totals = BatchTotals.from_lengths(torch.tensor([2, 0, 1]), {"x": torch.tensor(-0.5)})
+    assert (float(totals.tokens), float(totals.sequences), float(totals.statistics["x"])) == (3.0, 2.0, -0.5)
+    parts = [
+        {"x": torch.tensor(1.0), "y": torch.tensor(2.0)},
+        {"x": torch.tensor(0.5), "y": torch.tensor(-1.0)},
+    ]
+    assert {k: float(v) for k, v in sum_statistics(parts).items()} == {"x": 1.5, "y": 1.0}
+    with pytest.raises(ValueError, match="different names"):
+        sum_statistics([{"x": torch.tensor(1.0)}, {"y": torch.tensor(1.0)}])
 
 
 def test_combining_outputs():
@@ -231,7 +255,7 @@ def test_a_step_split_into_microbatches_is_the_unsplit_step(
     assert len(split_calls) >= 3 * updates, "the budget should split each minibatch at least 3 ways"
     assert all(isinstance(t, BatchTotals) for t in split_calls)
     if params.get("drift") == "kl":
-        assert all(t._log_ratio is not None for t in split_calls)
+        assert all(t._statistics is not None for t in split_calls)
 
     def metrics(trainer):
         return json.loads((trainer.run_dir / "metrics.jsonl").read_text())

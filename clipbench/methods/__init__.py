@@ -44,6 +44,7 @@ from clipbench.methods.base import (
     masked_sum,
     prepare_batch,
     sequence_level_rule,
+    sum_statistics,
     token_level_rule,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "prepare_batch",
     "register",
     "sequence_level_rule",
+    "sum_statistics",
     "token_level_rule",
 ]
 

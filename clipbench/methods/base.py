@@ -24,9 +24,10 @@ whole minibatch, read from `batch.totals` (never from the batch's own counts): t
 losses, gradients and metrics then add up to exactly those of the unsplit minibatch, whatever
 the split. Unsplit (`totals` not given), the totals are the batch's own, so nothing changes.
 A rule whose band needs a statistic of the current policy over the whole minibatch (FSPO's
-`drift="kl"`: the mean l_t) declares it with `needs_log_ratio_total`; the trainer then gathers
-the minibatch's sum of l_t before the first micro-batch's loss. tests/test_microbatch.py checks
-every registered rule split 1, 2, 3 and 7 ways.
+`drift="kl"`: the mean l_t) declares it with `needs_minibatch_statistics` and computes it, as
+sums that add over micro-batches, in `minibatch_statistics`; the trainer gathers them over the
+minibatch before the first micro-batch's loss (`batch.totals.statistics`).
+tests/test_microbatch.py checks every registered rule split 1, 2, 3 and 7 ways.
 
 Numerical guard: every log-weight is clamped to [-LOG_WEIGHT_CLAMP, LOG_WEIGHT_CLAMP] (= +-20)
 before `exp`, so e^S never overflows (float32 overflows past e^88). The clamp sits far outside
@@ -128,45 +129,49 @@ def _check_value(owner: str, name: str, kind: type, meta: dict, value: Any) -> A
 class BatchTotals:
     """Totals over the whole minibatch of one optimizer step: what a rule divides by.
 
-    tokens:    () response tokens of the minibatch (the denominator of a token mean).
-    sequences: () sequences with L > 0 (the denominator of a mean over sequences).
-    log_ratio: () sum of l_t over the minibatch's response tokens under the current weights,
-               detached; gathered only for a rule that declares `needs_log_ratio_total`
-               (reading it otherwise raises, so a rule cannot use a micro-batch's own by mistake).
+    tokens:     () response tokens of the minibatch (the denominator of a token mean).
+    sequences:  () sequences with L > 0 (the denominator of a mean over sequences).
+    statistics: the minibatch's sums that the rule's `minibatch_statistics` computes (under the
+                current weights, detached); gathered only for a rule that declares
+                `needs_minibatch_statistics` (reading them otherwise raises, so a rule cannot use
+                a micro-batch's own by mistake).
 
-    `from_lengths` makes them from a minibatch's response lengths (and its sum of l_t), for
-    micro-batches; `prepare_batch` makes them from the batch itself when none are given, and casts
-    given ones to the log-ratio dtype and device.
+    `from_lengths` makes them from a minibatch's response lengths (and its statistics), for
+    micro-batches; `Method.loss` makes them from the batch itself when none are given, and
+    `prepare_batch` casts given ones to the log-ratio dtype and device.
     """
 
     tokens: torch.Tensor
     sequences: torch.Tensor
-    _log_ratio: torch.Tensor | None = None
+    _statistics: dict[str, torch.Tensor] | None = None
 
     @property
-    def log_ratio(self) -> torch.Tensor:
-        if self._log_ratio is None:
+    def statistics(self) -> dict[str, torch.Tensor]:
+        if self._statistics is None:
             raise RuntimeError(
-                "BatchTotals.log_ratio was not gathered: a rule that reads the minibatch's sum of "
-                "l_t must declare needs_log_ratio_total (see clipbench/methods/base.py)"
+                "BatchTotals.statistics were not gathered: a rule that reads statistics of the whole "
+                "minibatch must declare needs_minibatch_statistics (see clipbench/methods/base.py)"
             )
-        return self._log_ratio
+        return self._statistics
 
     @classmethod
-    def from_lengths(cls, lengths: torch.Tensor, log_ratio: torch.Tensor | None = None) -> BatchTotals:
-        """The totals of a minibatch from its (B,) response lengths L; `log_ratio` its () sum of l_t."""
+    def from_lengths(
+        cls, lengths: torch.Tensor, statistics: dict[str, torch.Tensor] | None = None
+    ) -> BatchTotals:
+        """The totals of a minibatch from its (B,) response lengths L and its statistics (sums)."""
         lengths = lengths.to(torch.float64)
         return cls(
             tokens=lengths.sum(),
             sequences=(lengths > 0).sum().to(torch.float64),
-            _log_ratio=None if log_ratio is None else log_ratio.detach().to(torch.float64),
+            _statistics=None if statistics is None else {k: v.detach() for k, v in statistics.items()},
         )
 
     def to(self, dtype: torch.dtype, device: torch.device) -> BatchTotals:
-        def cast(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.to(dtype=dtype, device=device)
+        def cast(x: torch.Tensor) -> torch.Tensor:
+            return x.to(dtype=dtype, device=device)
 
-        return BatchTotals(cast(self.tokens), cast(self.sequences), cast(self._log_ratio))
+        statistics = None if self._statistics is None else {k: cast(v) for k, v in self._statistics.items()}
+        return BatchTotals(cast(self.tokens), cast(self.sequences), statistics)
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,15 @@ def combine_outputs(outputs: list[LossOutput]) -> LossOutput:
     )
 
 
+def sum_statistics(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A minibatch's statistics from its micro-batches' (`Method.minibatch_statistics`): each
+    summed, in float64 on the CPU."""
+    keys = list(parts[0]) if parts else []
+    if any(list(part) != keys for part in parts):
+        raise ValueError("micro-batches' statistics have different names")
+    return {key: sum(part[key].detach().double().cpu() for part in parts) for key in keys}
+
+
 def prepare_batch(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -254,8 +268,9 @@ def prepare_batch(
     totals: BatchTotals | None = None,
 ) -> RolloutBatch:
     """Validate shapes and dtypes and zero everything off the mask (NaN and inf included).
-    Without `totals` the batch is a whole minibatch: its totals are its own (the sum of l_t
-    included); given, they must cover at least the batch's own tokens and sequences."""
+    Without `totals` the batch is a whole minibatch: its totals are its own counts (statistics
+    not gathered: `Method.loss` adds the rule's); given, they must cover at least the batch's own
+    tokens and sequences."""
     if logp.dim() != 2:
         raise ValueError(f"logp must be (B, T), got shape {tuple(logp.shape)}")
     if old_logp.shape != logp.shape or mask.shape != logp.shape:
@@ -274,11 +289,7 @@ def prepare_batch(
     lengths = mask.sum(dim=-1).to(logp.dtype)
     advantages = advantages.detach().to(logp.dtype)
     if totals is None:
-        totals = BatchTotals(
-            tokens=lengths.sum(),
-            sequences=(lengths > 0).sum().to(logp.dtype),
-            _log_ratio=log_ratio.detach().sum(),
-        )
+        totals = BatchTotals(tokens=lengths.sum(), sequences=(lengths > 0).sum().to(logp.dtype))
     else:
         totals = totals.to(logp.dtype, logp.device)
         own_tokens, own_sequences = float(lengths.sum()), float((lengths > 0).sum())
@@ -464,11 +475,19 @@ class Method:
     level: ClassVar[str] = ""
 
     @property
-    def needs_log_ratio_total(self) -> bool:
-        """Whether `compute` reads `batch.totals.log_ratio` (the minibatch's sum of l_t under the
-        current weights); a micro-batching trainer then gathers it with an extra forward pass
-        without gradients. Override to return True where the rule needs it."""
+    def needs_minibatch_statistics(self) -> bool:
+        """Whether `compute` reads `batch.totals.statistics` (sums over the whole minibatch under
+        the current weights, from `minibatch_statistics`); a micro-batching trainer then gathers
+        them with an extra forward pass without gradients. Override to return True where the
+        rule needs them (and implement `minibatch_statistics`)."""
         return False
+
+    def minibatch_statistics(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The sums over `batch` (detached () tensors; the minibatch's is the sum of its
+        micro-batches') that the rule's `compute` reads from `batch.totals.statistics`. A
+        function of `log_ratio`, `mask`, `lengths` and `advantages` only (on policy the trainer
+        gives it l_t = 0 without a forward pass), never of `batch.totals`."""
+        raise NotImplementedError(f"{type(self).__name__} declares no minibatch statistics")
 
     def __post_init__(self) -> None:
         owner = type(self).name or type(self).__name__
@@ -495,10 +514,14 @@ class Method:
         behaviour policy (old_logp is treated as a constant); advantages: (B,) one per sequence;
         mask: (B, T) response tokens (bool or 0/1). Values off the mask are ignored, even NaN/inf.
         totals: for a micro-batch, the whole minibatch's (`BatchTotals.from_lengths`, with the
-        sum of l_t when `needs_log_ratio_total`); the micro-batches' losses, gradients and
-        metrics then sum to the minibatch's. None: the batch is the whole minibatch.
+        rule's `minibatch_statistics` when it `needs_minibatch_statistics`); the micro-batches'
+        losses, gradients and metrics then sum to the minibatch's. None: the batch is the whole
+        minibatch.
         """
         batch = prepare_batch(logp, old_logp, advantages, mask, totals)
+        if totals is None and self.needs_minibatch_statistics:
+            own = dataclasses.replace(batch.totals, _statistics=self.minibatch_statistics(batch))
+            batch = dataclasses.replace(batch, totals=own)
         out = self.compute(batch)
         return dataclasses.replace(out, seq_log_ratio=batch.seq_log_ratio.detach(), lengths=batch.lengths)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from clipbench.methods import register
 from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, sequence_level_rule
 
@@ -46,15 +48,18 @@ class FSPO(Method):
     )
 
     @property
-    def needs_log_ratio_total(self) -> bool:
+    def needs_minibatch_statistics(self) -> bool:
         return self.drift == "kl"  # mu is the minibatch's mean l_t
+
+    def minibatch_statistics(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        return {"log_ratio": batch.log_ratio.detach().sum()}  # sum of l_t over the response tokens
 
     def compute(self, batch: RolloutBatch) -> LossOutput:
         length = batch.lengths
         root = length.sqrt()
         if self.drift == "kl":
             totals = batch.totals
-            centre = totals.log_ratio / totals.tokens.clamp(min=1) * length
+            centre = totals.statistics["log_ratio"] / totals.tokens.clamp(min=1) * length
         else:
             centre = length.new_zeros(())
         low = centre - self.c_low * root
