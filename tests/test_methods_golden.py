@@ -88,6 +88,66 @@ def test_grpo_golden():
     assert_close(grad, [[-1 / 9, -1.2 / 9, 0.0], [0.0, 0.5, 0.0], [0.0] * 3, [0.0] * 3])
 
 
+@pytest.mark.parametrize("rule", ["ppo", "grpo"])
+def test_token_sum_aggregations_golden(rule):
+    # seq_mean_token_sum: token sums per sequence (row0 -3.4, row1 4.6, row2 0) averaged over the 3
+    # non-empty rows: 1.2 / 3; d loss / d logp_t = -A r_t / 3: row0 [-1/3, -0.4, 0], row1 [0, 1, 0].
+    out, grad = run(
+        methods.get_method(rule, aggregation="seq_mean_token_sum"),
+        TOKEN_LOGP,
+        TOKEN_OLD,
+        TOKEN_ADV,
+        TOKEN_MASK,
+    )
+    assert_close(out.loss, 0.4)
+    assert_close(grad, [[-1 / 3, -0.4, 0.0], [0.0, 1.0, 0.0], [0.0] * 3, [0.0] * 3])
+    assert out.metrics == pytest.approx(TOKEN_METRICS)  # the indicators do not depend on it
+    # Dr. GRPO: the same divided by the constant 4 (no 1 / L_i anywhere).
+    sum_norm = methods.get_method(rule, aggregation="seq_mean_token_sum_norm", norm_tokens=4)
+    out, grad = run(sum_norm, TOKEN_LOGP, TOKEN_OLD, TOKEN_ADV, TOKEN_MASK)
+    assert_close(out.loss, 0.1)
+    assert_close(grad, [[-1 / 12, -0.1, 0.0], [0.0, 0.25, 0.0], [0.0] * 3, [0.0] * 3])
+
+
+def test_dual_clip_golden():
+    # c = 1.4: row1 token1 (A = -2, r = 1.5 > 1.4) now gets the constant 1.4 * -2 = -2.8 (loss +2.8,
+    # not 3.0) and no gradient; row2 token0 (r = 2 > 1.4 but A = 0) and the A > 0 tokens are as
+    # before. token-mean: (-1 - 1.2 - 1.2 + 1.6 + 2.8 + 0) / 8 = 1.0 / 8.
+    out, grad = run(methods.get_method("ppo", clip_ratio_c=1.4), TOKEN_LOGP, TOKEN_OLD, TOKEN_ADV, TOKEN_MASK)
+    assert_close(out.loss, 1.0 / 8)
+    assert_close(grad, [[-0.125, -0.15, 0.0], [0.0, 0.0, 0.0], [0.0] * 3, [0.0] * 3])
+    # Active: row0 t2 (high), row1 t0 (low), row1 t1 (dual: above the band, high side).
+    assert_close(out.seq_clip, [1 / 3, 1.0, 0.0, 0.0])
+    assert_close(out.seq_out, TOKEN_SEQ_OUT)
+    assert out.metrics == pytest.approx(
+        {**TOKEN_METRICS, "clip_frac": 3 / 8, "clip_frac_high": 2 / 8, "clip_frac_dual": 1 / 8}
+    )
+    # c = 3 is beyond every ratio here: the same as no dual-clip (plus its zero metric).
+    out3, grad3 = run(
+        methods.get_method("ppo", clip_ratio_c=3.0), TOKEN_LOGP, TOKEN_OLD, TOKEN_ADV, TOKEN_MASK
+    )
+    assert_close(out3.loss, 1.2 / 8)
+    assert out3.metrics == pytest.approx({**TOKEN_METRICS, "clip_frac_dual": 0.0})
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"aggregation": "seq_mean_token_sum_norm"},
+            "ppo.norm_tokens: required by aggregation='seq_mean_token_sum_norm'",
+        ),
+        ({"norm_tokens": 4}, "ppo.norm_tokens=4.0: only aggregation='seq_mean_token_sum_norm' uses it"),
+        ({"clip_ratio_c": 1.1}, r"ppo.clip_ratio_c=1.1: must be >= 1 \+ eps_high = 1.2"),
+        ({"clip_ratio_c": 1.0}, r"ppo.clip_ratio_c=1.0: must be in \(1, inf\)"),
+        ({"aggregation": "token_sum"}, "ppo.aggregation='token_sum': must be one of 'token_mean'"),
+    ],
+)
+def test_token_rule_options_are_checked(params, message):
+    with pytest.raises(ValueError, match=message):
+        methods.get_method("ppo", **params)
+
+
 def test_grpo_clip_higher_moves_only_the_upper_bound():
     # eps_high = 0.6: r = 1.5 is now inside on the high side; r = 0.5 stays clipped below.
     out, _ = run(methods.get_method("grpo", eps_high=0.6), TOKEN_LOGP, TOKEN_OLD, TOKEN_ADV, TOKEN_MASK)

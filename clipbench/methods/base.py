@@ -91,8 +91,14 @@ def _range_text(meta: dict) -> str:
 
 
 def _check_value(owner: str, name: str, kind: type, meta: dict, value: Any) -> Any:
-    """Type-check and range-check one hyperparameter; return it coerced (int -> float)."""
+    """Type-check and range-check one hyperparameter; return it coerced (int -> float). A field
+    typed `X | None` accepts None (the option is off) or a valid X."""
     where = f"{owner}.{name}={value!r}"
+    args = typing.get_args(kind)
+    if type(None) in args:
+        if value is None:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}: must be a number")
@@ -391,17 +397,61 @@ def clip_metrics(units: ClippedUnits, n_units: torch.Tensor, batch: RolloutBatch
         }
 
 
-TOKEN_AGGREGATIONS = ("token_mean", "seq_mean_token_mean")
+TOKEN_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 
 
-def token_level_rule(batch: RolloutBatch, low: float, high: float, aggregation: str) -> LossOutput:
-    """A rule that clips each token's ratio r_t = exp(l_t) to [exp(low), exp(high)] (low < 0 < high).
+def aggregate_tokens(
+    losses: torch.Tensor, batch: RolloutBatch, aggregation: str, norm_tokens: float | None = None
+) -> torch.Tensor:
+    """A (B, T) per-token loss (zero off the mask) to the scalar the optimizer sees, kept apart from
+    every rule (verl's `agg_loss`); every denominator is the minibatch's (`batch.totals`):
 
-    aggregation (denominators from `batch.totals`, the whole minibatch's):
-      token_mean:          sum over all response tokens of the batch / number of those tokens
-                           (PPO; verl's "token-mean").
-      seq_mean_token_mean: mean over each sequence's tokens, then mean over the sequences with
-                           L > 0 (GRPO; verl's "seq-mean-token-mean").
+      token_mean:              sum over all response tokens / their number (PPO, DAPO;
+                               verl "token-mean"): a long response weighs more in total.
+      seq_mean_token_mean:     each sequence's token mean, then the mean over the sequences with
+                               L > 0 (GRPO; verl "seq-mean-token-mean"): every response weighs the same.
+      seq_mean_token_sum:      each sequence's token sum, then the mean over the sequences with
+                               L > 0 (verl "seq-mean-token-sum").
+      seq_mean_token_sum_norm: seq_mean_token_sum divided by the constant `norm_tokens` (Dr. GRPO,
+                               Liu et al. 2025, arXiv 2503.20783, sec. 3.1: the 1/|o_i| of GRPO
+                               replaced by a constant, e.g. the generation budget; verl
+                               "seq-mean-token-sum-norm" with `loss_scale_factor`). Required here,
+                               never the batch's padded width (which a micro-batch changes).
+    """
+    totals = batch.totals
+    if aggregation == "token_mean":
+        return losses.sum() / totals.tokens.clamp(min=1)
+    if aggregation == "seq_mean_token_mean":
+        per_seq = losses.sum(dim=-1) / batch.lengths.clamp(min=1)
+        return per_seq.sum() / totals.sequences.clamp(min=1)
+    if aggregation in ("seq_mean_token_sum", "seq_mean_token_sum_norm"):
+        loss = losses.sum(dim=-1).sum() / totals.sequences.clamp(min=1)
+        if aggregation == "seq_mean_token_sum":
+            return loss
+        if norm_tokens is None:
+            raise ValueError("aggregation='seq_mean_token_sum_norm' needs norm_tokens (Dr. GRPO's constant)")
+        return loss / norm_tokens
+    raise ValueError(f"aggregation={aggregation!r}: must be one of {', '.join(TOKEN_AGGREGATIONS)}")
+
+
+def token_level_rule(
+    batch: RolloutBatch,
+    low: float,
+    high: float,
+    aggregation: str,
+    *,
+    clip_ratio_c: float | None = None,
+    norm_tokens: float | None = None,
+) -> LossOutput:
+    """A rule that clips each token's ratio r_t = exp(l_t) to [exp(low), exp(high)] (low < 0 < high),
+    aggregated by `aggregate_tokens(..., aggregation, norm_tokens)`.
+
+    clip_ratio_c: dual-clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep
+    RL", arXiv 1912.09729, eq. 4; verl's `clip_ratio_c`): for A < 0 the objective is also bounded
+    below by c A, so a token with r_t > c (far above the band, where PPO's min keeps the
+    unbounded r_t A) gets the constant c A and no gradient: it counts as clip-active, on the high
+    side. Must be >= exp(high) (verl asks only c > 1; a c inside the band would clip in-band
+    tokens). None: off.
     """
     if not low < 0 < high:
         raise ValueError(f"token_level_rule: the band [{low}, {high}] on l_t must contain 0")
@@ -410,20 +460,83 @@ def token_level_rule(batch: RolloutBatch, low: float, high: float, aggregation: 
     zero = torch.zeros((), dtype=batch.log_ratio.dtype, device=batch.log_ratio.device)
     adv = torch.where(batch.mask, batch.advantages.unsqueeze(-1), zero)
     units = clipped_objective(batch.log_ratio, low, high, adv)
+    extra = {}
+    if clip_ratio_c is not None:
+        if math.log(clip_ratio_c) < high:
+            raise ValueError(
+                f"clip_ratio_c={clip_ratio_c} must be >= the band's upper ratio {math.exp(high):g}"
+            )
+        dual = (adv < 0) & (batch.log_ratio > math.log(clip_ratio_c))
+        units = ClippedUnits(
+            objective=torch.where(dual, clip_ratio_c * adv, units.objective),
+            clip_active=units.clip_active | dual,
+            below=units.below,
+            above=units.above,
+        )
+        extra["clip_frac_dual"] = _fraction(dual, batch.totals.tokens)
+    loss = aggregate_tokens(-units.objective, batch, aggregation, norm_tokens)
     lengths = batch.lengths
-    if aggregation == "token_mean":
-        loss = -units.objective.sum() / batch.totals.tokens.clamp(min=1)
-    elif aggregation == "seq_mean_token_mean":
-        per_seq = -units.objective.sum(dim=-1) / lengths.clamp(min=1)
-        loss = per_seq.sum() / batch.totals.sequences.clamp(min=1)
-    else:
-        raise ValueError(f"aggregation={aggregation!r}: must be one of {', '.join(TOKEN_AGGREGATIONS)}")
     with torch.no_grad():
         outside = units.below | units.above
         seq_clip = units.clip_active.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
         seq_out = outside.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
-    metrics = clip_metrics(units, batch.totals.tokens, batch)
+    metrics = {**clip_metrics(units, batch.totals.tokens, batch), **extra}
     return LossOutput(loss=loss, seq_clip=seq_clip, seq_out=seq_out, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class TokenClipRule:
+    """The hyperparameters and `compute` of the PPO-style token rules (ppo, grpo, dapo: presets
+    of one rule that differ only in their defaults). A subclass of `Method` mixes it in and
+    redeclares a field to change its default or cite its paper."""
+
+    eps_low: float = hparam(
+        0.2, help="lower half-width of the ratio band, r_t >= 1 - eps_low (PPO paper: 0.2)", gt=0, lt=1
+    )
+    eps_high: float = hparam(
+        0.2, help="upper half-width of the ratio band, r_t <= 1 + eps_high (PPO paper: 0.2)", gt=0, lt=1
+    )
+    aggregation: str = hparam(
+        "token_mean",
+        help="how token losses become the loss (clipbench.methods.base.aggregate_tokens): token_mean (PPO), "
+        "seq_mean_token_mean (GRPO), seq_mean_token_sum, seq_mean_token_sum_norm (Dr. GRPO, arXiv 2503.20783)",
+        choices=TOKEN_AGGREGATIONS,
+    )
+    norm_tokens: float | None = hparam(
+        None,
+        help="Dr. GRPO's constant for seq_mean_token_sum_norm (arXiv 2503.20783: the generation budget, "
+        "e.g. max_new_tokens); required by that aggregation, refused by the others",
+        gt=0,
+    )
+    clip_ratio_c: float | None = hparam(
+        None,
+        help="dual-clip bound (Ye et al. 2020, arXiv 1912.09729; verl default 3.0): for A < 0, r_t > c gets "
+        "the constant c A; must be >= 1 + eps_high; null: off",
+        gt=1,
+    )
+
+    def validate(self) -> None:
+        sum_norm = self.aggregation == "seq_mean_token_sum_norm"
+        if sum_norm and self.norm_tokens is None:
+            raise ValueError(f"{self.name}.norm_tokens: required by aggregation='seq_mean_token_sum_norm'")
+        if not sum_norm and self.norm_tokens is not None:
+            raise ValueError(
+                f"{self.name}.norm_tokens={self.norm_tokens!r}: only aggregation='seq_mean_token_sum_norm' uses it "
+                f"(aggregation is {self.aggregation!r})"
+            )
+        if self.clip_ratio_c is not None and self.clip_ratio_c < 1 + self.eps_high:
+            raise ValueError(
+                f"{self.name}.clip_ratio_c={self.clip_ratio_c!r}: must be >= 1 + eps_high = {1 + self.eps_high:g}"
+            )
+
+    def compute(self, batch: RolloutBatch) -> LossOutput:
+        return token_level_rule(
+            batch,
+            *log_band(self.eps_low, self.eps_high),
+            self.aggregation,
+            clip_ratio_c=self.clip_ratio_c,
+            norm_tokens=self.norm_tokens,
+        )
 
 
 def sequence_level_rule(

@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clipbench.methods import register
-from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, token_level_rule
+from clipbench.methods.base import TOKEN_AGGREGATIONS, Method, TokenClipRule, hparam
 
 
 @register("grpo")
 @dataclass(frozen=True)
-class GRPO(Method):
+class GRPO(TokenClipRule, Method):
     """Token-level GRPO clip: r_t = exp(l_t) clipped to [1 - eps_low, 1 + eps_high]; loss averaged over
     each sequence's tokens, then over sequences (seq-mean-token-mean).
 
@@ -37,8 +37,9 @@ class GRPO(Method):
         gt=0,
         lt=1,
     )
-
-    def compute(self, batch: RolloutBatch) -> LossOutput:
-        return token_level_rule(
-            batch, *log_band(self.eps_low, self.eps_high), aggregation="seq_mean_token_mean"
-        )
+    aggregation: str = hparam(
+        "seq_mean_token_mean",
+        help="how token losses become the loss (clipbench.methods.base.aggregate_tokens); GRPO's is "
+        "seq_mean_token_mean (arXiv 2402.03300, eq. 3)",
+        choices=TOKEN_AGGREGATIONS,
+    )

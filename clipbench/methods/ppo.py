@@ -5,6 +5,8 @@ arXiv 1707.06347), with token-mean aggregation over the batch.
     r_t = exp(l_t)
 
 Every response token of the batch weighs the same, so a long response weighs more in total.
+`aggregation` and `clip_ratio_c` (dual-clip) are options of every token rule
+(`clipbench.methods.base.TokenClipRule`); their defaults here are PPO's (token_mean, off).
 """
 
 from __future__ import annotations
@@ -12,26 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clipbench.methods import register
-from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, log_band, token_level_rule
+from clipbench.methods.base import Method, TokenClipRule
 
 
 @register("ppo")
 @dataclass(frozen=True)
-class PPO(Method):
+class PPO(TokenClipRule, Method):
     """Token-level PPO clip: each token's ratio r_t = exp(l_t) is clipped to [1 - eps_low, 1 + eps_high];
     the loss is the mean over all response tokens of the batch (token-mean).
 
-    Reference: Schulman et al. 2017, arXiv 1707.06347, eq. 7.
+    Reference: Schulman et al. 2017, arXiv 1707.06347, eq. 7. Options shared by the token rules
+    (`TokenClipRule`): the aggregation, dual-clip (`clip_ratio_c`).
     """
 
     level = "token"
-
-    eps_low: float = hparam(
-        0.2, help="lower half-width of the ratio band, r_t >= 1 - eps_low (PPO paper: 0.2)", gt=0, lt=1
-    )
-    eps_high: float = hparam(
-        0.2, help="upper half-width of the ratio band, r_t <= 1 + eps_high (PPO paper: 0.2)", gt=0, lt=1
-    )
-
-    def compute(self, batch: RolloutBatch) -> LossOutput:
-        return token_level_rule(batch, *log_band(self.eps_low, self.eps_high), aggregation="token_mean")
