@@ -6,7 +6,8 @@
   row, each attending causally to itself only; the policy's training forward runs on it
   (`clipbench.logprobs`).
 * `use_attention`: a model on one of them for the duration of a `with` block (registered with
-  transformers on first use), back on "sdpa" after.
+  transformers on first use), back on "sdpa" after; `attention_as`: on any implementation, back on
+  the previous one after (what a recomputation in backward runs under).
 
 The bottom floor of the sampling and log-prob modules: it imports no other clipbench module.
 """
@@ -123,3 +124,21 @@ def use_attention(model, implementation: str):
         yield
     finally:
         model.set_attn_implementation("sdpa")
+
+
+@contextlib.contextmanager
+def attention_as(model, implementation: str):
+    """`model` on `implementation` for the duration of a `with` block, back on the one it was on
+    before; nothing is switched when it already is on it. Activation checkpointing's
+    recomputation in backward enters this with the implementation its forward ran on
+    (`clipbench.logprobs`), since `use_attention` has put the model back on "sdpa" by then."""
+    previous = model.config._attn_implementation
+    if previous == implementation:
+        yield
+        return
+    _register_attention()
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)

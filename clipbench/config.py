@@ -20,6 +20,7 @@ import yaml
 
 from clipbench import methods
 from clipbench.advantages import available_estimators
+from clipbench.precision import DTYPES
 from clipbench.settings import ConfigError, check, from_dict, setting
 
 __all__ = [
@@ -160,6 +161,11 @@ class OptimConfig:
         "null: each minibatch in one forward",
         ge=1,
     )
+    gradient_checkpointing: bool = setting(
+        False,
+        help="recompute each decoder layer's activations in backward instead of keeping them (less "
+        "memory, one more forward per update); the packed forward is kept (clipbench.logprobs)",
+    )
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,13 @@ class TrainConfig:
         help='"cpu", "cuda", "cuda:N" or "mps"',
         pattern=DEVICE.pattern,
         means="cpu, cuda, cuda:N or mps",
+    )
+    dtype: str = setting(
+        "float32",
+        help="the precision of every policy forward (sampling, old, update and reference log-probs): "
+        '"float32", or "bfloat16" autocast over float32 weights, gradients and optimizer state '
+        "(clipbench.precision)",
+        choices=DTYPES,
     )
 
     def to_dict(self) -> dict[str, Any]:

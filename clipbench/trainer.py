@@ -65,9 +65,10 @@ from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, load_config, load_yaml, validate
 from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
 from clipbench.errors import UserError
-from clipbench.logprobs import TokenBatch, collate, token_logprobs
+from clipbench.logprobs import TokenBatch, collate, enable_gradient_checkpointing, token_logprobs
 from clipbench.methods import BatchTotals, LossOutput, combine_outputs, prepare_batch, sum_statistics
 from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
+from clipbench.precision import set_precision
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
 
 CHECKPOINTS = "checkpoints"
@@ -661,6 +662,11 @@ class Trainer:
                 raise ConfigError(f"model: {err}") from err
             raise CheckpointError(f"checkpoint {checkpoint}: {err}") from err
         self.model.eval()  # no dropout: the update forward must match the old-log-prob forward
+        # Every forward of the policy (the sampler's, old and update log-probs) in the run's
+        # precision: bfloat16 autocast over the float32 weights the optimizer updates.
+        set_precision(self.model, cfg.dtype)
+        if cfg.optim.gradient_checkpointing:  # in the update's forward, packed (clipbench.logprobs)
+            enable_gradient_checkpointing(self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=cfg.optim.lr,
@@ -675,6 +681,7 @@ class Trainer:
             except ModelLoadError as err:
                 raise ConfigError(f"model (the KL reference): {err}") from err
             self.reference.requires_grad_(False)
+            set_precision(self.reference, cfg.dtype)  # the same forward as the policy's at step 0
         done = 0
         if checkpoint:
             try:
@@ -705,6 +712,7 @@ class Trainer:
                 max_new_tokens=r.max_new_tokens,
                 seed=self.config.seed,
                 gpu_memory_utilization=r.gpu_memory_utilization,
+                dtype=self.config.dtype,
             )
         return HFEngine(
             self.model,

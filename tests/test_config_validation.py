@@ -53,6 +53,13 @@ BAD = [
     (None, "device", "cuda:x", "device: must be cpu, cuda, cuda:N or mps, got 'cuda:x'"),
     (None, "device", "CPU", "device: must be cpu, cuda, cuda:N or mps, got 'CPU'"),
     (None, "keep_checkpoints", 0, "keep_checkpoints: must be >= 1, got 0"),
+    (None, "dtype", "float16", "dtype: unknown dtype 'float16'; available: float32, bfloat16"),
+    (
+        "optim",
+        "gradient_checkpointing",
+        "yes",
+        "optim.gradient_checkpointing: expected true or false, got 'yes'",
+    ),
     (None, "checkpoint_every", 0, "checkpoint_every: must be >= 1, got 0"),
     (None, "method_params", {"c_low": INF}, "method_params: fspo.c_low=inf: must be finite"),
     # An integer beyond float range:

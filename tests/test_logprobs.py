@@ -1,14 +1,17 @@
 """The policy's log-probs (`token_logprobs`) and the batch layouts they run on (`collate`): the
 packed forward equals each sequence run alone (values and gradients) and the padded fallback,
-grad and no-grad forwards agree, and gradient checkpointing falls back to the padded layout."""
+grad and no-grad forwards agree, and gradient checkpointing keeps the packed layout (same
+log-probs and gradients, the recomputation in backward packed too)."""
 
+import copy
+
+import pytest
 import torch
 from tiny_policy import PROMPTS, TOLERANCE, engine
 
 from clipbench import attention
 from clipbench.attention import packed_sdpa_attention
-from clipbench.logprobs import _packs, collate, token_logprobs
-from clipbench.models import load_model
+from clipbench.logprobs import _packs, collate, enable_gradient_checkpointing, token_logprobs
 
 
 def test_no_grad_and_grad_forwards_give_the_same_log_probs(policy):
@@ -102,10 +105,92 @@ def test_padded_fallback_equals_packed(policy):
     assert torch.allclose(packed_entropy, padded_entropy, atol=1e-5)
 
 
-def test_gradient_checkpointing_runs_padded(base_model):
-    # Checkpointing recomputes the forward during backward, after token_logprobs has put the
-    # model back on plain sdpa: packed, that recomputation would attend across sequences.
-    model, _ = load_model(base_model)
-    assert _packs(model)
-    model.gradient_checkpointing_enable()
+def checkpointing_batch(vocab: int):
+    """Rows of different lengths (one without a response token) of random token ids."""
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(3, 9), (7, 2), (1, 14), (5, 0), (2, 6)]
+    prompts = [torch.randint(5, vocab, (p,), generator=gen).tolist() for p, _ in shapes]
+    completions = [torch.randint(5, vocab, (c,), generator=gen).tolist() for _, c in shapes]
+    return collate(prompts, completions, pad_id=0)
+
+
+def logprobs_and_grads(model, batch, chunk_tokens=None):
+    logp, _ = token_logprobs(model, batch, 0.7, chunk_tokens=chunk_tokens)
+    weights = torch.linspace(-1.0, 1.0, logp.numel(), dtype=logp.dtype).view_as(logp)
+    return logp.detach(), torch.autograd.grad((logp * weights).sum(), list(model.parameters()))
+
+
+@pytest.mark.parametrize("chunk_tokens", [None, 4])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_gradient_checkpointing_keeps_the_packed_forward(policy, monkeypatch, mode, chunk_tokens):
+    # Checkpointing recomputes each decoder layer in backward, after token_logprobs has put the
+    # model back on plain sdpa: the recomputation must run on the packed attention again (else it
+    # attends across sequences), in eval mode (the trainer's) and in train mode (where
+    # transformers' own checkpointing would run). Same log-probs and gradients as without
+    # checkpointing, bit for bit in float64; the packed attention runs once per layer forward
+    # and once per layer recomputation, and the model is left as it was.
+    plain = copy.deepcopy(policy[0]).double()
+    getattr(plain, mode)()
+    batch = checkpointing_batch(plain.config.vocab_size)
+    logp, grads = logprobs_and_grads(plain, batch, chunk_tokens)
+
+    model = enable_gradient_checkpointing(copy.deepcopy(plain))
+    assert model.is_gradient_checkpointing and _packs(model)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return packed_sdpa_attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "packed_sdpa_attention", counted)
+    layers = model.config.num_hidden_layers
+    checkpointed_logp, _ = token_logprobs(model, batch, 0.7, chunk_tokens=chunk_tokens)
+    assert len(calls) == layers  # the forward: packed
+    weights = torch.linspace(-1.0, 1.0, logp.numel(), dtype=logp.dtype).view_as(logp)
+    checkpointed = torch.autograd.grad((checkpointed_logp * weights).sum(), list(model.parameters()))
+    assert len(calls) == 2 * layers  # backward recomputed every layer, packed
+    assert torch.equal(checkpointed_logp.detach(), logp)
+    for ours, reference in zip(checkpointed, grads, strict=True):
+        assert torch.equal(ours, reference)
+    assert model.config._attn_implementation == "sdpa" and model.training == (mode == "train")
+    for layer in model.model.layers:
+        assert "forward" not in vars(layer) and layer.gradient_checkpointing
+
+
+def test_gradient_checkpointing_leaves_no_grad_forwards_and_sampling_alone(policy, monkeypatch):
+    # Old and reference log-probs (no gradient) run no checkpoint, and the sampler's KV cache
+    # is untouched (transformers drops the cache of a layer it checkpoints): same samples.
+    model = enable_gradient_checkpointing(copy.deepcopy(policy[0]))
+    tokenizer = policy[1]
+    checkpoints = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def counted(*args, **kwargs):
+        checkpoints.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counted)
+    assert engine((model, tokenizer)).generate(PROMPTS, 2, seed=5) == engine(policy).generate(
+        PROMPTS, 2, seed=5
+    )
+    batch = checkpointing_batch(model.config.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(token_logprobs(model, batch, 0.7)[0], token_logprobs(policy[0], batch, 0.7)[0])
+    assert checkpoints == []
+    token_logprobs(model, batch, 0.7)
+    assert len(checkpoints) == model.config.num_hidden_layers
+
+
+def test_gradient_checkpointing_on_the_padded_layout(policy):
+    # A model that does not pack (here eager attention) is checkpointed as well: its layers'
+    # recomputation runs on its own attention, same gradients.
+    plain = copy.deepcopy(policy[0]).double()
+    plain.set_attn_implementation("eager")
+    batch = checkpointing_batch(plain.config.vocab_size)
+    logp, grads = logprobs_and_grads(plain, batch)
+    model = enable_gradient_checkpointing(copy.deepcopy(plain))
     assert not _packs(model)
+    checkpointed_logp, checkpointed = logprobs_and_grads(model, batch)
+    assert torch.equal(checkpointed_logp, logp)
+    for ours, reference in zip(checkpointed, grads, strict=True):
+        assert torch.equal(ours, reference)

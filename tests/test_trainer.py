@@ -28,6 +28,7 @@ from clipbench.cli import _parse_sets
 from clipbench.config import ConfigError, exponent_numbers, load_config
 from clipbench.engines import Samples
 from clipbench.models import load_model
+from clipbench.precision import compute_dtype
 from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices, training_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,13 +193,13 @@ def test_two_runs_with_the_same_seed_are_identical(tmp_path, base_model, parity)
     assert read_run(tmp_path / "c")[0] != metrics_a
 
 
-def interrupt_at_step_3(monkeypatch):
-    """Make step 3 of the next run raise KeyboardInterrupt (after the checkpoint at 2 steps);
-    returns the real `_train_step`, to put back."""
+def interrupt_at_step_3(monkeypatch, at: int = 3):
+    """Make step 3 (or `at`) of the next run raise KeyboardInterrupt (after the checkpoint at 2
+    steps); returns the real `_train_step`, to put back."""
     real_step = Trainer._train_step
 
     def crash_at_step_3(self, step):
-        if step == 3:
+        if step == at:
             raise KeyboardInterrupt("simulated interruption")
         return real_step(self, step)
 
@@ -240,9 +241,10 @@ def test_a_run_saved_before_a_field_existed_resumes(tmp_path, base_model, parity
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         Trainer(small_config(base_model), run, progress=False).run()
-    # What the previous version wrote: no optim.logprob_chunk_tokens, hashes without it.
+    # What the previous version wrote: no optim.logprob_chunk_tokens, optim.gradient_checkpointing
+    # or dtype, hashes without them.
     old = yaml.safe_load((run / "config.yaml").read_text())
-    del old["optim"]["logprob_chunk_tokens"]
+    del old["optim"]["logprob_chunk_tokens"], old["optim"]["gradient_checkpointing"], old["dtype"]
     (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=True))
     checkpoint = run / "checkpoints" / "step_000002"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
@@ -252,6 +254,112 @@ def test_a_run_saved_before_a_field_existed_resumes(tmp_path, base_model, parity
     Trainer(small_config(base_model), run, progress=False).run()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
     assert list(artifacts.step_records_files(run)) == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- precision and memory
+
+
+def tiny_config(base_model, **overrides):
+    """`small_config` with a smaller rollout (2 prompts x 4 samples of 16 tokens at most)."""
+    rollout = {"prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": 16}
+    return small_config(base_model, rollout=rollout, **overrides)
+
+
+def test_a_bfloat16_run_resumes_as_if_uninterrupted(tmp_path, base_model, parity, monkeypatch):
+    # bfloat16 autocast over float32 weights: checkpoints hold float32 weights and AdamW state, so
+    # a resumed run continues bit for bit.
+    config = tiny_config(base_model, dtype="bfloat16", steps=2, checkpoint_every=1)
+    full = Trainer(config, tmp_path / "full", progress=False)
+    full.run()
+    assert compute_dtype(full.model) == torch.bfloat16
+    real_step = interrupt_at_step_3(monkeypatch, at=1)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, tmp_path / "resumed", progress=False).run()
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    Trainer(config, tmp_path / "resumed", progress=False).run()
+    assert read_run(tmp_path / "full")[0] == read_run(tmp_path / "resumed")[0]
+    pd.testing.assert_frame_equal(read_run(tmp_path / "full")[1], read_run(tmp_path / "resumed")[1])
+    checkpoint = tmp_path / "resumed" / "checkpoints" / "step_000002"
+    optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    assert {t.dtype for s in optimizer["state"].values() for t in s.values() if t.dim()} == {torch.float32}
+    assert json.loads((checkpoint / "model" / "clipbench_model.json").read_text())["dtype"] == "float32"
+    a, _ = load_model(tmp_path / "full" / "final")
+    b, _ = load_model(tmp_path / "resumed" / "final")
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_a_bfloat16_reference_starts_at_kl_zero(tmp_path, base_model, parity, monkeypatch):
+    # The KL reference computes in the policy's precision: at the first update the policy still is
+    # the reference, so the KL is exactly 0 (a float32 reference would differ by bfloat16's noise).
+    kls = []
+    real = trainer_module.kl_to_reference
+
+    def watch(logp, ref_logp, mask):
+        kls.append(real(logp, ref_logp, mask).item())
+        return real(logp, ref_logp, mask)
+
+    monkeypatch.setattr(trainer_module, "kl_to_reference", watch)
+    config = tiny_config(base_model, dtype="bfloat16", steps=1, kl_beta=0.1)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.run()
+    assert kls[0] == 0.0 and min(kls[1:]) > 0
+    assert compute_dtype(trainer.reference) == torch.bfloat16
+
+
+def test_gradient_checkpointing_trains_exactly_as_without(tmp_path, base_model, parity, monkeypatch):
+    # optim.gradient_checkpointing recomputes every decoder layer of each update's forward in
+    # backward, on the packed attention: same metrics and records bit for bit (float32, CPU), and
+    # the packed attention ran in every recomputation.
+    from clipbench import attention
+
+    calls = []
+    real = attention.packed_sdpa_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "packed_sdpa_attention", counted)
+    runs = {}
+    for on in (False, True):
+        calls.clear()
+        optim = {"lr": 3e-3, "minibatches": 2, "epochs": 2, "gradient_checkpointing": on}
+        config = tiny_config(base_model, steps=1, kl_beta=0.1, optim=optim)
+        trainer = Trainer(config, tmp_path / str(on), progress=False)
+        trainer.run()
+        assert trainer.model.is_gradient_checkpointing == on
+        runs[on] = read_run(tmp_path / str(on)), len(calls)
+    layers = trainer.model.config.num_hidden_layers
+    # Forwards: 1 old-log-prob, 2 reference, 4 updates; with checkpointing 4 recomputations more.
+    assert runs[False][1] == 7 * layers and runs[True][1] == 11 * layers
+    assert runs[False][0][0] == runs[True][0][0]
+    pd.testing.assert_frame_equal(runs[False][0][1], runs[True][0][1])
+
+
+def test_vllm_engine_loads_the_runs_dtype(tmp_path, base_model, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(trainer_module, "VLLMEngine", lambda *args, **kwargs: seen.update(kwargs))
+    for dtype in ("float32", "bfloat16"):
+        rollout = {"prompts_per_step": 2, "samples_per_prompt": 4, "engine": "vllm"}
+        trainer = Trainer(small_config(base_model, dtype=dtype, rollout=rollout), tmp_path / "run")
+        trainer.tokenizer = None
+        trainer._make_engine(base_model)
+        assert seen["dtype"] == dtype
+
+
+def digit_share(self, samples, answers):
+    """A reward a random tiny model can learn in a few steps: the share of digits in the text."""
+    rewards = [sum(c.isdigit() for c in t) / max(len(t), 1) for t in samples.texts]
+    return torch.tensor(rewards, dtype=torch.float64), {"ok": len(answers)}
+
+
+@pytest.mark.slow
+def test_a_bfloat16_run_trains(tmp_path, base_model, monkeypatch):
+    # 10 steps of the tiny model in bfloat16 (~30 s on 2 CPU cores): the reward rises.
+    monkeypatch.setattr(Trainer, "_score", digit_share)
+    Trainer(small_config(base_model, dtype="bfloat16", steps=10), tmp_path / "run", progress=False).run()
+    rewards = [json.loads(line)["reward_mean"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert sum(rewards[-3:]) / 3 > 2 * sum(rewards[:3]) / 3 + 0.05, rewards
 
 
 def test_non_finite_loss_stops_with_step_method_and_dump(tmp_path, base_model, parity, monkeypatch):
