@@ -11,6 +11,20 @@ from pathlib import Path
 from clipbench import artifacts
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def _parse_lengths(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -164,9 +178,12 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         problems.append(f"--runs: no final/summary.json (an unfinished run?) in {', '.join(absent)}")
     if problems:
         raise ValueError("; ".join(problems))
-    summary = report.collect_evals(args.evals)
+    resampling = {"n_resamples": args.resamples, "seed": args.bootstrap_seed}
+    summary = report.collect_evals(args.evals, reference=args.reference, **resampling)
     records = report.read_clip_records(runs)
-    groups, bins = report.collect_fairness(records, n_bins=args.bins, clip_column=args.clip_column)
+    groups, bins = report.collect_fairness(
+        records, n_bins=args.bins, clip_column=args.clip_column, **resampling
+    )
     atomic_write_text(args.summary, summary.to_csv(index=False))
     atomic_write_text(args.fairness, groups.to_csv(index=False))
     atomic_write_text(args.fairness_bins, bins.to_csv(index=False))
@@ -345,6 +362,7 @@ def _plot_inputs_text() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from clipbench.fairness import CLIP_COLUMNS, DEFAULT_BINS
     from clipbench.simulate import DEFAULT_LENGTHS
+    from clipbench.stats import DEFAULT_REFERENCE, DEFAULT_RESAMPLES
 
     parser = argparse.ArgumentParser(
         prog="clipbench", description="Benchmark suite for clipping rules in LLM RLVR."
@@ -443,10 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "aggregate",
         help="tidy summary.csv (accuracy), fairness.csv and fairness_bins.csv (clip rate by length)",
-        description="Collect the evaluation summaries into summary.csv (one row per model, benchmark and "
-        "metric) and the runs' per-sequence clip records into fairness.csv (per method and per run: clip "
-        "rate, spread, slope, LRE and the S-growth exponent) and fairness_bins.csv (per method and run and "
-        "length bin: clip rates and median |S|; bin edges shared by every run). All are computed before "
+        description="Collect the evaluation summaries and their samples into summary.csv (per evaluation, "
+        "and per method with its seeds pooled: avg@k and pass@k with 95% bootstrap intervals; per method "
+        "the paired difference against --reference) and the runs' per-sequence clip records into "
+        "fairness.csv (per method and per run: clip rate, spread, slope, LRE and the S-growth exponent, "
+        "with intervals) and fairness_bins.csv (per method and run and length bin: clip rates and median "
+        "|S|; bin edges shared by every run). The intervals: clipbench/stats.py. All are computed before "
         "any is written.",
     )
     p.add_argument(
@@ -466,6 +486,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--bins", type=int, default=DEFAULT_BINS, help="length bins (quantiles of the pooled lengths)"
     )
     p.add_argument("--clip-column", choices=CLIP_COLUMNS, default=CLIP_COLUMNS[0])
+    p.add_argument(
+        "--reference",
+        default=DEFAULT_REFERENCE,
+        help=f"the method every other is compared with, paired (default {DEFAULT_REFERENCE}); it must "
+        "have evaluations on every benchmark",
+    )
+    p.add_argument(
+        "--resamples", type=_positive_int, default=DEFAULT_RESAMPLES, help="bootstrap resamples per interval"
+    )
+    p.add_argument(
+        "--bootstrap-seed", type=_nonnegative_int, default=0, help="seed of the bootstrap resamples"
+    )
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser(

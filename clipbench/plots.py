@@ -15,7 +15,7 @@ registered plot (or those named by ``--only``), each into ``DIR/{name}.png``
 builds ``results/plots/{name}.png`` for each name, with the input files the plot declares, and
 ``snakemake --cores all`` asks for all of them. The inputs a plot may declare (:data:`INPUTS`):
 
-* ``summary``: summary.csv, one row per (model, benchmark, metric) (clipbench.report);
+* ``summary``: summary.csv, one row per (scope, model, benchmark, metric) (clipbench.report);
 * ``fairness``: fairness.csv, the length-fairness metrics per method (scope "pooled", seed -1)
   and per run (scope "seed");
 * ``fairness_bins``: fairness_bins.csv, the same groups per length bin;
@@ -178,6 +178,8 @@ def accuracy(summary: pd.DataFrame):
     """Mean (bar) and per-seed points of avg@k per method, one panel per benchmark."""
     plt, sns = pyplot()
     acc = summary[summary.metric == "avg@k"]
+    if "scope" in acc.columns:  # one point per evaluation: summary.csv's pooled rows are means of them
+        acc = acc[acc.scope == "seed"]
     benches = sorted(acc.benchmark.unique())
     order = [artifacts.BASE] + sorted(m for m in acc.method.unique() if m != artifacts.BASE)
     fig, axes = plt.subplots(1, len(benches), figsize=(4.5 * len(benches), 3.8), squeeze=False)

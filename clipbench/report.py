@@ -1,16 +1,22 @@
 """Aggregation and reporting of a study: the tidy result files and the main table.
 
-* `collect_evals` -> results/summary.csv: one row per (model, method, seed, benchmark, metric),
-  from the evaluation summaries (`clipbench evaluate`); the base model has method "base". Each row
-  also says whether the local data file had the registry's sha256 and which summary it came from.
+* `collect_evals` -> results/summary.csv: accuracy (avg@k, pass@k) from the evaluation summaries
+  (`clipbench evaluate`) and their per-sample verdicts. Scope "seed": one row per evaluation (a
+  run, or the base model with method "base", seed -1), with the summary's standard error and
+  whether its local data file had the registry's sha256; scope "pooled": one row per method (its
+  seeds together, seed -1), with the paired difference against a reference method (default
+  grpo). Every value has its 95% bootstrap interval (`clipbench.stats`).
 * `collect_fairness` -> results/fairness.csv and results/fairness_bins.csv, on the training runs'
   per-sequence clip records with bin edges shared by every run (`clipbench.fairness`): per method
   (scope "pooled", seeds pooled, seed -1) and per run (scope "seed"), the clip rate, spread, slope,
-  LRE and S-growth exponent (fairness.csv), and each length bin's size, share, mean length, clip
-  rates and median |S| (fairness_bins.csv). Each file has one row per what it describes.
+  LRE and S-growth exponent with their intervals (fairness.csv), and each length bin's size, share,
+  mean length, clip rates and median |S| (fairness_bins.csv; the clip rate of the configured clip
+  column and the median |S| with intervals). Each file has one row per what it describes.
 * `main_table` -> results/tables/main.md: a row per method plus the base model, with its clipping
-  level; per benchmark the accuracy as mean +- std over seeds; clip rate, spread, LRE and S growth;
-  the footer names every evaluation whose data file's sha256 differs from the registry's.
+  level; per benchmark the pooled accuracy, then clip rate, spread, LRE and S growth, each with its
+  interval; bold only for a best value whose interval separates, else the tie marked; a block of
+  paired differences against the reference; the footer names every evaluation whose data file's
+  sha256 differs from the registry's.
 * `unmet_needs`: what the main table needs from its inputs and they lack, so that a report checks
   every requested output before it writes any. The plots: `clipbench.plots`.
 """
@@ -24,28 +30,59 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipbench import artifacts, fairness, methods
+from clipbench import artifacts, fairness, methods, stats
 
 BASE = artifacts.BASE
-SUMMARY_COLUMNS = ["model", "method", "seed", "benchmark", "metric", "k", "value"]
+#: summary.csv's columns. One row per scope, model, benchmark and metric (avg@k, pass@k): scope
+#: "seed", one per evaluation (a run, or the base model with seed -1), its value as the evaluation
+#: summary has it, the summary's standard error (avg@k only) and a bootstrap interval over the
+#: problems; scope "pooled", one per method (its seeds together, seed -1, model the method's name;
+#: the base model its one evaluation), the value with an interval over seeds and problems, and the
+#: paired difference against the reference method with its interval (clipbench.stats).
+SUMMARY_COLUMNS = [
+    "scope",
+    "model",
+    "method",
+    "seed",
+    "benchmark",
+    "metric",
+    "k",
+    "value",
+    "lo",
+    "hi",
+    "stderr",
+    "n_seeds",
+    "n_problems",
+    "reference",
+    "diff",
+    "diff_lo",
+    "diff_hi",
+]
 # Also in summary.csv, after those: whether the evaluation's local data file had the registry's
 # sha256 (empty for hub and generated sets), and the evaluation summary each row comes from.
 PROVENANCE_COLUMNS = ["data_sha256_ok", "eval_file"]
-#: fairness.csv's columns: a group (scope, method, seed), then its metrics (clipbench.fairness).
+#: What the main table reads from summary.csv.
+TABLE_SUMMARY_NEEDS = ["scope", "method", "seed", "benchmark", "metric", "k", "value", "lo", "hi"]
+TABLE_SUMMARY_NEEDS += ["reference", "diff", "diff_lo", "diff_hi"]
+#: fairness.csv's columns: a group (scope, method, seed), then its metrics (clipbench.fairness),
+#: each followed by its interval's bounds (clipbench.stats), then the bins, runs and RL steps.
 FAIRNESS_COLUMNS = [
     "scope",
     "method",
     "seed",
     "clip_column",
-    "clip_rate",
-    "spread",
-    "slope",
-    "lre",
-    "s_exponent",
+    *(f"{m}{end}" for m in stats.FAIRNESS_METRICS for end in ("", "_lo", "_hi")),
     "n_bins",
+    "n_runs",
+    "n_steps",
 ]
 #: fairness_bins.csv's first columns: the group and the bin; then the bin's values.
 FAIRNESS_BIN_KEYS = ["scope", "method", "seed", "bin", "bin_lo", "bin_hi", "n", "share", "length_mean"]
+#: What the main table reads from fairness.csv.
+TABLE_FAIRNESS_NEEDS = ["scope", "method", "clip_column"]
+TABLE_FAIRNESS_NEEDS += [
+    f"{m}{end}" for m in ("clip_rate", "spread", "lre", "s_exponent") for end in ("", "_lo", "_hi")
+]
 #: What each clip indicator counts, as the main table's footer says it.
 CLIP_COLUMN_MEANING = {"seq_out": "out-of-band rate", "seq_clip": "clipped-gradient rate"}
 
@@ -53,10 +90,12 @@ CLIP_COLUMN_MEANING = {"seq_out": "out-of-band rate", "seq_clip": "clipped-gradi
 # --------------------------------------------------------------------------- tidy files
 
 
-def collect_evals(eval_files: Iterable[str | Path]) -> pd.DataFrame:
-    """summary.csv rows from evaluation summaries at results/evals/{model}/{benchmark}.json,
-    where model is "base" or "{method}-seed{seed}"; ValueError for a summary whose recorded sibling
-    files (samples, prompts) are missing or changed (:func:`clipbench.evaluate.read_outputs`)."""
+def evaluation_rows(eval_files: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per evaluation summary (results/evals/{model}/{benchmark}.json, model "base" or
+    "{method}-seed{seed}") and metric: model, method, seed, benchmark, metric, k, value, the
+    summary's standard error (``avg@k_stderr``; none for pass@k) and the provenance columns.
+    ValueError for a summary whose recorded sibling files (samples, prompts) are missing or changed
+    (:func:`clipbench.evaluate.read_outputs`)."""
     from clipbench.evaluate import read_outputs  # the owner of the evaluation files
 
     rows = []
@@ -65,9 +104,11 @@ def collect_evals(eval_files: Iterable[str | Path]) -> pd.DataFrame:
         model, bench = artifacts.eval_model_and_bench(path)
         run = artifacts.parse_model(model)
         method, seed = (BASE, -1) if run is None else (run.method, run.seed)
-        for metric in ("avg@k", "pass@k"):
+        for metric in stats.ACCURACY_METRICS:
+            stderr = summary.get(f"{metric}_stderr")
             rows.append(
                 {
+                    "scope": "seed",
                     "model": model,
                     "method": method,
                     "seed": seed,
@@ -75,11 +116,70 @@ def collect_evals(eval_files: Iterable[str | Path]) -> pd.DataFrame:
                     "metric": metric,
                     "k": summary["k"],
                     "value": float(summary[metric]),
+                    "stderr": float("nan") if stderr is None else float(stderr),
                     "data_sha256_ok": (summary.get("source") or {}).get("sha256_ok"),
                     "eval_file": str(path),
                 }
             )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS + PROVENANCE_COLUMNS)
+
+
+def collect_evals(
+    eval_files: Iterable[str | Path],
+    *,
+    reference: str = stats.DEFAULT_REFERENCE,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """summary.csv (:data:`SUMMARY_COLUMNS` then :data:`PROVENANCE_COLUMNS`): the pooled rows (one
+    per method, benchmark and metric, base first, then by method name), then the evaluations' rows
+    (:func:`evaluation_rows`, in the order of ``eval_files``), each with its 95% bootstrap interval
+    from the per-sample verdicts (:func:`clipbench.stats.read_verdicts`): scope "seed" over the
+    run's problems, scope "pooled" over its seeds and problems (crossed), and on the pooled rows the
+    paired difference against ``reference`` (:func:`clipbench.stats.accuracy_differences`; the
+    reference's own row 0 with a zero-width interval). The resamples are seeded by ``seed``.
+
+    ValueError when ``reference`` has no evaluations on a benchmark, or when an evaluation's
+    samples do not give the avg@k or pass@k its summary states."""
+    eval_files = [Path(p) for p in eval_files]
+    evals = evaluation_rows(eval_files)
+    verdicts = stats.read_verdicts(eval_files)
+    intervals = stats.accuracy_intervals(verdicts, n_resamples=n_resamples, seed=seed)
+    differences = stats.accuracy_differences(verdicts, reference, n_resamples=n_resamples, seed=seed)
+
+    # Each evaluation's own row: the base model has its pooled row only (one run).
+    runs = intervals[(intervals.scope == "seed") | (intervals.method == BASE)].set_index(
+        ["benchmark", "method", "seed"]
+    )
+    for i, row in evals.iterrows():
+        run = runs.loc[(row.benchmark, row.method, row.seed)]
+        if not np.isclose(run[row.metric], row.value, rtol=0, atol=1e-9):
+            raise ValueError(
+                f"{row.eval_file}: its samples give {row.metric} = {float(run[row.metric])!r}, but the summary "
+                f"says {row.value!r}; re-evaluate {row.model} on {row.benchmark}"
+            )
+        evals.loc[i, ["lo", "hi"]] = [run[f"{row.metric}_lo"], run[f"{row.metric}_hi"]]
+        evals.loc[i, ["n_seeds", "n_problems"]] = [1, run["n_problems"]]
+
+    diffs = differences.set_index(["benchmark", "method"])
+    pooled = []
+    for _, row in intervals[intervals.scope == "pooled"].iterrows():
+        diff = diffs.loc[(row.benchmark, row.method)] if (row.benchmark, row.method) in diffs.index else None
+        for metric in stats.ACCURACY_METRICS:
+            out = {"scope": "pooled", "model": row.method, "method": row.method, "seed": -1}
+            out |= {"benchmark": row.benchmark, "metric": metric, "k": row.k, "value": row[metric]}
+            out |= {"lo": row[f"{metric}_lo"], "hi": row[f"{metric}_hi"]}
+            out |= {"n_seeds": row.n_seeds, "n_problems": row.n_problems, "reference": reference}
+            if diff is not None:  # a method sharing no seed or problem with the reference has none
+                out |= {end: diff[f"{metric}_{end}"] for end in ("diff", "diff_lo", "diff_hi")}
+            pooled.append(out)
+    pooled = pd.DataFrame(pooled, columns=SUMMARY_COLUMNS + PROVENANCE_COLUMNS)
+    pooled["_order"] = pooled.method.ne(BASE)
+    pooled = pooled.sort_values(["_order", "method", "benchmark", "metric"], kind="stable").drop(
+        columns="_order"
+    )
+    out = pd.concat([pooled, evals], ignore_index=True)
+    return out.astype({"seed": int, "k": int, "n_seeds": int, "n_problems": int})
 
 
 def _hash_mismatches(summary: pd.DataFrame) -> list[str]:
@@ -104,34 +204,81 @@ def read_clip_records(run_dirs: Mapping[tuple[str, int], str | Path]) -> pd.Data
 
 
 def collect_fairness(
-    records: pd.DataFrame, n_bins: int = fairness.DEFAULT_BINS, clip_column: str = "seq_out"
+    records: pd.DataFrame,
+    n_bins: int = fairness.DEFAULT_BINS,
+    clip_column: str = "seq_out",
+    *,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(fairness.csv, fairness_bins.csv): per group, its metrics; per group and bin, the bin's
     values. scope "pooled" pools the seeds (seed = -1); scope "seed" is per run. Bin edges are
-    shared by every row."""
+    shared by every row. Each metric, and each bin's clip rate and median |S|, is followed by its
+    95% bootstrap interval (``_lo``, ``_hi``; :func:`clipbench.stats.fairness_intervals`: a run's RL
+    steps resampled, and for a pooled row its runs first; seeded by ``seed``)."""
     edges = fairness.length_bin_edges(fairness.off_policy(records)["length"], n_bins)
     groups, bins = [], []
-    for scope, by in (("pooled", ("method",)), ("seed", ("method", "seed"))):
+    for scope, by in stats.SCOPES:
         by_bin, summary = fairness.fairness_summary(records, by=by, edges=edges, clip_column=clip_column)
         if scope == "pooled":
             by_bin["seed"] = summary["seed"] = -1
         groups.append(summary.assign(scope=scope, clip_column=clip_column))
         bins.append(by_bin.assign(scope=scope))
-    groups = pd.concat(groups, ignore_index=True)[FAIRNESS_COLUMNS]
+    groups = pd.concat(groups, ignore_index=True)
     bins = pd.concat(bins, ignore_index=True)
-    return groups, bins[FAIRNESS_BIN_KEYS + [c for c in bins.columns if c not in FAIRNESS_BIN_KEYS]]
+    bins = bins[FAIRNESS_BIN_KEYS + [c for c in bins.columns if c not in FAIRNESS_BIN_KEYS]]
+
+    # The intervals, joined on the group (and bin); stats checks that its points are these.
+    group_ci, bin_ci = stats.fairness_intervals(
+        records, n_resamples=n_resamples, seed=seed, edges=edges, clip_column=clip_column
+    )
+    keys = ["scope", "method", "seed"]
+    bounds = [f"{m}{end}" for m in stats.FAIRNESS_METRICS for end in ("_lo", "_hi")]
+    groups = groups.merge(
+        group_ci[[*keys, *bounds, "n_runs", "n_steps"]], on=keys, how="left", validate="1:1"
+    )
+    with_ci = [c for c in (clip_column, "abs_s_median") if f"{c}_lo" in bin_ci.columns]
+    bin_bounds = [f"{c}{end}" for c in with_ci for end in ("_lo", "_hi")]
+    bins = bins.merge(bin_ci[[*keys, "bin", *bin_bounds]], on=[*keys, "bin"], how="left", validate="1:1")
+    order = []
+    for column in bins.columns:
+        if column not in bin_bounds:
+            order += [column] + ([f"{column}_lo", f"{column}_hi"] if column in with_ci else [])
+    return groups[FAIRNESS_COLUMNS], bins[order]
 
 
 # --------------------------------------------------------------------------- the main table
 
 
-def _mean_std(values: pd.Series) -> tuple[float, float]:
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
 def _level(method: str) -> str:
     """A registered rule's clipping level ("token" or "sequence"); "–" for the base model."""
     return methods.get_method_class(method).level if method in methods.available_methods() else "–"
+
+
+def _number(value: float, digits: int, sign: bool = False) -> str:
+    """``value`` with ``digits`` decimals (a leading + with ``sign``); never "-0.000"."""
+    return f"{round(float(value), digits) + 0.0:{'+' if sign else ''}.{digits}f}"
+
+
+def _with_interval(value: float, low: float, high: float, digits: int, sign: bool = False) -> str:
+    """``value [low, high]``, the compact form of a point and its interval; the point alone when the
+    interval is undefined (NaN)."""
+    text = _number(value, digits, sign)
+    if np.isfinite(low) and np.isfinite(high):
+        text += f" [{_number(low, digits, sign)}, {_number(high, digits, sign)}]"
+    return text
+
+
+#: The main table's columns after the accuracy ones: key, title, fairness.csv column, decimals,
+#: which value is best (None: not compared), compared within a clipping level.
+FAIRNESS_TABLE_COLUMNS = [
+    ("clip", "clip rate", "clip_rate", 3, None, False),
+    ("spread", "clip spread", "spread", 3, "lower", True),
+    ("lre", "LRE", "lre", 4, "lower", True),
+    ("growth", "S growth a", "s_exponent", 2, None, False),
+]
+#: The mark of a value tied for best (clipbench.stats.tied_best).
+TIE_MARK = "≈"
 
 
 def main_table(
@@ -144,49 +291,53 @@ def main_table(
     commit: str | None,
     date: str | None = None,
 ) -> str:
-    """Markdown: a row per method (plus base) with its clipping level, accuracy (avg@k) mean +- std
-    over seeds per benchmark, then clip rate, spread, LRE and the S-growth exponent (pooled over
-    seeds). Bold: the highest accuracy, and the lowest spread and LRE within each level, only where
-    that value separates from every other row of its comparison (:func:`_separated_best`)."""
-    acc = summary[summary.metric == "avg@k"]
-    benches = sorted(acc.benchmark.unique())
-    ks = {b: int(acc[acc.benchmark == b].k.iloc[0]) for b in benches}
+    """Markdown: a row per method (plus base) with its clipping level, accuracy (avg@k) per
+    benchmark, then clip rate, spread, LRE and the S-growth exponent, each as its pooled value (seeds
+    together) with its 95% interval (summary.csv's and fairness.csv's pooled rows). Bold: the
+    highest accuracy, and the lowest spread and LRE within each level, only where its interval
+    separates from every other row's of that comparison (:func:`clipbench.stats.separated_best`);
+    else :data:`TIE_MARK` marks the rows tied for best (:func:`clipbench.stats.tied_best`). Then a
+    block of paired differences of avg@k against the reference method, with their intervals."""
+    pooled_acc = summary[(summary.scope == "pooled") & (summary.metric == "avg@k")]
+    benches = sorted(pooled_acc.benchmark.unique())
+    ks = {b: int(pooled_acc[pooled_acc.benchmark == b].k.iloc[0]) for b in benches}
     pooled = fairness_table[fairness_table.scope == "pooled"].set_index("method")
     clip_column = str(pooled["clip_column"].iloc[0])
-    names = [BASE] + sorted(m for m in acc.method.unique() if m != BASE)
-    cells: dict[str, dict[str, tuple[float, str]]] = {m: {} for m in names}
+    names = [BASE] + sorted(m for m in pooled_acc.method.unique() if m != BASE)
     level = {m: _level(m) for m in names}
+    # cells[method][key] = (point, low, high, decimals)
+    cells: dict[str, dict[str, tuple[float, float, float, int]]] = {m: {} for m in names}
+    for row in pooled_acc.itertuples():
+        cells[row.method][row.benchmark] = (float(row.value), float(row.lo), float(row.hi), 3)
     for m in names:
-        for b in benches:
-            values = acc[(acc.method == m) & (acc.benchmark == b)].value
-            if len(values):
-                mean, std = _mean_std(values)
-                cells[m][b] = (mean, f"{mean:.3f} ± {std:.3f}" if m != BASE else f"{mean:.3f}")
-        if m in pooled.index:
-            row = pooled.loc[m]
-            cells[m]["clip"] = (float(row["clip_rate"]), f"{row['clip_rate']:.3f}")
-            cells[m]["spread"] = (float(row["spread"]), f"{row['spread']:.3f}")
-            cells[m]["lre"] = (float(row["lre"]), f"{row['lre']:.4f}")
-            if np.isfinite(row["s_exponent"]):  # NaN when fewer than two bins have S != 0
-                cells[m]["growth"] = (float(row["s_exponent"]), f"{row['s_exponent']:.2f}")
-    # (key, title, best-of, compared within a clipping level)
-    columns = [(b, f"{b} (avg@{ks[b]})", max, False) for b in benches]
-    columns += [
-        ("clip", "clip rate", None, False),
-        ("spread", "clip spread", min, True),
-        ("lre", "LRE", min, True),
-        ("growth", "S growth a", None, False),
-    ]
-    spans = _seed_spans(acc, fairness_table, names, benches)
-    bold = set()
-    for key, _, pick, per_level in columns:
-        if pick is None:
+        if m not in pooled.index:
             continue
-        for lvl in set(level.values()) if per_level else [None]:
+        row = pooled.loc[m]
+        for key, _, column, digits, _, _ in FAIRNESS_TABLE_COLUMNS:
+            if np.isfinite(row[column]):  # the S-growth exponent is NaN when fewer than two bins have S != 0
+                cells[m][key] = (
+                    float(row[column]),
+                    float(row[f"{column}_lo"]),
+                    float(row[f"{column}_hi"]),
+                    digits,
+                )
+    # (key, title, better, compared within a clipping level)
+    columns = [(b, f"{b} (avg@{ks[b]})", "higher", False) for b in benches]
+    columns += [
+        (key, title, better, per_level) for key, title, _, _, better, per_level in FAIRNESS_TABLE_COLUMNS
+    ]
+    bold, tied = set(), set()
+    for key, _, better, per_level in columns:
+        if better is None:
+            continue
+        for lvl in sorted(set(level.values())) if per_level else [None]:
             group = [m for m in names if key in cells[m] and (lvl is None or level[m] == lvl)]
-            winner = _separated_best(group, key, cells, spans, pick)
+            intervals = {m: cells[m][key][1:3] for m in group}
+            winner = stats.separated_best(intervals, better)
             if winner is not None:
                 bold.add((winner, key))
+            points = {m: cells[m][key][0] for m in group}
+            tied.update((m, key) for m in stats.tied_best(intervals, points, better))
     lines = ["| method | level | " + " | ".join(title for _, title, _, _ in columns) + " |"]
     lines.append("|---|---|" + "---:|" * len(columns))
     for m in names:
@@ -195,21 +346,37 @@ def main_table(
             if key not in cells[m]:
                 row.append("–")
                 continue
-            text = cells[m][key][1]
-            row.append(f"**{text}**" if (m, key) in bold else text)
+            text = _with_interval(*cells[m][key])
+            row.append(
+                f"**{text}**" if (m, key) in bold else f"{text} {TIE_MARK}" if (m, key) in tied else text
+            )
         lines.append(f"| {m} | {level[m]} | " + " | ".join(row) + " |")
+    reference, delta = _difference_block(pooled_acc, names, benches)
+    lines += ["", *delta] if delta else []
     date = date or _dt.date.today().isoformat()
+    level_pct = f"{stats.DEFAULT_LEVEL:.0%}"
     lines += [
         "",
-        f"Accuracy: avg@k (mean over k samples per problem, then over problems), mean ± std over seeds {seeds}. "
+        f"Each value: the point estimate on the data as observed, then its {level_pct} percentile bootstrap interval "
+        "[low, high], seeded (the same files give the same intervals; `clipbench/stats.py`). "
+        f"Accuracy: avg@k (mean over k samples per problem, then over problems and seeds {seeds}); its interval "
+        "resamples seeds and problems together (crossed: every drawn seed on the same drawn problems), the base "
+        "model's (one run) problems only. "
         f"Clip rate, spread and LRE: {CLIP_COLUMN_MEANING.get(clip_column, 'rate')} (`{clip_column}`) by response-length bin over the off-policy training "
         "updates (the first update of each step, at ratio 1, left out), seeds pooled; a token-level rule's rate counts tokens, a sequence-level rule's whole responses, so spread "
         "and LRE are compared (bold: lowest) within a level. S growth a: median |S| ~ L^a over the same bins "
-        "(1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a fixed band). "
-        "Bold: the best accuracy, or the lowest spread or LRE within a level, only where it separates from every "
-        "other row: its mean ± std over seeds (accuracy) or its range over seeds (spread, LRE) does not overlap "
-        "theirs (the base model counts as its one value); no bold means no such separation. "
-        "Definitions: `clipbench/fairness.py`.",
+        "(1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a fixed band). Their intervals resample "
+        "runs, then each drawn run's RL steps. "
+        "Bold: the best accuracy, or the lowest spread or LRE within a level, only where its interval lies wholly "
+        f"beyond every other row's of that comparison; otherwise {TIE_MARK} marks the rows tied for best: the best "
+        "value's row and every row whose interval overlaps its interval. "
+        + (
+            f"Δ: avg@k minus {reference}'s, paired (the same seeds and problems, one draw for both; the base model "
+            f"against every seed of {reference}); * marks an interval that excludes 0. "
+            if delta
+            else ""
+        )
+        + "Definitions: `clipbench/fairness.py`, `clipbench/stats.py`.",
         f"Config `{config_name}` (hash {config_hash}), commit {commit}, {date}.",
     ]
     mismatches = _hash_mismatches(summary)
@@ -224,50 +391,33 @@ def main_table(
     return "\n".join(lines) + "\n"
 
 
-def _seed_spans(
-    acc: pd.DataFrame, fairness_table: pd.DataFrame, names: list[str], benches: list[str]
-) -> dict[tuple[str, str], tuple[float, float]]:
-    """``(method, column) -> (low, high)`` for the columns the table bolds, from two or more seeds:
-    accuracy mean - std .. mean + std over seeds; spread and LRE their range over the per-seed rows
-    of fairness.csv. A method with one seed (or the base model) has no span."""
-    spans = {}
-    per_seed = fairness_table[fairness_table.scope == "seed"]
+def _difference_block(
+    pooled_acc: pd.DataFrame, names: list[str], benches: list[str]
+) -> tuple[str, list[str]]:
+    """(the reference, the lines of the paired-difference table: a row per method, Δ avg@k with its
+    interval per benchmark, the reference's own cell "0 (reference)"); no lines without differences."""
+    with_diff = pooled_acc[pooled_acc["diff"].notna()]
+    references = sorted(with_diff["reference"].dropna().astype(str).unique())
+    if not references:
+        return "", []
+    if len(references) > 1:
+        raise ValueError(f"summary.csv: differences against several references {references}; expected one")
+    [reference] = references
+    diffs = with_diff.set_index(["method", "benchmark"])
+    lines = [f"| Δ avg@k vs {reference} | " + " | ".join(benches) + " |", "|---|" + "---:|" * len(benches)]
     for m in names:
+        row = []
         for b in benches:
-            values = acc[(acc.method == m) & (acc.benchmark == b)].value
-            if m != BASE and len(values) >= 2:
-                mean, std = _mean_std(values)
-                spans[m, b] = (mean - std, mean + std)
-        seeds = per_seed[per_seed.method == m]
-        for key, column in (("spread", "spread"), ("lre", "lre")):
-            values = seeds[column].dropna() if column in seeds.columns else pd.Series(dtype=float)
-            if len(values) >= 2:
-                spans[m, key] = (float(values.min()), float(values.max()))
-    return spans
-
-
-def _separated_best(group: list[str], key: str, cells, spans, pick) -> str | None:
-    """The row of ``group`` whose span lies wholly beyond every other row's in the better direction
-    (``pick`` max: above, min: below), or None. A row without a span (one seed, the base model)
-    counts as its value and is never the one bolded. At most one row can separate so."""
-    if len(group) < 2:
-        return None
-    for best in group:
-        if (best, key) not in spans:
-            continue
-        low, high = spans[best, key]
-        separated = True
-        for other in group:
-            if other == best:
-                continue
-            value = cells[other][key][0]
-            other_low, other_high = spans.get((other, key), (value, value))
-            if (pick is max and not low > other_high) or (pick is min and not high < other_low):
-                separated = False
-                break
-        if separated:
-            return best
-    return None
+            if m == reference and (m, b) in diffs.index:
+                row.append("0 (reference)")
+            elif (m, b) in diffs.index:
+                d = diffs.loc[(m, b)]
+                text = _with_interval(d["diff"], d["diff_lo"], d["diff_hi"], 3, sign=True)
+                row.append(text + (" *" if d["diff_lo"] > 0 or d["diff_hi"] < 0 else ""))
+            else:
+                row.append("–")
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return reference, lines
 
 
 # --------------------------------------------------------------------------- what each output needs
@@ -281,12 +431,14 @@ def missing_columns(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
 def unmet_needs(summary: pd.DataFrame, fairness_table: pd.DataFrame) -> str | None:
     """What the main table needs from summary.csv and fairness.csv and they lack, as a phrase that
     completes "the main table needs ..."; None when it can be made."""
-    lacking = missing_columns(summary, SUMMARY_COLUMNS[1:])
+    lacking = missing_columns(summary, TABLE_SUMMARY_NEEDS)
     if lacking:
         return f"--summary with the columns {lacking} (a summary.csv from `clipbench aggregate`)"
-    lacking = missing_columns(
-        fairness_table, ["scope", "method", "clip_column", "clip_rate", "spread", "lre", "s_exponent"]
-    )
+    if not ((summary["scope"] == "pooled") & (summary["metric"] == "avg@k")).any():
+        return "--summary with pooled avg@k rows (it has none)"
+    lacking = missing_columns(fairness_table, TABLE_FAIRNESS_NEEDS)
     if lacking:
         return f"--fairness with the columns {lacking} (a fairness.csv from `clipbench aggregate`)"
+    if not (fairness_table["scope"] == "pooled").any():
+        return "--fairness with pooled rows (it has none)"
     return None

@@ -54,7 +54,8 @@ per-bin values by ``clipbench.fairness``'s own functions (:func:`group_metrics` 
 ``fairness.summarize_bins`` does), never defined a second time, and :func:`fairness_intervals`
 raises if this path does not reproduce ``fairness.fairness_summary`` on the data as observed.
 
-:func:`separated_best` says which of several groups' intervals lies wholly beyond every other's.
+:func:`separated_best` says which of several groups' intervals lies wholly beyond every other's;
+:func:`tied_best`, where none does, which groups are tied with the best point estimate.
 """
 
 from __future__ import annotations
@@ -597,6 +598,30 @@ def separated_best(
         if better == "lower" and all(high < other_low for other_low, _ in others):
             return best
     return None
+
+
+def tied_best(
+    intervals: Mapping[Hashable, tuple[float, float]],
+    points: Mapping[Hashable, float],
+    better: str = "higher",
+) -> list[Hashable]:
+    """The groups tied for best where none separates (:func:`separated_best` gives None): the
+    group with the best point estimate (the first, on equal points) and every group whose interval
+    overlaps its interval (touching counts), in the order of ``intervals``. Empty when one group
+    separates, with fewer than two groups, or when the best group's interval has a NaN bound."""
+    if better not in ("higher", "lower"):
+        raise ValueError(f"better must be 'higher' or 'lower', got {better!r}")
+    if len(intervals) < 2 or separated_best(intervals, better) is not None:
+        return []
+    finite = [name for name in intervals if np.isfinite(points[name])]
+    if not finite:
+        return []
+    pick = max if better == "higher" else min
+    best = pick(finite, key=lambda name: points[name])
+    low, high = intervals[best]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return []
+    return [name for name, (lo, hi) in intervals.items() if name == best or (lo <= high and low <= hi)]
 
 
 def intervals_of(

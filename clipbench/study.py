@@ -3,8 +3,8 @@ generated from the declarations, and its check at DAG construction by the jobs' 
 
 Where each key is declared (type, default, valid values, meaning):
 
-* the study-level keys (name, methods, seeds, method_params, base, fairness, resources): `Study`
-  and its sections below;
+* the study-level keys (name, methods, seeds, method_params, base, fairness, report, resources):
+  `Study` and its sections below;
 * ``train``: `clipbench.config.TrainConfig` less the keys the study sets per run (model, method,
   method_params, seed);
 * ``base.sft``: `clipbench.sft.SFTConfig`;
@@ -20,7 +20,8 @@ it, as Snakemake workflows do; a test fails when the committed file differs)::
 benchmarks), each method's hyperparameters (its `hparam` declarations, through
 `methods.get_method`, once per method), every run's TrainConfig (`clipbench.config.check_run`, as
 the train job validates it), the SFT settings (`SFTConfig`), each evaluation's settings and local
-data (`clipbench.evaluate.check_settings` and `check_data`, as the evaluate job checks them).
+data (`clipbench.evaluate.check_settings` and `check_data`, as the evaluate job checks them), and
+that the reference method of the paired differences (report.reference) is one of the study's.
 Every error names the key: ``config train.data.split: synthetic has no split 'tset'; ...``.
 """
 
@@ -35,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from clipbench import artifacts, fairness, methods
+from clipbench import artifacts, fairness, methods, stats
 from clipbench.config import TrainConfig, check_run
 from clipbench.evaluate import Settings, check_data, check_settings, cli_flag
 from clipbench.settings import ConfigError, Pattern, from_dict, object_schema, setting
@@ -89,6 +90,21 @@ class Fairness:
     )
 
 
+@dataclass(frozen=True)
+class Report:
+    reference: str = setting(
+        stats.DEFAULT_REFERENCE,
+        help="the method every other is compared with in the table's paired-difference block (the same "
+        "problems and seeds); a method of the study. Not set: grpo, or the study's first method when "
+        "grpo is not one of its methods",
+        pattern=_NAME,
+        means="a method name (letters, digits, _)",
+    )
+    resamples: int = setting(
+        stats.DEFAULT_RESAMPLES, help="bootstrap resamples per interval (clipbench/stats.py)", ge=1
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Study:
     name: str = setting(help="study name, printed in the table footer")
@@ -108,6 +124,7 @@ class Study:
     train: dict[str, Any] = setting(help="clipbench.config.TrainConfig fields except " + ", ".join(RUN_KEYS))
     evaluate: dict[str, Any] = setting(help="the evaluation sets and settings (clipbench.evaluate.Settings)")
     fairness: Fairness = setting(default_factory=Fairness, help="the clip-rate-by-length table")
+    report: Report = setting(default_factory=Report, help="the intervals and the paired differences")
     resources: dict[str, dict[str, Any]] = setting(
         default_factory=dict, help="per rule group: {gpu: N, threads: N, mem_mb: N, runtime: minutes}"
     )
@@ -159,6 +176,11 @@ def schema() -> dict[str, Any]:
         },
     }
     props["fairness"] = _described(object_schema(Fairness, defaults=True), props["fairness"]["description"])
+    # No default for report.reference: Snakemake fills the schema's defaults into the config, and
+    # the DAG check must see whether the config names a reference (_check_reference).
+    props["report"] = _described(
+        object_schema(Report, defaults=("resamples",)), props["report"]["description"]
+    )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "description": DESCRIPTION,
@@ -228,6 +250,13 @@ def eval_args(config: dict[str, Any], key: str) -> list[str]:
     return args
 
 
+def report_args(config: dict[str, Any], reference: str) -> list[str]:
+    """The aggregate command's arguments for the intervals and differences, one list item per
+    shell word: ``reference`` as :func:`check_study` resolved it (:attr:`Grid.reference`)."""
+    resamples = (config.get("report") or {}).get("resamples", stats.DEFAULT_RESAMPLES)
+    return ["--reference", reference, "--resamples", str(resamples)]
+
+
 def sft_args(config: dict[str, Any]) -> list[str]:
     """`--set FIELD=VALUE` for each base.sft field, one list item per shell word."""
     args = []
@@ -241,11 +270,13 @@ def sft_args(config: dict[str, Any]) -> list[str]:
 
 @dataclass(frozen=True)
 class Grid:
-    """What the study runs: methods x seeds, each model on every benchmark key."""
+    """What the study runs: methods x seeds, each model on every benchmark key; the method the
+    others are compared with (report.reference, resolved by :func:`check_study`)."""
 
     methods: list[str]
     seeds: list[int]
     benchmarks: list[str]
+    reference: str = ""
 
 
 def _fail(key: str, err: Exception | str) -> StudyConfigError:
@@ -307,6 +338,23 @@ def _check_train(config: dict[str, Any], grid: Grid) -> None:
                 raise _fail(where[field], err) if field in where else _fail("", f"train.{err}") from None
 
 
+def _check_reference(config: dict[str, Any], grid: Grid) -> str:
+    """The reference method of the paired differences: report.reference when it is a method of
+    the study (an error when set to another); not set, grpo, or the study's first method when
+    grpo is not one of its methods (documented in the schema)."""
+    given = (config.get("report") or {}).get("reference")
+    if given is None:
+        default = stats.DEFAULT_REFERENCE
+        return default if default in grid.methods else grid.methods[0]
+    if given not in grid.methods:
+        raise _fail(
+            "report.reference",
+            f"{given!r} is not a method of this study ({', '.join(grid.methods)}): the paired differences "
+            "need its evaluations; name one of these",
+        )
+    return given
+
+
 def _check_evaluate(config: dict[str, Any]) -> list[str]:
     """Each benchmark entry's Settings, as the evaluate job checks them, and its local data."""
     evaluate = config["evaluate"]
@@ -344,6 +392,7 @@ def check_study(config: dict[str, Any]) -> Grid:
     grid = Grid(_check_methods(config), list(study.seeds), [])
     _check_base(study)
     _check_train(config, grid)
+    grid = dataclasses.replace(grid, reference=_check_reference(config, grid))
     return dataclasses.replace(grid, benchmarks=_check_evaluate(config))
 
 

@@ -10,6 +10,7 @@ from importlib import metadata
 
 import pandas as pd
 import pytest
+from eval_files import write_eval
 
 import clipbench
 from clipbench import cli
@@ -135,29 +136,30 @@ def study(tmp_path):
     pd.DataFrame(
         [
             {
+                "scope": scope,
                 "model": m,
                 "method": m,
-                "seed": s,
+                "seed": s if scope == "seed" else -1,
                 "benchmark": "synthetic_test",
                 "metric": "avg@k",
                 "k": 4,
                 "value": v,
+                "lo": v - 0.1,
+                "hi": v + 0.1,
+                "reference": "ppo",
+                "diff": v - 0.5,
+                "diff_lo": v - 0.6,
+                "diff_hi": v - 0.4,
             }
             for m, s, v in rows
+            for scope in ("pooled", "seed")
         ]
     ).to_csv(tmp_path / "summary.csv", index=False)
+    metrics = {"clip_rate": 0.1, "spread": 1.0, "lre": 0.01, "s_exponent": 0.5}
     pd.DataFrame(
         [
-            {
-                "scope": "pooled",
-                "method": m,
-                "seed": -1,
-                "clip_column": "seq_out",
-                "clip_rate": 0.1,
-                "spread": 1.0,
-                "lre": 0.01,
-                "s_exponent": 0.5,
-            }
+            {"scope": "pooled", "method": m, "seed": -1, "clip_column": "seq_out"}
+            | {f"{name}{end}": value for name, value in metrics.items() for end in ("", "_lo", "_hi")}
             for m in ("ppo", "fspo")
         ]
     ).to_csv(tmp_path / "fairness.csv", index=False)
@@ -323,3 +325,60 @@ def test_aggregate_writes_no_file_when_a_run_is_unfinished(tmp_path, capsys):
     assert cli.main(args) == 2
     assert "--runs: no final/summary.json (an unfinished run?) in" in capsys.readouterr().err
     assert not summary.exists() and not fairness.exists() and not bins.exists()
+
+
+def finished_run(root, method, seed, steps=4, per_step=30):
+    """A run directory as `clipbench train` leaves it: a clip-records file per step, then
+    final/summary.json."""
+    import numpy as np
+
+    from clipbench import artifacts
+
+    run = root / "runs" / method / f"seed{seed}"
+    rng = np.random.default_rng(seed)
+    for step in range(steps):
+        rows = [
+            {"step": step, "update": update, "epoch": 0, "minibatch": update, "seq": i}
+            | {"length": int(rng.integers(5, 60)), "S": float(rng.normal(0, 0.1)), "advantage": 0.0}
+            | {"reward": 0.0, "entropy": 0.1, "seq_clip": 0.0, "seq_out": float(rng.random() < 0.2)}
+            for update in (0, 1)
+            for i in range(per_step)
+        ]
+        artifacts.write_step_records(run, step, artifacts.clip_records_frame(rows))
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "summary.json").write_text("{}")
+    return run
+
+
+def test_aggregate_writes_intervals_and_differences_against_the_reference(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    evals = [write_eval(tmp_path, "base", rng.random((12, 2)) < 0.5)]
+    runs = []
+    for method in ("ppo", "grpo"):
+        for seed in (0, 1):
+            evals.append(write_eval(tmp_path, f"{method}-seed{seed}", rng.random((12, 2)) < 0.5))
+            runs.append(finished_run(tmp_path, method, seed))
+    out = {name: tmp_path / f"{name}.csv" for name in ("summary", "fairness", "fairness_bins")}
+    args = ["aggregate", "--evals", *map(str, evals), "--runs", *map(str, runs), "--bins", "3"]
+    args += [arg for name, path in out.items() for arg in (f"--{name.replace('_', '-')}", str(path))]
+    assert cli.main([*args, "--reference", "gspo", "--resamples", "20"]) == 2
+    assert capsys.readouterr().err == (
+        "clipbench aggregate: error: accuracy_differences: the reference 'gspo' has no verdicts on synthetic_test\n"
+    )
+    assert not any(path.exists() for path in out.values())  # nothing written
+    assert cli.main([*args, "--reference", "ppo", "--resamples", "20", "--bootstrap-seed", "3"]) == 0
+    summary = pd.read_csv(out["summary"])
+    pooled = summary[summary.scope == "pooled"].set_index(["method", "metric"])
+    assert set(pooled.reference) == {"ppo"} and pooled.loc[("ppo", "avg@k"), "diff_hi"] == 0.0
+    assert summary[["lo", "hi"]].notna().all().all()
+    groups = pd.read_csv(out["fairness"])
+    assert groups[["spread_lo", "spread_hi", "lre_lo", "lre_hi"]].notna().all().all()
+    first = {name: path.read_bytes() for name, path in out.items()}
+    assert cli.main([*args, "--reference", "ppo", "--resamples", "20", "--bootstrap-seed", "3"]) == 0
+    assert {name: path.read_bytes() for name, path in out.items()} == first  # byte for byte
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit
+        cli.main([*args, "--resamples", "0"])
+    assert exited.value.code == 2
+    assert "--resamples: must be an integer >= 1, got 0" in capsys.readouterr().err

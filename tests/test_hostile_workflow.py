@@ -279,7 +279,8 @@ def test_common_smk_checks_names_even_without_the_schema(tmp_path, changes, mess
     project = copy_workflow(tmp_path)
     schema = project / "workflows" / "config" / "schema.yaml"
     text = schema.read_text()
-    assert text.count('pattern: "^[A-Za-z0-9_]+$"') == 3
+    # methods, method_params and evaluate.benchmarks keys, report.reference (a study method, checked too)
+    assert text.count('pattern: "^[A-Za-z0-9_]+$"') == 4
     schema.write_text(text.replace('pattern: "^[A-Za-z0-9_]+$"', 'pattern: ".*"'))
     result = dry_run(smoke_with(tmp_path, **changes), tmp_path, project / "Snakefile")
     log = result.stdout + result.stderr

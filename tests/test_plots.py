@@ -67,6 +67,20 @@ def test_plots_are_byte_reproducible(tmp_path):
         assert plots.write(name, frames, tmp_path / f"{name}-2.png").read_bytes() == first
 
 
+def test_the_accuracy_plot_draws_one_point_per_evaluation(tmp_path):
+    # summary.csv's pooled rows (a method's seeds together, with intervals) are means of the
+    # evaluations' rows: drawn too, they would add a point per method. The plot is the same without them.
+    runs = summary_rows().assign(scope="seed")
+    pooled = runs.groupby("method", as_index=False).agg(value=("value", "mean"))
+    pooled = pooled.assign(scope="pooled", model=pooled.method, seed=-1, benchmark="synthetic_test")
+    pooled = pooled.assign(metric="avg@k", k=4, value=pooled.value + 0.2)  # moved: it would show
+    both = pd.concat([pooled, runs], ignore_index=True)
+    with_pooled = plots.write("accuracy", {"summary": both}, tmp_path / "a.png").read_bytes()
+    assert plots.write("accuracy", {"summary": runs}, tmp_path / "b.png").read_bytes() == with_pooled
+    without_scope = plots.write("accuracy", {"summary": summary_rows()}, tmp_path / "c.png").read_bytes()
+    assert without_scope == with_pooled  # a summary.csv from before the scope column: every row a run
+
+
 def test_a_registered_function_is_a_plot_the_cli_draws(registry, tmp_path):
     @plots.plot("accuracy_by_seed", inputs=("summary",))
     def accuracy_by_seed(summary):

@@ -368,3 +368,24 @@ def test_separated_best():
         stats.separated_best(apart, "max")
     frame = pd.DataFrame({"method": ["a", "b"], "lre_lo": [0.1, 0.3], "lre_hi": [0.2, 0.4]})
     assert stats.separated_best(stats.intervals_of(frame, "lre"), "lower") == "a"
+
+
+def test_tied_best():
+    # a's point is the best; b overlaps a's interval, c touches it, d lies below: a, b, c tie
+    intervals = {"a": (0.50, 0.70), "b": (0.45, 0.55), "c": (0.30, 0.50), "d": (0.10, 0.40)}
+    points = {"a": 0.60, "b": 0.50, "c": 0.40, "d": 0.20}
+    assert stats.tied_best(intervals, points, "higher") == ["a", "b", "c"]
+    # lower is better: d's point is the best; c overlaps it
+    assert stats.tied_best(intervals, points, "lower") == ["c", "d"]
+    # one separates: no tie to mark (it is bolded instead)
+    apart = {"a": (0.50, 0.70), "b": (0.10, 0.40)}
+    assert stats.separated_best(apart, "higher") == "a"
+    assert stats.tied_best(apart, {"a": 0.6, "b": 0.2}, "higher") == []
+    # the tie is about the best point's interval, not a chain: c overlaps b, not a
+    chain = {"a": (0.55, 0.70), "b": (0.40, 0.56), "c": (0.30, 0.45)}
+    assert stats.tied_best(chain, {"a": 0.6, "b": 0.5, "c": 0.35}, "higher") == ["a", "b"]
+    assert stats.tied_best({"a": (0.5, 0.6)}, {"a": 0.55}) == []  # nothing to tie with
+    nan = float("nan")
+    assert stats.tied_best({"a": (nan, nan), "b": (0.1, 0.2)}, {"a": 0.9, "b": 0.15}) == []
+    with pytest.raises(ValueError, match="better"):
+        stats.tied_best(intervals, points, "max")

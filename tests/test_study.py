@@ -64,6 +64,7 @@ def test_the_only_defaults_snakemake_inserts_are_the_study_level_ones():
         "evaluate.prompt_style": "base",
         "fairness.bins": 5,
         "fairness.clip_column": "seq_out",
+        "report.resamples": 1000,  # not report.reference: the DAG check must see whether it is set
     }
 
 
@@ -82,6 +83,7 @@ SECTIONS = [
     (OptimConfig, ("train", "optim")),
     (TrainConfig, ("train",)),
     (SFTConfig, ("base", "sft")),
+    (study.Report, ("report",)),
 ]
 
 
@@ -140,6 +142,7 @@ def test_the_schema_and_the_dataclass_accept_the_same_values(cls, where):
         SFTConfig(),
         evaluate.Settings(benchmark="synthetic"),
         study.Fairness(),
+        study.Report(),
     ],
     ids=lambda obj: type(obj).__name__,
 )
@@ -204,12 +207,36 @@ def with_changes(**changes) -> dict:
         ),
         ({"fairness__bins": 0}, "config fairness.bins: must be >= 1, got 0"),
         ({"seeds": [-1]}, "config seeds[0]: must be >= 0, got -1"),
+        (
+            {"report__reference": "grpo"},
+            "config report.reference: 'grpo' is not a method of this study (fspo, gspo): the paired "
+            "differences need its evaluations; name one of these",
+        ),
+        ({"report__reference": "../x"}, "config report.reference: must be a method name"),
+        ({"report__resamples": 0}, "config report.resamples: must be >= 1, got 0"),
     ],
 )
 def test_check_study_names_the_key(changes, message):
     with pytest.raises(study.StudyConfigError) as raised:
         study.check_study(with_changes(**changes))
     assert message in str(raised.value)
+
+
+def test_the_reference_method_is_the_configured_one_or_grpo_or_the_first():
+    default = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    assert study.check_study(default).reference == "grpo"
+    default["report"] = {"reference": "ppo"}
+    assert study.check_study(default).reference == "ppo"
+    del default["report"]
+    default["methods"] = ["ppo", "grpo"]
+    assert study.check_study(default).reference == "grpo"  # not set: grpo, wherever it is listed
+    assert smoke()["methods"] == ["fspo", "gspo"] and "report" not in smoke()
+    assert study.check_study(smoke()).reference == "fspo"  # not set and no grpo: the first method
+    assert study.check_study(with_changes(report__reference="gspo")).reference == "gspo"
+    # the aggregate job's flags, as the rule writes them
+    assert study.report_args(smoke(), "fspo") == ["--reference", "fspo", "--resamples", "1000"]
+    config = with_changes(report__resamples=2000)
+    assert study.report_args(config, "gspo") == ["--reference", "gspo", "--resamples", "2000"]
 
 
 def test_the_dag_builds_each_configured_method_once_and_runs_none(monkeypatch):

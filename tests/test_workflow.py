@@ -94,6 +94,10 @@ def test_gpu_profile_dry_runs():
             r"config evaluate.data_dir: math500/test: /nonexistent/math500/test.jsonl not found "
             r"\(data_dir=/nonexistent\) \(for evaluate.benchmarks.m\)",
         ),
+        (
+            {"report": {"reference": "grpo"}},
+            r"config report.reference: 'grpo' is not a method of this study \(fspo, gspo\)",
+        ),
         # Types and ranges of train and base.sft are in the generated schema (clipbench.study).
         (
             {"train": {"steps": "many"}},
@@ -136,6 +140,17 @@ def test_bad_configs_fail_at_dag_construction_naming_the_key(tmp_path, override,
     result = snakemake("-n", "--configfile", str(path))
     assert result.returncode != 0
     assert re.search(message, result.stdout + result.stderr), result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_the_aggregate_job_gets_the_configured_reference_and_resamples(tmp_path):
+    study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    study["report"] = {"reference": "gspo", "resamples": 50}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = snakemake("-n", "-p", "--forceall", "results/summary.csv", "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    [line] = [line for line in result.stdout.splitlines() if "clipbench.cli aggregate" in line]
+    assert "--reference gspo --resamples 50" in line
 
 
 def test_a_study_config_may_write_numbers_with_an_exponent(tmp_path):

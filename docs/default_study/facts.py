@@ -3,6 +3,7 @@
 Usage, from the repository root after the study: `python docs/default_study/facts.py results`
 (or `docs/default_study` for the committed copies). The SFT warm-up's history is in
 results/base/model/sft_history.json; the entropy quintiles come from entropy_quintiles.py.
+Each value is followed by its 95% bootstrap interval [lo, hi] where the files have one.
 """
 
 import sys
@@ -10,48 +11,92 @@ import sys
 import numpy as np
 import pandas as pd
 
+pd.set_option("display.width", 200)
 d = sys.argv[1]
 s = pd.read_csv(f"{d}/summary.csv")
 f = pd.read_csv(f"{d}/fairness.csv")  # per method (scope pooled) and per run (scope seed)
 bins = pd.read_csv(f"{d}/fairness_bins.csv")  # the same groups, per length bin
 acc = s[s.metric == "avg@k"]
+runs, pooled_acc = acc[acc.scope == "seed"], acc[acc.scope == "pooled"]
 print("== accuracy avg@k per model")
-print(acc.pivot_table(index=["method", "seed"], columns="benchmark", values="value").to_string())
-g = acc[acc.method != "base"].groupby(["method", "benchmark"]).value.agg(["mean", "std"])
-print(g.round(3).to_string())
+print(runs.pivot_table(index=["method", "seed"], columns="benchmark", values="value").to_string())
+print("== accuracy avg@k per method, seeds pooled, with its interval, and the difference to the reference")
+cols = ["method", "benchmark", "value", "lo", "hi", "reference", "diff", "diff_lo", "diff_hi"]
+print(pooled_acc[cols].round(3).to_string(index=False))
 for b in acc.benchmark.unique():
-    m = g.xs(b, level="benchmark")["mean"]
+    on_b = pooled_acc[pooled_acc.benchmark == b]
+    m = on_b[on_b.method != "base"]
+    dd = on_b[on_b.method != on_b.reference]  # every method but the reference, the base model too
     print(
         b,
         "RL range",
-        round(m.min(), 3),
+        round(m.value.min(), 3),
         "-",
-        round(m.max(), 3),
+        round(m.value.max(), 3),
         "base",
-        acc[(acc.method == "base") & (acc.benchmark == b)].value.iloc[0],
+        on_b[on_b.method == "base"].value.iloc[0],
+        "| differences excluding 0:",
+        dd[(dd.diff_lo > 0) | (dd.diff_hi < 0)].method.tolist(),
+        "| difference interval widths",
+        round((dd.diff_hi - dd.diff_lo).min(), 3),
+        "-",
+        round((dd.diff_hi - dd.diff_lo).max(), 3),
     )
-print("== pooled per method")
+    r = runs[runs.benchmark == b]
+    print(
+        b,
+        "one run's interval width",
+        round((r.hi - r.lo).min(), 3),
+        "-",
+        round((r.hi - r.lo).max(), 3),
+        "stderr",
+        round(r.stderr.min(), 3),
+        "-",
+        round(r.stderr.max(), 3),
+        "| methods whose two seeds' intervals do not overlap:",
+        [m for m, g in r[r.seed >= 0].groupby("method") if g.lo.max() > g.hi.min()],
+    )
+print("== pooled per method (value, lo, hi)")
 first = f[f.scope == "pooled"].set_index("method")
-print(first[["clip_rate", "spread", "lre", "slope", "s_exponent"]].round(4).to_string())
-print("== per seed")
+metrics = ["clip_rate", "spread", "lre", "slope", "s_exponent"]
+print(first[[f"{m}{e}" for m in metrics for e in ("", "_lo", "_hi")]].round(4).to_string())
+print("== per seed (value, lo, hi)")
 ps = f[f.scope == "seed"].set_index(["method", "seed"])
-print(ps[["clip_rate", "spread", "lre", "s_exponent"]].round(4).to_string())
+print(
+    ps[[f"{m}{e}" for m in ("clip_rate", "spread", "lre", "s_exponent") for e in ("", "_lo", "_hi")]]
+    .round(4)
+    .to_string()
+)
+seq = first.loc[["fspo", "gspo", "seq_ppo"]]
 print(
     "s_exponent pooled range",
     first.s_exponent.min().round(2),
     first.s_exponent.max().round(2),
+    "sequence rules",
+    seq.s_exponent.min().round(2),
+    seq.s_exponent.max().round(2),
+    "their intervals",
+    seq.s_exponent_lo.min().round(2),
+    seq.s_exponent_hi.max().round(2),
     "per seed range",
     ps.s_exponent.min().round(2),
     ps.s_exponent.max().round(2),
+    "sequence-rule runs' lowest lower end",
+    ps.loc[["fspo", "gspo", "seq_ppo"]].s_exponent_lo.min().round(2),
 )
-print("== by bin (pooled): seq_out, length_mean, abs_s_median, entropy_mean")
+widths = ps.loc[["fspo", "gspo", "seq_ppo"]].eval("spread_hi - spread_lo")
+print("sequence-rule runs' spread interval widths", widths.min().round(2), "-", widths.max().round(2))
+print("== by bin (pooled): seq_out [lo, hi], length_mean, abs_s_median, entropy_mean")
 for m, grp in bins[bins.scope == "pooled"].groupby("method"):
     grp = grp.sort_values("bin")
     ratio = grp.abs_s_median / np.sqrt(grp.length_mean)
     print(
         m,
         "seq_out",
-        grp.seq_out.round(3).tolist(),
+        [
+            f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+            for v, lo, hi in zip(grp.seq_out, grp.seq_out_lo, grp.seq_out_hi, strict=True)
+        ],
         "len",
         grp.length_mean.round(1).tolist(),
         "|S|/sqrtL growth",

@@ -14,6 +14,7 @@ GRID = study.check_study(config)
 METHODS = GRID.methods
 SEEDS = GRID.seeds
 BENCHES = GRID.benchmarks
+REFERENCE = GRID.reference  # report.reference, resolved and checked (clipbench.study.check_study)
 RUNS = [RunId(m, s) for m in METHODS for s in SEEDS]
 MODELS = [artifacts.BASE] + [run.model for run in RUNS]
 CONFIG_HASH = config_hash(config)
@@ -57,6 +58,11 @@ def eval_args(bench):
     """The evaluate command's arguments, one list item per shell word: the rule writes them
     `{params.args:q}`, each quoted (a data_dir with a space or `$(...)` stays one argument)."""
     return study.eval_args(config, bench)
+
+
+def report_args():
+    """The aggregate command's --reference and --resamples, one list item per shell word."""
+    return study.report_args(config, REFERENCE)
 
 
 def sft_args():

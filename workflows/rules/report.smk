@@ -1,4 +1,6 @@
-# Tidy result files, the main table, and one job per plot registered in clipbench.plots.
+# Tidy result files, the main table, and one job per plot registered in clipbench.plots. The
+# aggregate job computes every interval and the paired differences against report.reference
+# (clipbench.stats); the table reads them from summary.csv and fairness.csv.
 
 
 rule aggregate:
@@ -13,6 +15,7 @@ rule aggregate:
         runs=[run.run_dir for run in RUNS],
         bins=config.get("fairness", {}).get("bins", fairness.DEFAULT_BINS),
         column=config.get("fairness", {}).get("clip_column", fairness.CLIP_COLUMNS[0]),
+        intervals=report_args(),
     log:
         artifacts.AGGREGATE_LOG,
     conda:
@@ -20,7 +23,7 @@ rule aggregate:
     shell:
         "python -m clipbench.cli aggregate --evals {input.evals:q} --runs {params.runs:q} --bins {params.bins:q} "
         "--clip-column {params.column:q} --summary {output.summary:q} --fairness {output.fairness:q} "
-        "--fairness-bins {output.fairness_bins:q} > {log:q} 2>&1"
+        "--fairness-bins {output.fairness_bins:q} {params.intervals:q} > {log:q} 2>&1"
 
 
 rule main_table:
