@@ -328,3 +328,224 @@ def test_fspo_kl_drift_clipped_rows_have_zero_gradient():
     assert out.seq_clip.tolist() == [1.0, 0.0]
     # row 1 is below (A > 0: unclipped), gradient -e^-1 / 2 per token; row 0 none.
     assert_close(grad, [[0.0, 0.0], [-math.exp(-1.0) / 2] * 2])
+
+
+# --------------------------------------------------------------------------- cispo, gmpo, sapo
+
+LOG_08 = math.log1p(-0.2)  # exactly the lower bound log(1 - 0.2) that the rules compute
+LN2, LN15 = math.log(2.0), math.log(1.5)
+
+# CISPO batch: old_logp != 0, so the loss's log pi_t (= logp) differs from l_t. Per token
+# loss -w A logp, w = r clipped to the band and held constant; gradient -w A / N.
+#   row 0, A = +1, logp [-1, -2, -0.5], r = [1, 1.2 (upper edge: inside), 1.5 (above: w = 1.2)]
+#          losses [1 * 1, 1.2 * 2, 1.2 * 0.5] = [1, 2.4, 0.6]
+#   row 1, A = -2, logp [-1, -0.5, masked NaN], r = [0.5 (below: w = 0.8 with eps_low = 0.2, 0.5 with
+#          no lower bound), 1.5 (above, A < 0: still truncated to 1.2, unlike PPO's min)]
+#          losses [-0.8 * -2 * -1 = -1.6 (or -0.5 * 2 = -1.0), -1.2 * -2 * -0.5 = -1.2]
+#   row 2, A = 0, r = [2 (outside, A = 0: not clipped), 1, 1]: losses 0
+#   row 3, length 0, garbage. N = 8 response tokens; sum of l = log(2.7) as in TOKEN_METRICS.
+CISPO_LOGP = [[-1.0, -2.0, -0.5], [-1.0, -0.5, NAN], [-3.0, -1.0, -1.0], [INF, NAN, -INF]]
+CISPO_OLD = [
+    [-1.0, -2.0 - LOG_12, -0.5 - LN15],
+    [-1.0 + LN2, -0.5 - LN15, INF],
+    [-3.0 - LN2, -1.0, -1.0],
+    [NAN, INF, 0.0],
+]
+CISPO_ADV = [1.0, -2.0, 0.0, 5.0]
+
+
+def test_cispo_golden_with_both_bounds():
+    rule = methods.get_method("cispo", eps_low=0.2, eps_high=0.2)
+    out, grad = run(rule, CISPO_LOGP, CISPO_OLD, CISPO_ADV, TOKEN_MASK)
+    # token-mean: (1 + 2.4 + 0.6 - 1.6 - 1.2 + 0) / 8 = 1.2 / 8
+    assert_close(out.loss, 1.2 / 8)
+    # -w A / 8: row0 [-1, -1.2, -1.2] / 8; row1 [0.8 * 2, 1.2 * 2] / 8 = [0.2, 0.3]: every token keeps a
+    # gradient, the truncated ones with the capped weight.
+    assert_close(grad, [[-0.125, -0.15, -0.15], [0.2, 0.3, 0.0], [0.0] * 3, [0.0] * 3])
+    # "clipped": weight truncated and A != 0: r0t2 (high), r1t0 (low), r1t1 (high); r2t0 only outside.
+    assert_close(out.seq_clip, [1 / 3, 1.0, 0.0, 0.0])
+    assert_close(out.seq_out, [1 / 3, 1.0, 1 / 3, 0.0])
+    assert out.metrics == pytest.approx(
+        {
+            "clip_frac": 3 / 8,
+            "clip_frac_low": 1 / 8,
+            "clip_frac_high": 2 / 8,
+            "out_frac": 4 / 8,
+            "ppo_kl": -math.log(2.7) / 8,
+        }
+    )
+
+
+def test_cispo_golden_defaults_no_lower_bound():
+    rule = methods.get_method("cispo")
+    assert (rule.eps_low, rule.eps_high, rule.aggregation) == (None, 0.2, "token_mean")
+    out, grad = run(rule, CISPO_LOGP, CISPO_OLD, CISPO_ADV, TOKEN_MASK)
+    # r = 0.5 keeps its weight 0.5: row1 t0 loss -0.5 * -2 * -1 = -1.0, gradient 0.5 * 2 / 8 = 0.125.
+    assert_close(out.loss, (1 + 2.4 + 0.6 - 1.0 - 1.2) / 8)
+    assert_close(grad, [[-0.125, -0.15, -0.15], [0.125, 0.3, 0.0], [0.0] * 3, [0.0] * 3])
+    assert_close(out.seq_clip, [1 / 3, 1 / 2, 0.0, 0.0])
+    assert_close(out.seq_out, [1 / 3, 1 / 2, 1 / 3, 0.0])
+    assert out.metrics == pytest.approx(
+        {
+            "clip_frac": 2 / 8,
+            "clip_frac_low": 0.0,
+            "clip_frac_high": 2 / 8,
+            "out_frac": 3 / 8,
+            "ppo_kl": -math.log(2.7) / 8,
+        }
+    )
+    # seq_mean_token_sum: token sums row0 4.0, row1 -2.2, row2 0 over 3 rows; gradient -w A / 3.
+    out, grad = run(
+        methods.get_method("cispo", aggregation="seq_mean_token_sum"),
+        CISPO_LOGP,
+        CISPO_OLD,
+        CISPO_ADV,
+        TOKEN_MASK,
+    )
+    assert_close(out.loss, (4.0 - 2.2) / 3)
+    assert_close(grad, [[-1 / 3, -0.4, -0.4], [1 / 3, 0.8, 0.0], [0.0] * 3, [0.0] * 3])
+
+
+# GMPO batch, band [-0.4, 0.4] on l (the defaults), old_logp = 0 so l = logp; w = exp(mean l'),
+# l' = l with the bound replacing l where the clip is active (A > 0 above, A < 0 below).
+#   row 0, A = +1, l = [0.5 (above, A > 0: l' = 0.4, no gradient), 0.1, -0.6 (below, A > 0: kept)]:
+#          mean l' = (0.4 + 0.1 - 0.6) / 3 = -1/30, objective e^(-1/30)
+#   row 1, A = -2, l = [-0.5 (below, A < 0: l' = -0.4), 0.6 (above, A < 0: kept), masked NaN]:
+#          mean l' = 0.1, objective -2 e^0.1
+#   row 2, A = 0, l = [1 (outside, not active), 0, 0]: objective 0
+#   row 3, length 0 (garbage). Mean over the 3 rows with L > 0 (verl divides by all 4: pinned in
+#   tests/test_verl_parity.py).
+GMPO_LOGP = [[0.5, 0.1, -0.6], [-0.5, 0.6, NAN], [1.0, 0.0, 0.0], [NAN, INF, -INF]]
+GMPO_OLD = [[0.0] * 3, [0.0, 0.0, -INF], [0.0] * 3, [INF, 0.0, NAN]]
+
+
+def test_gmpo_golden():
+    rule = methods.get_method("gmpo")
+    assert (rule.eps_low, rule.eps_high) == (0.4, 0.4)
+    out, grad = run(rule, GMPO_LOGP, GMPO_OLD, [1.0, -2.0, 0.0, 7.0], TOKEN_MASK)
+    w0, w1 = math.exp(-1 / 30), math.exp(0.1)
+    assert_close(out.loss, (-w0 + 2 * w1 + 0.0) / 3)
+    # d / d logp_t = -A w / (L * 3) on unclipped tokens: row0 [0, -w0/9, -w0/9]; row1 [0, 2 w1 / 6, 0].
+    assert_close(grad, [[0.0, -w0 / 9, -w0 / 9], [0.0, w1 / 3, 0.0], [0.0] * 3, [0.0] * 3])
+    assert_close(out.seq_clip, [1 / 3, 1 / 2, 0.0, 0.0])
+    assert_close(out.seq_out, [2 / 3, 1.0, 1 / 3, 0.0])
+    # Token fractions over 8 tokens: active r0t0 (high), r1t0 (low); outside r0t0, r0t2, r1t0, r1t1,
+    # r2t0; sum of l = 0 + 0.1 + 1.0.
+    assert out.metrics == pytest.approx(
+        {
+            "clip_frac": 2 / 8,
+            "clip_frac_low": 1 / 8,
+            "clip_frac_high": 1 / 8,
+            "out_frac": 5 / 8,
+            "ppo_kl": -1.1 / 8,
+        }
+    )
+
+
+# SAPO batch with a sharp gate, tau_pos = 4, tau_neg = 5 (4 / tau = 1 and 0.8); x = tau (r - 1);
+# "clipped": |x| > 2 ln(1 + sqrt 2) = 1.7627 with A != 0. s = sigmoid; s(2) + s(-2) = 1.
+#   row 0, A = +1 (tau 4), r = [1 (x 0), 1.5 (x 2: above), 0.5 (x -2: below)]: objective f A =
+#          s(x) * 1 = [0.5, s(2), s(-2)], token sum 1.5, token mean 0.5; loss term -0.5
+#          gradient -A 4 s(x) s(-x) r / (L n) = -[1, 4 s(2) s(-2) 1.5, 4 s(2) s(-2) 0.5] / 9
+#   row 1, A = -2 (tau 5), r = [1.2 (x 1), 0.6 (x -2: below), masked]: objective 0.8 s(x) (-2);
+#          token mean of the losses 0.8 (s(1) + s(-2)); gradient 2 * 4 s(x) s(-x) r / (2 * 3):
+#          [4.8 s(1) s(-1), 2.4 s(2) s(-2)] / 3
+#   row 2, A = 0 (tau_neg 5), r = [2 (x 5: outside, A = 0: not clipped), 1, 1]: 0
+#   row 3, length 0 (garbage). n = 3 sequences with L > 0.
+SAPO_LOGP = [[0.0, LN15, -LN2], [math.log(1.2), math.log(0.6), NAN], [LN2, 0.0, 0.0], [INF, INF, NAN]]
+
+
+def _s(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_sapo_golden():
+    rule = methods.get_method("sapo", tau_pos=4.0, tau_neg=5.0)
+    out, grad = run(rule, SAPO_LOGP, [[0.0] * 3] * 4, [1.0, -2.0, 0.0, 1.0], TOKEN_MASK)
+    assert_close(out.loss, (-0.5 + 0.8 * (_s(1) + _s(-2)) + 0.0) / 3)
+    g2 = 4 * _s(2) * _s(-2)
+    assert_close(
+        grad,
+        [
+            [-1 / 9, -g2 * 1.5 / 9, -g2 * 0.5 / 9],
+            [4.8 * _s(1) * _s(-1) / 3, 2.4 * _s(2) * _s(-2) / 3, 0.0],
+            [0.0] * 3,
+            [0.0] * 3,
+        ],
+    )
+    assert_close(out.seq_clip, [2 / 3, 1 / 2, 0.0, 0.0])
+    assert_close(out.seq_out, [2 / 3, 1 / 2, 1 / 3, 0.0])
+    # active r0t1 (high), r0t2 (low), r1t1 (low); outside those and r2t0; sum of l = log(1.08).
+    assert out.metrics == pytest.approx(
+        {
+            "clip_frac": 3 / 8,
+            "clip_frac_low": 2 / 8,
+            "clip_frac_high": 1 / 8,
+            "out_frac": 4 / 8,
+            "ppo_kl": -math.log(1.08) / 8,
+        }
+    )
+
+
+def test_sapo_defaults_and_the_half_gradient_threshold():
+    rule = methods.get_method("sapo")
+    assert (rule.tau_pos, rule.tau_neg, rule.aggregation) == (1.0, 1.05, "seq_mean_token_mean")
+    # The threshold: 4 s(h) s(-h) = 1/2 at h = 2 ln(1 + sqrt 2), by hand s(h) = (1 + 1/sqrt 2) / 2.
+    h = 2 * math.log(1 + math.sqrt(2))
+    assert _s(h) == pytest.approx((1 + 1 / math.sqrt(2)) / 2, rel=1e-15)
+    assert 4 * _s(h) * _s(-h) == pytest.approx(0.5, rel=1e-15)
+    # On policy (r = 1): f = 4 s(0) / tau = 2 / tau, so the loss of one token is -2 A / tau: tau_pos
+    # for A > 0, tau_neg for A <= 0 (the wrong side would swap them). One-token rows, mean of 2.
+    out, grad = run(rule, [[0.0], [0.0]], [[0.0], [0.0]], [1.0, -1.0], [[True], [True]])
+    # To float64 precision (tau_neg = 1.05 held in float32 would be off by 5e-8, relative).
+    assert out.loss.item() == pytest.approx((-2 / 1.0 + 2 / 1.05) / 2, rel=1e-13)
+    assert_close(grad, [[-0.5], [0.5]])  # f'(1) = 1: REINFORCE, -A / 2
+    # Default gate: r = 2.76 has x = 1.76 (inside), r = 2.77 has x = 1.77 (clipped) for A > 0.
+    out, _ = run(rule, [[math.log(2.76), math.log(2.77)]], [[0.0, 0.0]], [1.0], [[True, True]])
+    assert_close(out.seq_clip, [0.5])
+
+
+def test_new_rules_band_edges_for_both_advantage_signs_are_inside():
+    # Tokens exactly on a bound (or just inside the gate's threshold) with A = +1 and A = -1: not
+    # outside, not clipped, and the unclipped gradient.
+    for adv in (1.0, -1.0):
+        # cispo, band [0.8, 1.2]: weight r itself; gradient -A r / 2.
+        out, grad = run(
+            methods.get_method("cispo", eps_low=0.2, eps_high=0.2),
+            [[LOG_08, LOG_12]],
+            [[0.0, 0.0]],
+            [adv],
+            [[True, True]],
+        )
+        assert out.seq_out.tolist() == [0.0] and out.metrics["clip_frac"] == 0
+        assert_close(grad, [[-adv * 0.8 / 2, -adv * 1.2 / 2]])
+        # gmpo, l = -0.4 and 0.4 (mean 0, w = 1): both keep the gradient -A w / L = -A / 2.
+        out, grad = run(methods.get_method("gmpo"), [[-0.4, 0.4]], [[0.0, 0.0]], [adv], [[True, True]])
+        assert out.seq_out.tolist() == [0.0] and out.metrics["clip_frac"] == 0
+        assert_close(grad, [[-adv / 2, -adv / 2]])
+        # sapo, tau 4: r = 1 -+ 0.44 gives x = -+1.76, inside; r = 1 -+ 0.4425 gives x = -+1.77, clipped.
+        sapo = methods.get_method("sapo", tau_pos=4.0, tau_neg=4.0)
+        out, _ = run(sapo, [[math.log(0.56), math.log(1.44)]], [[0.0, 0.0]], [adv], [[True, True]])
+        assert out.seq_out.tolist() == [0.0] and out.metrics["clip_frac"] == 0
+        out, _ = run(sapo, [[math.log(0.5575), math.log(1.4425)]], [[0.0, 0.0]], [adv], [[True, True]])
+        assert out.seq_clip.tolist() == [1.0]
+        assert out.metrics["clip_frac_low"] == out.metrics["clip_frac_high"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("rule", "params", "message"),
+    [
+        ("cispo", {"aggregation": "seq_mean_token_sum_norm"}, "cispo.norm_tokens: required by"),
+        (
+            "sapo",
+            {"norm_tokens": 4},
+            "sapo.norm_tokens=4.0: only aggregation='seq_mean_token_sum_norm' uses it",
+        ),
+        ("cispo", {"eps_low": 1.0}, r"cispo.eps_low=1.0: must be in \(0, 1\)"),
+        ("gmpo", {"eps_high": 0.0}, r"gmpo.eps_high=0.0: must be in \(0, inf\)"),
+        ("sapo", {"tau_neg": -1.0}, r"sapo.tau_neg=-1.0: must be in \(0, inf\)"),
+    ],
+)
+def test_new_rules_options_are_checked(rule, params, message):
+    with pytest.raises(ValueError, match=message):
+        methods.get_method(rule, **params)

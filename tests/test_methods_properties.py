@@ -45,6 +45,10 @@ def narrow(name):
         "gspo": {"eps_low": 0.05, "eps_high": 0.05},
         "ppo": {"eps_low": 0.1, "eps_high": 0.1},
         "grpo": {"eps_low": 0.1, "eps_high": 0.15},
+        "dapo": {"eps_low": 0.1, "eps_high": 0.15},
+        "cispo": {"eps_low": 0.1, "eps_high": 0.1},
+        "gmpo": {"eps_low": 0.1, "eps_high": 0.1},
+        "sapo": {"tau_pos": 10.0, "tau_neg": 12.0},  # |tau (r - 1)| > 1.76 "clips": r outside ~[0.85, 1.17]
     }
     return methods.get_method(name, **overrides.get(name, {}))
 
@@ -84,13 +88,70 @@ def test_autograd_matches_analytic_gradient(name, seed):
     torch.testing.assert_close(grad, analytic_grad(name, rule, logp, old, adv, mask))
 
 
+# Rules whose gradient is, by design, not the derivative of their loss's value along logp, with the
+# reason. CISPO's weight sg(clip(r_t)) is a constant of the gradient (stop-gradient, MiniMax-M1) but
+# moves with logp in a finite difference. For these the finite differences move old_logp along with
+# logp, which holds every l_t (so the weight) still: they must then match the gradient exactly.
+GRADIENT_WITH_FROZEN_WEIGHTS = {"cispo": "stop-gradient importance weight (arXiv 2506.13585, sec. 3.1)"}
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_gradcheck_against_finite_differences(name):
     logp, old, adv, mask = random_batch(3)
     rule = narrow(name)
-    assert torch.autograd.gradcheck(
-        lambda x: rule.loss(x, old, adv, mask).loss, (logp.clone().requires_grad_(True),)
+    x0 = logp.clone()
+    if name in GRADIENT_WITH_FROZEN_WEIGHTS:
+        # old_logp is detached by the interface: the analytic side is the rule's own gradient.
+        loss = lambda x: rule.loss(x, old + (x - x0), adv, mask).loss  # noqa: E731
+    else:
+        loss = lambda x: rule.loss(x, old, adv, mask).loss  # noqa: E731
+    assert torch.autograd.gradcheck(loss, (logp.clone().requires_grad_(True),))
+
+
+def test_cispo_gradient_is_not_the_derivative_of_its_value():
+    """Why cispo is in GRADIENT_WITH_FROZEN_WEIGHTS: with the weight moving, plain finite differences
+    disagree with its gradient (where some r_t is inside the band); the exclusion is not vacuous."""
+    logp, old, adv, mask = random_batch(3)
+    rule = narrow("cispo")
+    x = logp.clone().requires_grad_(True)
+    assert not torch.autograd.gradcheck(
+        lambda x: rule.loss(x, old, adv, mask).loss, (x,), raise_exception=False
     )
+
+
+def analytic_grad_of_new_rule(name, rule, logp, old, adv, mask):
+    """d loss / d logp_t of cispo, gmpo and sapo at their default aggregation, from the papers' formulas
+    (not from the rule's code): n_tok tokens, n_seq sequences with L > 0 in the batch."""
+    maskf = mask.to(logp.dtype)
+    log_ratio = torch.where(mask, logp - old, torch.zeros_like(logp))
+    r = torch.exp(log_ratio)
+    a = adv.unsqueeze(-1)
+    lengths = maskf.sum(-1, keepdim=True)
+    n_tok, n_seq = maskf.sum(), (lengths > 0).sum()
+    if name == "cispo":  # -sg(clip(r)) A log pi, token mean: the clipped weight times -A
+        weight = r.clamp(min=1 - rule.eps_low, max=1 + rule.eps_high)
+        return -a * weight * maskf / n_tok
+    if name == "gmpo":  # -A exp(mean l'), l' the pessimistic per-token clip; clipped l' are constants
+        active = ((log_ratio > rule.eps_high) & (a > 0)) | ((log_ratio < -rule.eps_low) & (a < 0))
+        clipped = torch.where(active, log_ratio.clamp(-rule.eps_low, rule.eps_high), log_ratio)
+        w = torch.exp(clipped.sum(-1, keepdim=True) / lengths.clamp(min=1))
+        return -a * w * (~active) * maskf / lengths.clamp(min=1) / n_seq
+    assert name == "sapo"  # -f(r) A, f' = 4 s(x)(1 - s(x)), x = tau (r - 1); d r / d logp = r
+    tau = torch.where(
+        a > 0, torch.tensor(rule.tau_pos, dtype=r.dtype), torch.tensor(rule.tau_neg, dtype=r.dtype)
+    )
+    s = torch.sigmoid(tau * (r - 1))
+    return -a * 4 * s * (1 - s) * r * maskf / lengths.clamp(min=1) / n_seq
+
+
+@pytest.mark.parametrize("name", ["cispo", "gmpo", "sapo"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_new_rules_autograd_matches_analytic_gradient(name, seed):
+    logp, old, adv, mask = random_batch(seed, batch=12, scale=0.3)
+    rule = narrow(name)
+    out, grad = loss_and_grad(rule, logp, old, adv, mask)
+    assert 0 < out.metrics["clip_frac"] < 1, "the case must have clipped and unclipped units"
+    torch.testing.assert_close(grad, analytic_grad_of_new_rule(name, rule, logp, old, adv, mask))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -192,14 +253,16 @@ def reinforce_loss(name, logp, adv, mask):
     lengths = maskf.sum(-1)
     valid = lengths > 0
     per_token = -adv.unsqueeze(-1) * torch.where(mask, logp, torch.zeros_like(logp))
-    if name == "ppo":
+    if name in ("ppo", "dapo", "cispo"):
         return per_token.sum() / maskf.sum()
-    if name in ("grpo", "gspo"):  # GSPO's d s / d logp_t = s / L: the token mean of each sequence
+    if (
+        name in ("grpo", "gspo", "gmpo", "sapo")
+    ):  # GMPO: d e^{S/L} / d logp_t = e^{S/L} / L; SAPO: f'(1) = 1  # GSPO's d s / d logp_t = s / L: the token mean of each sequence
         return (per_token.sum(-1)[valid] / lengths[valid]).mean()
     return per_token.sum(-1)[valid].mean()  # seq_ppo, fspo: d e^S / d logp_t = e^S
 
 
-@pytest.mark.parametrize("name", CORE)
+@pytest.mark.parametrize("name", [*CORE, "dapo", "cispo", "gmpo", "sapo"])
 def test_at_ratio_one_every_rule_is_reinforce(name):
     logp, _, adv, mask = random_batch(10)
     out, grad = loss_and_grad(methods.get_method(name), logp, logp.detach(), adv, mask)

@@ -64,7 +64,10 @@ def test_advantages_golden():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"method": "fsop"}, "method: unknown method 'fsop'; available: fspo, grpo, gspo, ppo, seq_ppo"),
+        (
+            {"method": "fsop"},
+            "method: unknown method 'fsop'; available: cispo, dapo, fspo, gmpo, grpo, gspo, ppo, sapo, seq_ppo",
+        ),
         ({"method_params": {"c_low": -1}}, r"method_params: fspo.c_low=-1: must be in \(0, inf\)"),
         ({"advantage": {"estimator": "gae"}}, "advantage.estimator: unknown estimator 'gae'"),
         ({"rollout": {"engine": "sglang"}}, "rollout.engine: unknown engine 'sglang'; available: hf, vllm"),

@@ -214,7 +214,9 @@ class LossOutput:
     loss:     scalar to backpropagate (the rule's own aggregation).
     seq_clip: (B,) per sequence, the fraction of its units whose gradient the clip removed
               (clip active: the clipped branch of the min is selected). Token rules give a
-              token fraction, sequence rules 0 or 1; 0 for a row of length 0.
+              token fraction, sequence rules 0 or 1; 0 for a row of length 0. A rule that removes
+              no gradient (cispo's capped weight, sapo's soft gate) defines its indicator in its
+              class docstring.
     seq_out:  (B,) per sequence, the fraction of its units outside the band, whatever the sign
               of the advantage.
     metrics:  floats; at least clip_frac, clip_frac_low, clip_frac_high (clip active, by side of
@@ -434,6 +436,20 @@ def aggregate_tokens(
     raise ValueError(f"aggregation={aggregation!r}: must be one of {', '.join(TOKEN_AGGREGATIONS)}")
 
 
+def check_aggregation(owner: str, aggregation: str, norm_tokens: float | None) -> None:
+    """The cross-field check of a rule with `aggregation` and `norm_tokens` hyperparameters (the
+    token rules, cispo, sapo): norm_tokens is required by seq_mean_token_sum_norm and refused by
+    the other aggregations. ValueError naming the field otherwise."""
+    sum_norm = aggregation == "seq_mean_token_sum_norm"
+    if sum_norm and norm_tokens is None:
+        raise ValueError(f"{owner}.norm_tokens: required by aggregation='seq_mean_token_sum_norm'")
+    if not sum_norm and norm_tokens is not None:
+        raise ValueError(
+            f"{owner}.norm_tokens={norm_tokens!r}: only aggregation='seq_mean_token_sum_norm' uses it "
+            f"(aggregation is {aggregation!r})"
+        )
+
+
 def token_level_rule(
     batch: RolloutBatch,
     low: float,
@@ -475,12 +491,20 @@ def token_level_rule(
         )
         extra["clip_frac_dual"] = _fraction(dual, batch.totals.tokens)
     loss = aggregate_tokens(-units.objective, batch, aggregation, norm_tokens)
+    out = token_level_output(loss, units, batch)
+    return dataclasses.replace(out, metrics={**out.metrics, **extra})
+
+
+def token_level_output(loss: torch.Tensor, units: ClippedUnits, batch: RolloutBatch) -> LossOutput:
+    """The `LossOutput` of a rule whose units are tokens: `loss` with seq_clip and seq_out the
+    fractions of each sequence's tokens that are clip-active and outside the band (0 for a row of
+    length 0), and the metrics over the minibatch's tokens. The indicators must be false off the
+    mask."""
     lengths = batch.lengths
     with torch.no_grad():
-        outside = units.below | units.above
         seq_clip = units.clip_active.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
-        seq_out = outside.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
-    metrics = {**clip_metrics(units, batch.totals.tokens, batch), **extra}
+        seq_out = units.outside.sum(dim=-1).to(lengths.dtype) / lengths.clamp(min=1)
+    metrics = clip_metrics(units, batch.totals.tokens, batch)
     return LossOutput(loss=loss, seq_clip=seq_clip, seq_out=seq_out, metrics=metrics)
 
 
@@ -516,14 +540,7 @@ class TokenClipRule:
     )
 
     def validate(self) -> None:
-        sum_norm = self.aggregation == "seq_mean_token_sum_norm"
-        if sum_norm and self.norm_tokens is None:
-            raise ValueError(f"{self.name}.norm_tokens: required by aggregation='seq_mean_token_sum_norm'")
-        if not sum_norm and self.norm_tokens is not None:
-            raise ValueError(
-                f"{self.name}.norm_tokens={self.norm_tokens!r}: only aggregation='seq_mean_token_sum_norm' uses it "
-                f"(aggregation is {self.aggregation!r})"
-            )
+        check_aggregation(self.name, self.aggregation, self.norm_tokens)
         if self.clip_ratio_c is not None and self.clip_ratio_c < 1 + self.eps_high:
             raise ValueError(
                 f"{self.name}.clip_ratio_c={self.clip_ratio_c!r}: must be >= 1 + eps_high = {1 + self.eps_high:g}"
