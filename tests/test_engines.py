@@ -127,3 +127,28 @@ def test_grouped_decode_attention_changes_nothing_but_speed(policy):
     assert [v for row in grouped[2] for v in row] == pytest.approx(
         [v for row in plain[2] for v in row], abs=1e-6
     )
+
+
+def test_weights_cross_to_vllms_process_as_bytes_and_come_back_equal():
+    """vLLM's engine process gets the policy's tensors as (name, dtype, shape, bytes) records (its
+    RPC pickles arguments and cannot pickle tensor buffers); the worker rebuilds them exactly."""
+    from clipbench.engines import VLLMWorkerExtension, _dtype_name, _tensor_bytes
+
+    received = []
+
+    class Worker(VLLMWorkerExtension):
+        def clipbench_load_weights(self, weights):
+            received.extend(weights)
+
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "a.weight": torch.randn(3, 5, generator=g),
+        "b.bias": torch.randn(7, generator=g).to(torch.bfloat16),
+        "c.t": torch.randn(4, 6, generator=g).t(),  # not contiguous
+    }
+    Worker().clipbench_load_weight_bytes(
+        [(n, _dtype_name(x), list(x.shape), _tensor_bytes(x)) for n, x in state.items()]
+    )
+    assert [name for name, _ in received] == list(state)
+    for (_, got), want in zip(received, state.values(), strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
