@@ -236,6 +236,19 @@ def _dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict without the entries that share storage with an earlier one (a tied LM head:
+    vLLM ties it to the embedding it loads), so no tensor crosses twice."""
+    seen, kept = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        kept[name] = tensor
+    return kept
+
+
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     """A tensor's raw bytes (any dtype, bfloat16 included), on the CPU, in row-major order."""
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
@@ -256,10 +269,12 @@ class VLLMWorkerExtension:
         to vLLM's engine process (its RPC pickles arguments, and cannot pickle tensor buffers)."""
         import torch
 
-        weights = [
-            (name, torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype)).reshape(shape))
-            for name, dtype, shape, data in payload
-        ]
+        def rebuild(dtype: str, shape: list[int], data: bytes) -> torch.Tensor:
+            if not data:  # a tensor with no elements: frombuffer refuses an empty buffer
+                return torch.empty(shape, dtype=getattr(torch, dtype))
+            return torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype)).reshape(shape)
+
+        weights = [(name, rebuild(dtype, shape, data)) for name, dtype, shape, data in payload]
         self.clipbench_load_weights(weights)
 
     def clipbench_reload_weights(self, weights_path: str) -> None:
@@ -354,6 +369,7 @@ class VLLMEngine:
         )
         self.weight_sync = weight_sync
         self.sleep_level = sleep_level
+        self._asleep = False
         self._scratch = tempfile.TemporaryDirectory(prefix="clipbench-vllm-sync-")
 
     def sync(self, model) -> None:
@@ -361,7 +377,7 @@ class VLLMEngine:
         if self.weight_sync == "memory":
             import vllm.envs
 
-            state = model.state_dict()
+            state = _unshared(model.state_dict())
             if not vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING:  # the engine is in this process
                 weights = [(name, tensor.detach()) for name, tensor in state.items()]
                 self.llm.collective_rpc("clipbench_load_weights", args=(weights,))
@@ -375,17 +391,24 @@ class VLLMEngine:
             path = Path(self._scratch.name)
             model.save_pretrained(path, safe_serialization=True)
             self.llm.collective_rpc("clipbench_reload_weights", kwargs={"weights_path": str(path)})
+        if self._asleep:  # the weights are awake and current: now the KV cache
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
         self.llm.reset_prefix_cache()
 
     def release(self) -> None:
         """Before an update: with a sleep level, put vLLM to sleep (its GPU memory freed)."""
         if self.sleep_level is not None:
             self.llm.sleep(level=self.sleep_level)
+            self._asleep = True
 
     def resume(self) -> None:
-        """Before the sync after an update: wake vLLM if it sleeps."""
-        if self.sleep_level is not None:
-            self.llm.wake_up()
+        """Before the sync after an update: wake vLLM's weights only (the sync overwrites them; the
+        KV cache wakes after it), once the caching allocator has returned what the update held
+        (else vLLM's re-mapping can run out of memory that torch keeps reserved)."""
+        if self._asleep:
+            torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])
 
     def close(self) -> None:
         """Stop vLLM's engine processes and delete the scratch directory now (else at exit)."""

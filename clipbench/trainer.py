@@ -779,8 +779,8 @@ class Trainer:
         timing: dict[str, Phase] = {}
         start = time.perf_counter()
         samples, answers = self._rollout(step)
-        self.engine.release()  # a vLLM with a sleep level frees its GPU memory for the update
         timing["generate"] = Phase.since(start, sum(len(c) for c in samples.completion_ids))
+        self.engine.release()  # a vLLM with a sleep level frees its GPU memory for the update
         t0 = time.perf_counter()
         rewards, statuses = self._score(samples, answers)
         timing["score"] = Phase.since(t0, len(answers))

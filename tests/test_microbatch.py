@@ -29,10 +29,13 @@ from clipbench.methods import (
 from clipbench.trainer import Trainer, split_by_tokens
 
 # Every registered rule at its defaults, plus FSPO with the drift that needs the minibatch's l_t
-# and GSPO with a band wide enough to keep some sequences inside it (its default puts all outside).
+# GSPO with a band wide enough to keep some sequences inside it (its default puts all outside), and
+# the token rules' dual-clip and token-sum aggregations.
 CASES = [(name, {}) for name in methods.available_methods()] + [
     ("fspo", {"drift": "kl"}),
     ("gspo", {"eps_low": 0.05, "eps_high": 0.05}),
+    ("ppo", {"clip_ratio_c": 1.3, "aggregation": "seq_mean_token_sum"}),
+    ("grpo", {"aggregation": "seq_mean_token_sum_norm", "norm_tokens": 16}),
 ]
 
 # Row lengths of the test minibatch: long and short rows, two empty rows, a one-token row that
