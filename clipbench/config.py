@@ -118,6 +118,21 @@ class RolloutConfig:
     gpu_memory_utilization: float = setting(
         0.3, help="vllm only: the share of GPU memory the engine may take", gt=0, le=1
     )
+    vllm_weight_sync: str = setting(
+        "memory",
+        help="vllm only: how the policy's weights reach vLLM after each step: 'memory' (the state dict "
+        "through vLLM's in-place reload, no file; in-process engines get the tensors themselves) or "
+        "'disk' (saved to a scratch directory, then reloaded)",
+        choices=("memory", "disk"),
+    )
+    vllm_sleep_level: int | None = setting(
+        None,
+        help="vllm on CUDA only: put vLLM to sleep during each update so its KV cache (level 1: and "
+        "weights, offloaded to CPU; level 2: discarded, the sync reloads them) free GPU memory; null: "
+        "it keeps its memory",
+        ge=1,
+        le=2,
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +260,11 @@ def check_run(config: TrainConfig) -> TrainConfig:
         raise ConfigError(
             "optim.minibatches * optim.epochs: must be > 1 (with one minibatch and one epoch every update runs "
             "at ratio 1, so no clipping rule ever acts)"
+        )
+    if r.vllm_sleep_level is not None and (r.engine != "vllm" or not config.device.startswith("cuda")):
+        raise ConfigError(
+            f"rollout.vllm_sleep_level: vLLM's sleep mode needs rollout.engine=vllm on a CUDA device "
+            f"(engine {r.engine!r}, device {config.device!r})"
         )
     batch = r.prompts_per_step * r.samples_per_prompt
     if batch % o.minibatches:

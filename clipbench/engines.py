@@ -20,6 +20,7 @@ import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -183,6 +184,12 @@ class HFEngine:
         """Nothing to do: the engine samples from the policy object itself."""
         self.model = model
 
+    def release(self) -> None:
+        """Nothing to free: the engine holds no memory of its own between calls."""
+
+    def resume(self) -> None:
+        """Nothing to restore."""
+
     def generate(self, prompts: list[str], n: int, seed: int) -> Samples:
         return self.generate_with_logprobs(prompts, n, seed)[0]
 
@@ -225,13 +232,59 @@ class HFEngine:
         return Samples(prompt_ids, completion_ids, texts, finished), logprobs
 
 
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict without the entries that share storage with an earlier one (a tied LM head:
+    vLLM ties it to the embedding it loads), so no tensor crosses twice."""
+    seen, kept = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        kept[name] = tensor
+    return kept
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's raw bytes (any dtype, bfloat16 included), on the CPU, in row-major order."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 class VLLMWorkerExtension:
     """Mixed into vLLM's worker (`LLM(worker_extension_cls=...)`), so `VLLMEngine.sync` can call
     it by name through `collective_rpc`; it runs in the worker process, next to the model."""
 
+    def clipbench_load_weights(self, weights: list[tuple[str, Any]]) -> None:
+        """vLLM's in-place `reload_weights` from (name, tensor) pairs in memory (the policy's state
+        dict, HF names), then `_clipbench_reprocess_embeddings`."""
+        self.reload_weights(weights_iterator=((name, tensor) for name, tensor in weights))
+        self._clipbench_reprocess_embeddings()
+
+    def clipbench_load_weight_bytes(self, payload: list[tuple[str, str, list[int], bytes]]) -> None:
+        """`clipbench_load_weights` from (name, dtype, shape, raw bytes) records: how tensors cross
+        to vLLM's engine process (its RPC pickles arguments, and cannot pickle tensor buffers)."""
+        import torch
+
+        def rebuild(dtype: str, shape: list[int], data: bytes) -> torch.Tensor:
+            if not data:  # a tensor with no elements: frombuffer refuses an empty buffer
+                return torch.empty(shape, dtype=getattr(torch, dtype))
+            return torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype)).reshape(shape)
+
+        weights = [(name, rebuild(dtype, shape, data)) for name, dtype, shape, data in payload]
+        self.clipbench_load_weights(weights)
+
     def clipbench_reload_weights(self, weights_path: str) -> None:
-        """vLLM's in-place `reload_weights` from a saved policy, then the post-load processing of
-        the embedding-type layers (the embedding and the LM head) once more.
+        """vLLM's in-place `reload_weights` from a saved policy, then `_clipbench_reprocess_embeddings`."""
+        self.reload_weights(weights_path=weights_path)
+        self._clipbench_reprocess_embeddings()
+
+    def _clipbench_reprocess_embeddings(self) -> None:
+        """The post-load processing of the embedding-type layers (the embedding and the LM head)
+        once more.
 
         Why: on the CPU backend every layer keeps a pre-packed copy of its weight for oneDNN,
         built by `process_weights_after_loading`. `reload_weights` rebuilds it for each layer it
@@ -242,7 +295,6 @@ class VLLMWorkerExtension:
         """
         from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
-        self.reload_weights(weights_path=weights_path)
         for module in self.get_model().modules():
             method = getattr(module, "quant_method", None)
             if isinstance(method, UnquantizedEmbeddingMethod):
@@ -252,9 +304,14 @@ class VLLMWorkerExtension:
 class VLLMEngine:
     """vLLM sampling from a copy of the policy; `sync` reloads the policy's current weights.
 
-    Weight sync: the policy is saved to a scratch directory, vLLM's worker reloads it in place
-    (`VLLMWorkerExtension.clipbench_reload_weights`, through `collective_rpc`), then the prefix
-    cache is reset. Prompts go in as token ids (the HF tokenizer's, no special tokens added, as
+    Weight sync (`weight_sync`): "memory" hands the policy's state dict to vLLM's worker, which
+    reloads it in place (`VLLMWorkerExtension.clipbench_load_weights`, through `collective_rpc`):
+    with vLLM's engine in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) the tensors themselves,
+    with no copy; with the engine in its own process (vLLM's default) CPU copies, serialised to it,
+    still no file. "disk" saves the policy to a scratch directory and the worker reloads that
+    (`clipbench_reload_weights`). Either way the prefix cache is reset after. Sleep (`sleep_level`,
+    CUDA only): `release` puts vLLM to sleep before an update (level 1 offloads its weights to CPU
+    memory and drops the KV cache; level 2 drops both) and `resume` wakes it before the sync. Prompts go in as token ids (the HF tokenizer's, no special tokens added, as
     `HFEngine`); prompt j of a call has its own seed (`_prompt_seed`), so no two completions share
     a random stream.
 
@@ -283,9 +340,14 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.3,
         enforce_eager: bool = False,
         dtype: str = "float32",
+        weight_sync: str = "memory",
+        sleep_level: int | None = None,
     ):
         """`enforce_eager` skips torch.compile (and CUDA graphs on a GPU): a faster start. `dtype`:
-        the precision vLLM loads the (float32) policy weights in, the run's `dtype`."""
+        the precision vLLM loads the (float32) policy weights in, the run's `dtype`. `weight_sync`:
+        "memory" or "disk" (above); `sleep_level`: 1 or 2 to sleep during updates (CUDA), None not."""
+        if weight_sync not in ("memory", "disk"):
+            raise ValueError(f"weight_sync={weight_sync!r}: must be 'memory' or 'disk'")
         try:
             from vllm import LLM
         except ImportError as err:  # pragma: no cover - depends on the GPU extra
@@ -303,14 +365,50 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             worker_extension_cls=f"{__name__}.VLLMWorkerExtension",
+            enable_sleep_mode=sleep_level is not None,
         )
+        self.weight_sync = weight_sync
+        self.sleep_level = sleep_level
+        self._asleep = False
         self._scratch = tempfile.TemporaryDirectory(prefix="clipbench-vllm-sync-")
 
     def sync(self, model) -> None:
-        path = Path(self._scratch.name)
-        model.save_pretrained(path, safe_serialization=True)
-        self.llm.collective_rpc("clipbench_reload_weights", kwargs={"weights_path": str(path)})
+        """vLLM's weights := the policy's (`weight_sync`), and its prefix cache emptied."""
+        if self.weight_sync == "memory":
+            import vllm.envs
+
+            state = _unshared(model.state_dict())
+            if not vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING:  # the engine is in this process
+                weights = [(name, tensor.detach()) for name, tensor in state.items()]
+                self.llm.collective_rpc("clipbench_load_weights", args=(weights,))
+            else:
+                payload = [
+                    (name, _dtype_name(tensor), list(tensor.shape), _tensor_bytes(tensor))
+                    for name, tensor in state.items()
+                ]
+                self.llm.collective_rpc("clipbench_load_weight_bytes", args=(payload,))
+        else:
+            path = Path(self._scratch.name)
+            model.save_pretrained(path, safe_serialization=True)
+            self.llm.collective_rpc("clipbench_reload_weights", kwargs={"weights_path": str(path)})
+        if self._asleep:  # the weights are awake and current: now the KV cache
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
         self.llm.reset_prefix_cache()
+
+    def release(self) -> None:
+        """Before an update: with a sleep level, put vLLM to sleep (its GPU memory freed)."""
+        if self.sleep_level is not None:
+            self.llm.sleep(level=self.sleep_level)
+            self._asleep = True
+
+    def resume(self) -> None:
+        """Before the sync after an update: wake vLLM's weights only (the sync overwrites them; the
+        KV cache wakes after it), once the caching allocator has returned what the update held
+        (else vLLM's re-mapping can run out of memory that torch keeps reserved)."""
+        if self._asleep:
+            torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])
 
     def close(self) -> None:
         """Stop vLLM's engine processes and delete the scratch directory now (else at exit)."""

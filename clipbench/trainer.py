@@ -713,6 +713,8 @@ class Trainer:
                 seed=self.config.seed,
                 gpu_memory_utilization=r.gpu_memory_utilization,
                 dtype=self.config.dtype,
+                weight_sync=r.vllm_weight_sync,
+                sleep_level=r.vllm_sleep_level,
             )
         return HFEngine(
             self.model,
@@ -778,6 +780,7 @@ class Trainer:
         start = time.perf_counter()
         samples, answers = self._rollout(step)
         timing["generate"] = Phase.since(start, sum(len(c) for c in samples.completion_ids))
+        self.engine.release()  # a vLLM with a sleep level frees its GPU memory for the update
         t0 = time.perf_counter()
         rewards, statuses = self._score(samples, answers)
         timing["score"] = Phase.since(t0, len(answers))
@@ -1014,6 +1017,7 @@ class Trainer:
         )
         for step in range(done, cfg.steps):
             metrics, perf, records = self._train_step(step)
+            self.engine.resume()  # awake (a sleeping vLLM) before its weights are replaced
             self.engine.sync(self.model)
             artifacts.write_step_records(self.run_dir, step, records)
             with open(self.run_dir / artifacts.METRICS_FILE, "a") as f:

@@ -127,3 +127,101 @@ def test_grouped_decode_attention_changes_nothing_but_speed(policy):
     assert [v for row in grouped[2] for v in row] == pytest.approx(
         [v for row in plain[2] for v in row], abs=1e-6
     )
+
+
+def test_weights_cross_to_vllms_process_as_bytes_and_come_back_equal():
+    """vLLM's engine process gets the policy's tensors as (name, dtype, shape, bytes) records (its
+    RPC pickles arguments and cannot pickle tensor buffers); the worker rebuilds them exactly."""
+    from clipbench.engines import VLLMWorkerExtension, _dtype_name, _tensor_bytes
+
+    received = []
+
+    class Worker(VLLMWorkerExtension):
+        def clipbench_load_weights(self, weights):
+            received.extend(weights)
+
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "a.weight": torch.randn(3, 5, generator=g),
+        "b.bias": torch.randn(7, generator=g).to(torch.bfloat16),
+        "c.t": torch.randn(4, 6, generator=g).t(),  # not contiguous
+        "d.empty": torch.zeros(0, 3),
+    }
+    Worker().clipbench_load_weight_bytes(
+        [(n, _dtype_name(x), list(x.shape), _tensor_bytes(x)) for n, x in state.items()]
+    )
+    assert [name for name, _ in received] == list(state)
+    for (_, got), want in zip(received, state.values(), strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_a_tied_lm_head_crosses_once():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from clipbench.engines import _unshared
+
+    def model(tied):
+        config = Qwen2Config(
+            vocab_size=50,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=tied,
+        )
+        return Qwen2ForCausalLM(config).state_dict()
+
+    tied, untied = model(True), model(False)
+    assert "lm_head.weight" in tied and "lm_head.weight" not in _unshared(tied)
+    assert list(_unshared(tied)) == [k for k in tied if k != "lm_head.weight"]
+    assert list(_unshared(untied)) == list(untied)  # nothing shared: everything crosses
+
+
+def test_a_sleeping_vllm_wakes_its_weights_for_the_sync_and_its_cache_after(tmp_path):
+    """The calls a VLLMEngine with a sleep level makes (on a stand-in for vLLM's LLM: sleep mode
+    needs CUDA): release -> sleep(level); resume -> wake the weights only; sync -> load them, then
+    wake the KV cache, then reset the prefix cache. Without a sleep level: no sleep, no wake."""
+    import tempfile
+
+    from clipbench.engines import VLLMEngine
+
+    calls = []
+
+    class LLM:
+        def sleep(self, level):
+            calls.append(("sleep", level))
+
+        def wake_up(self, tags=None):
+            calls.append(("wake_up", tuple(tags)))
+
+        def collective_rpc(self, method, **kwargs):
+            calls.append(("rpc", method))
+
+        def reset_prefix_cache(self):
+            calls.append(("reset_prefix_cache",))
+
+    class Model:
+        def save_pretrained(self, path, safe_serialization):
+            calls.append(("save",))
+
+    def engine(sleep_level):
+        e = object.__new__(VLLMEngine)  # no vLLM here: only the methods under test
+        e.llm, e.weight_sync, e.sleep_level, e._asleep = LLM(), "disk", sleep_level, False
+        e._scratch = tempfile.TemporaryDirectory(dir=tmp_path)
+        return e
+
+    e = engine(2)
+    e.release(), e.resume(), e.sync(Model())
+    assert calls == [
+        ("sleep", 2),
+        ("wake_up", ("weights",)),
+        ("save",),
+        ("rpc", "clipbench_reload_weights"),
+        ("wake_up", ("kv_cache",)),
+        ("reset_prefix_cache",),
+    ]
+    calls.clear()
+    e = engine(None)
+    e.release(), e.resume(), e.sync(Model())
+    assert calls == [("save",), ("rpc", "clipbench_reload_weights"), ("reset_prefix_cache",)]

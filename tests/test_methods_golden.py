@@ -122,6 +122,12 @@ def test_dual_clip_golden():
     assert out.metrics == pytest.approx(
         {**TOKEN_METRICS, "clip_frac": 3 / 8, "clip_frac_high": 2 / 8, "clip_frac_dual": 1 / 8}
     )
+    # c = 1 + eps_high exactly (the smallest allowed; in log space it may round just below the
+    # band's edge): every A < 0 token above the band is dual-clipped, none inside it.
+    out12, _ = run(methods.get_method("ppo", clip_ratio_c=1.2), TOKEN_LOGP, TOKEN_OLD, TOKEN_ADV, TOKEN_MASK)
+    assert out12.metrics["clip_frac_dual"] == pytest.approx(
+        1 / 8
+    )  # row1 t1 only (row0 t1 is on the edge, A > 0)
     # c = 3 is beyond every ratio here: the same as no dual-clip (plus its zero metric).
     out3, grad3 = run(
         methods.get_method("ppo", clip_ratio_c=3.0), TOKEN_LOGP, TOKEN_OLD, TOKEN_ADV, TOKEN_MASK

