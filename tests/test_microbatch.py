@@ -29,10 +29,12 @@ from clipbench.methods import (
 from clipbench.trainer import Trainer, split_by_tokens
 
 # Every registered rule at its defaults, plus FSPO with the drift that needs the minibatch's l_t
-# and GSPO with a band wide enough to keep some sequences inside it (its default puts all outside).
+# and GSPO with a band wide enough to keep some sequences inside it (its default puts all outside),
+# and the power band (exponent fitted to the minibatch) with a band wide enough to keep some inside.
 CASES = [(name, {}) for name in methods.available_methods()] + [
     ("fspo", {"drift": "kl"}),
     ("gspo", {"eps_low": 0.05, "eps_high": 0.05}),
+    ("powerband", {"c_low": 0.1, "c_high": 0.1}),
 ]
 
 # Row lengths of the test minibatch: long and short rows, two empty rows, a one-token row that
