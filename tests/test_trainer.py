@@ -27,6 +27,7 @@ from clipbench.advantages import available_estimators, compute_advantages
 from clipbench.cli import _parse_sets
 from clipbench.config import ConfigError, exponent_numbers, load_config
 from clipbench.engines import Samples
+from clipbench.methods import available_methods
 from clipbench.models import load_model
 from clipbench.precision import compute_dtype
 from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices, training_prompts
@@ -64,7 +65,7 @@ def test_advantages_golden():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"method": "fsop"}, "method: unknown method 'fsop'; available: fspo, grpo, gspo, ppo, seq_ppo"),
+        ({"method": "fsop"}, "method: unknown method 'fsop'; available: " + ", ".join(available_methods())),
         ({"method_params": {"c_low": -1}}, r"method_params: fspo.c_low=-1: must be in \(0, inf\)"),
         ({"advantage": {"estimator": "gae"}}, "advantage.estimator: unknown estimator 'gae'"),
         ({"rollout": {"engine": "sglang"}}, "rollout.engine: unknown engine 'sglang'; available: hf, vllm"),
@@ -294,9 +295,9 @@ def test_a_bfloat16_reference_starts_at_kl_zero(tmp_path, base_model, parity, mo
     kls = []
     real = trainer_module.kl_to_reference
 
-    def watch(logp, ref_logp, mask):
-        kls.append(real(logp, ref_logp, mask).item())
-        return real(logp, ref_logp, mask)
+    def watch(logp, ref_logp, mask, tokens=None):
+        kls.append(real(logp, ref_logp, mask, tokens).item())
+        return real(logp, ref_logp, mask, tokens)
 
     monkeypatch.setattr(trainer_module, "kl_to_reference", watch)
     config = tiny_config(base_model, dtype="bfloat16", steps=1, kl_beta=0.1)

@@ -18,7 +18,9 @@ pytest.importorskip("math_verify", reason="the verifier needs math-verify (the '
 
 TIMEOUT_S = 2.0
 GRACE_S = 1.0
-SLACK_S = 10.0  # worker start-up/replacement and a busy CI machine: generous on purpose
+# Worker start-up/replacement on a shared, loaded machine (12 s seen with four test processes and
+# two training jobs on 2 cores): the bound only tells a kill from a hang, so it is generous.
+SLACK_S = 60.0
 
 
 @pytest.fixture(scope="module")
