@@ -30,13 +30,15 @@ from clipbench.trainer import Trainer, split_by_tokens
 
 # Every registered rule at its defaults, plus FSPO with the drift that needs the minibatch's l_t,
 # GSPO with a band wide enough to keep some sequences inside it (its default puts all outside),
-# SAPO with a sharp gate (below), and the token rules' dual-clip and token-sum aggregations.
+# SAPO with a sharp gate (below), the token rules' dual-clip and token-sum aggregations, and the
+# power band (exponent fitted to the minibatch) with a band wide enough to keep some inside.
 CASES = [(name, {}) for name in methods.available_methods()] + [
     ("fspo", {"drift": "kl"}),
     ("gspo", {"eps_low": 0.05, "eps_high": 0.05}),
     ("sapo", {"tau_pos": 10.0, "tau_neg": 12.0}),
     ("ppo", {"clip_ratio_c": 1.3, "aggregation": "seq_mean_token_sum"}),
     ("grpo", {"aggregation": "seq_mean_token_sum_norm", "norm_tokens": 16}),
+    ("powerband", {"c_low": 0.1, "c_high": 0.1}),
 ]
 # Default cases exempt from "the rule clips some units" (and only from that), with the reason.
 # SAPO's soft gate at its defaults (tau ~ 1) counts a token as clipped only at r_t > 2.7 (l_t > 0.98,
