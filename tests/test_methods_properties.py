@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clipbench import methods
-from clipbench.methods.base import prepare_batch, sequence_level_rule
+from clipbench.methods.base import BatchTotals, prepare_batch, sequence_level_rule
 
 ALL = methods.available_methods()
 CORE = ["fspo", "grpo", "gspo", "ppo", "seq_ppo"]
@@ -49,6 +49,7 @@ def narrow(name):
         "cispo": {"eps_low": 0.1, "eps_high": 0.1},
         "gmpo": {"eps_low": 0.1, "eps_high": 0.1},
         "sapo": {"tau_pos": 10.0, "tau_neg": 12.0},  # |tau (r - 1)| > 1.76 "clips": r outside ~[0.85, 1.17]
+        "powerband": {"c_low": 0.1, "c_high": 0.1},
     }
     return methods.get_method(name, **overrides.get(name, {}))
 
@@ -103,6 +104,13 @@ def test_gradcheck_against_finite_differences(name):
     if name in GRADIENT_WITH_FROZEN_WEIGHTS:
         # old_logp is detached by the interface: the analytic side is the rule's own gradient.
         loss = lambda x: rule.loss(x, old + (x - x0), adv, mask).loss  # noqa: E731
+    elif rule.needs_minibatch_statistics:
+        # Minibatch statistics are detached by contract (no gradient flows through the band they
+        # set): finite differences with them frozen at x0, as the analytic gradient has them.
+        frozen = BatchTotals.from_lengths(
+            mask.sum(-1), rule.minibatch_statistics(prepare_batch(logp, old, adv, mask))
+        )
+        loss = lambda x: rule.loss(x, old, adv, mask, totals=frozen).loss  # noqa: E731
     else:
         loss = lambda x: rule.loss(x, old, adv, mask).loss  # noqa: E731
     assert torch.autograd.gradcheck(loss, (logp.clone().requires_grad_(True),))
