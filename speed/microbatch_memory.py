@@ -34,21 +34,27 @@ VOCAB = 32_768
 PROMPT = 32
 
 
-def build_model(directory: Path) -> Path:
-    """The ~53M-parameter random Qwen2 with the project's tokenizer, saved as a model directory."""
+#: The model of this script: ~53M parameters (speed/plan_accuracy.py builds others).
+SHAPE = {"vocab": VOCAB, "hidden": 512, "intermediate": 1536, "layers": 12, "heads": 8, "kv_heads": 2}
+
+
+def build_model(directory: Path, shape: dict | None = None) -> Path:
+    """A random float32 Qwen2 of `shape` (default SHAPE: ~53M parameters) with the project's
+    tokenizer, saved as a model directory."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from clipbench.models import build_tokenizer, save_model
 
+    shape = shape or SHAPE
     tokenizer = build_tokenizer()
     config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=12,
-        num_attention_heads=8,
-        num_key_value_heads=2,
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["intermediate"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["kv_heads"],
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
@@ -59,8 +65,12 @@ def build_model(directory: Path) -> Path:
     return save_model(Qwen2ForCausalLM(config).float(), tokenizer, directory)
 
 
-def measure(model_dir: str, sequences: int, length: int, budget: int | None, threads: int) -> dict:
-    """One off-policy update of `sequences` rows in this process; the numbers as a dict."""
+def measure(
+    model_dir: str, sequences: int, length: int, budget: int | None, threads: int, chunk: int | None = None
+) -> dict:
+    """One off-policy update of `sequences` rows in this process (log-probs in chunks of `chunk`
+    response tokens, or all at once); the numbers as a dict, `start` the resident memory before
+    the model loads (the interpreter and its libraries)."""
     import torch
 
     from clipbench.config import load_config
@@ -69,13 +79,14 @@ def measure(model_dir: str, sequences: int, length: int, budget: int | None, thr
 
     assert Path(sys.modules["clipbench"].__file__).parent.parent == ROOT
     torch.set_num_threads(threads)
+    resident = _status_kib("VmRSS") * 1024  # the interpreter and its libraries
     config = load_config(
         {
             "model": model_dir,
             "method": "grpo",
             "steps": 1,
             "rollout": {"prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": length},
-            "optim": {"minibatches": 2, "max_tokens_per_microbatch": budget},
+            "optim": {"minibatches": 2, "max_tokens_per_microbatch": budget, "logprob_chunk_tokens": chunk},
         }
     )
     trainer = Trainer(config, Path(tempfile.mkdtemp()) / "run", progress=False)
@@ -103,6 +114,7 @@ def measure(model_dir: str, sequences: int, length: int, budget: int | None, thr
         "tokens": minibatch.tokens,
         "micro_batches": len(minibatch.micro),
         "budget": budget,
+        "start": resident,
         "before": before,
         "peak": _status_kib("VmHWM") * 1024,
         "seconds": seconds,
