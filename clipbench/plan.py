@@ -464,7 +464,9 @@ class RunSettings:
     engine: str | None = "hf"  # None: no rollout (speed/plan_accuracy.py plans one update)
     vllm_utilization: float = 0.3
     reference: bool = False  # kl_beta > 0
-    extra_forward: bool = False  # the rule needs minibatch statistics (FSPO drift=kl): a no-grad pass per update
+    extra_forward: bool = (
+        False  # the rule needs minibatch statistics (FSPO drift=kl): a no-grad pass per update
+    )
     padding: float = ATTENTION_PADDING
     mean_response_tokens: float | None = None  # time only; None: RESPONSE_FILL x max_new_tokens
 
