@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from clipbench.errors import UserError
+from clipbench.precision import DTYPES  # what TrainConfig.dtype may be (bfloat16: autocast)
 
 MIB = 1024**2
 GIB = 1024**3
 SHAPES_DIR = Path(__file__).resolve().parents[1] / "workflows" / "config" / "models"
-DTYPES = ("float32", "bfloat16")  # what `TrainConfig.dtype` may be (bfloat16: autocast, branch wip-prec)
 
 
 class PlanError(UserError, ValueError):
@@ -281,7 +281,7 @@ def dtype_bytes(dtype: str) -> int:
 
 def weight_bytes(parameters: int) -> int:
     """The policy's weights: float32 in both dtypes (bfloat16 is autocast over float32 master
-    weights, as branch wip-prec implements it): 4 bytes per parameter."""
+    weights, as clipbench/precision.py implements it): 4 bytes per parameter."""
     return 4 * parameters
 
 
@@ -505,8 +505,8 @@ def run_settings(
     mean_response_tokens: float | None = None,
 ) -> RunSettings:
     """`RunSettings` of a `clipbench.config.TrainConfig`. `dtype` and gradient checkpointing come
-    from the config's `dtype` and `optim.gradient_checkpointing` where it has them (branch wip-prec
-    adds them), else float32 and off; the arguments override them, and `budget` the config's."""
+    from the config's `dtype` and `optim.gradient_checkpointing`; the arguments override them, and
+    `budget` the config's."""
     r, o = config.rollout, config.optim
     try:
         extra = bool(config.build_method().needs_minibatch_statistics)
@@ -882,7 +882,7 @@ def format_plan(plan: Plan) -> str:
         lines.append(
             f"largest micro-batch budget that fits: none; the longest sequence alone ({run.longest:,} "
             "tokens) does not fit: lower rollout.gpu_memory_utilization, chunk the log-probs, use "
-            "bfloat16 or gradient checkpointing (branch wip-prec), or shorten max_new_tokens"
+            "bfloat16 or gradient checkpointing, or shorten max_new_tokens"
         )
     elif plan.budget >= run.minibatch_sequences * run.longest:
         lines.append(
@@ -1089,8 +1089,8 @@ def check_fits(data: dict[str, Any], key: str = "resources.train.gpu_model") -> 
             f"the largest micro-batch budget that fits is {plan.budget:,} tokens (train.optim.max_tokens_per_microbatch)"
             if plan.budget
             else "not even the longest sequence alone fits: lower train.rollout.gpu_memory_utilization, chunk the "
-            "log-probs (train.optim.logprob_chunk_tokens), use bfloat16 or gradient checkpointing (branch "
-            "wip-prec) or shorten max_new_tokens"
+            "log-probs (train.optim.logprob_chunk_tokens), use bfloat16 or gradient checkpointing "
+            "or shorten max_new_tokens"
         )
         raise PlanError(
             f"{key}: the train job does not fit one {g.name}: predicted peak {m.peak / GIB:.1f} GiB > "
