@@ -337,6 +337,25 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from clipbench import plan
+
+    data = plan.read_config(args.config)
+    result = plan.plan_config(
+        data,
+        name=str(args.config),
+        gpu=args.gpu,
+        shape=args.shape,
+        prompt_tokens=args.prompt_tokens,
+        dtype=args.dtype,
+        checkpointing=args.gradient_checkpointing,
+        mean_response_tokens=args.mean_response_tokens,
+        overrides=_parse_sets(args.set),
+    )
+    print(plan.format_plan(result))
+    return 0
+
+
 def version() -> str:
     """The installed distribution's version, else the package's `__version__`."""
     from importlib import metadata
@@ -453,6 +472,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    from clipbench.plan import DTYPES, GPUS, PROMPT_TOKENS
+
+    p = sub.add_parser(
+        "plan",
+        help="predict a training run's peak GPU memory, the micro-batch budget that fits, and GPU-hours",
+        description="From the model's shape (its config.json, or the shipped shape of a hub id in "
+        "workflows/config/models/), the rollout and optimisation settings and the dtype, print the predicted "
+        "peak memory per device term by term (weights, gradients, AdamW state, activations of one micro-batch, "
+        "log-prob chunk, vLLM's share), the largest micro-batch token budget that fits the GPU, and the "
+        "estimated time of a step and GPU-hours of a study, with the throughput assumptions they use "
+        "(clipbench/plan.py; docs/training.md, 'Planning a GPU run'). CONFIG is a study config (its train "
+        "job is planned) or a TrainConfig YAML. Predictions only: nothing here was measured on a GPU.",
+    )
+    p.add_argument(
+        "config", type=Path, help="a study config (e.g. workflows/config/paper.yaml) or TrainConfig YAML"
+    )
+    p.add_argument(
+        "--gpu",
+        choices=list(GPUS),
+        help="the GPU kind (default: the study's resources.train.gpu_model; none: memory only)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="plan at this precision (default: the config's dtype, float32 where it has none)",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="plan with (or without) gradient checkpointing (default: the config's optim.gradient_checkpointing, "
+        "off where it has none)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TrainConfig field (a study's train section), e.g. optim.max_tokens_per_microbatch=16384",
+    )
+    p.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=PROMPT_TOKENS,
+        help=f"the longest prompt in tokens (default {PROMPT_TOKENS}); with max_new_tokens, the longest sequence",
+    )
+    p.add_argument(
+        "--mean-response-tokens",
+        type=float,
+        help="the mean response length for the time estimate (default: half of max_new_tokens)",
+    )
+    p.add_argument("--shape", type=Path, help="a config.json to take the model's shape from")
+    p.set_defaults(func=cmd_plan)
 
     from clipbench.evaluate import add_cli as add_evaluate
 

@@ -19,9 +19,11 @@ it, as Snakemake workflows do; a test fails when the committed file differs)::
 `check_study` then runs, when the DAG is built, what no schema can say: the registries (methods,
 benchmarks), each method's hyperparameters (its `hparam` declarations, through
 `methods.get_method`, once per method), every run's TrainConfig (`clipbench.config.check_run`, as
-the train job validates it), the SFT settings (`SFTConfig`), each evaluation's settings and local
-data (`clipbench.evaluate.check_settings` and `check_data`, as the evaluate job checks them), and
-that the reference method of the paired differences (report.reference) is one of the study's.
+the train job validates it), that the train job fits its declared GPU (``resources.train.gpu_model``:
+`clipbench.plan.check_fits`, the numbers of `clipbench plan`), the SFT settings (`SFTConfig`), each
+evaluation's settings and local data (`clipbench.evaluate.check_settings` and `check_data`, as the
+evaluate job checks them), and that the reference method of the paired differences
+(report.reference) is one of the study's.
 Every error names the key: ``config train.data.split: synthetic has no split 'tset'; ...``.
 """
 
@@ -126,7 +128,10 @@ class Study:
     fairness: Fairness = setting(default_factory=Fairness, help="the clip-rate-by-length table")
     report: Report = setting(default_factory=Report, help="the intervals and the paired differences")
     resources: dict[str, dict[str, Any]] = setting(
-        default_factory=dict, help="per rule group: {gpu: N, threads: N, mem_mb: N, runtime: minutes}"
+        default_factory=dict,
+        help="per rule group: {gpu: N, threads: N, mem_mb: N, runtime: minutes}; train may declare gpu_model, "
+        "a GPU kind of clipbench.plan.GPUS (e.g. h100-80gb): the train job's predicted peak memory must fit "
+        "one such GPU when the DAG is built (`clipbench plan`)",
     )
 
 
@@ -355,6 +360,17 @@ def _check_reference(config: dict[str, Any], grid: Grid) -> str:
     return given
 
 
+def _check_fits(config: dict[str, Any]) -> None:
+    """With resources.train.gpu_model declared, the train job's predicted peak memory must fit one
+    GPU of that kind (`clipbench.plan.check_fits`); without it (the CPU studies) nothing is checked."""
+    from clipbench import plan
+
+    try:
+        plan.check_fits(config)
+    except plan.PlanError as err:
+        raise _fail("", err) from None
+
+
 def _check_evaluate(config: dict[str, Any]) -> list[str]:
     """Each benchmark entry's Settings, as the evaluate job checks them, and its local data."""
     evaluate = config["evaluate"]
@@ -393,6 +409,7 @@ def check_study(config: dict[str, Any]) -> Grid:
     _check_base(study)
     _check_train(config, grid)
     grid = dataclasses.replace(grid, reference=_check_reference(config, grid))
+    _check_fits(config)
     return dataclasses.replace(grid, benchmarks=_check_evaluate(config))
 
 

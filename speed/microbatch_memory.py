@@ -13,12 +13,21 @@ runs. Printed per line: the resident memory before the update, its peak during i
 then, per setting, the update's extra memory at 8x the sequences over that at 1x (the issue's
 target: under 1.15 with a budget).
 
-    python speed/microbatch_memory.py [--sequences 8 --growth 8 --length 96 --budget 1024]
+The default small minibatch (16 sequences of 128 tokens at a 1,024-token budget) already holds two
+micro-batches: going from one micro-batch to two adds gradient accumulation's buffers once (the
+largest gradients materialised beside the ones they are added to: ~210 MB here), which does not grow
+with more. The subprocesses run with glibc told to serve allocations over 64 KiB by mmap
+(MALLOC_MMAP_THRESHOLD_=65536), so freed memory leaves the resident set: with glibc's defaults the
+peak RSS also counts freed heap blocks it keeps (fragmentation), which grew with the number of
+micro-batches here (`--glibc-defaults` measures that way).
+
+    python speed/microbatch_memory.py [--sequences 16 --growth 8 --length 96 --budget 1024]
 """
 
 import argparse
 import functools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,21 +43,27 @@ VOCAB = 32_768
 PROMPT = 32
 
 
-def build_model(directory: Path) -> Path:
-    """The ~53M-parameter random Qwen2 with the project's tokenizer, saved as a model directory."""
+#: The model of this script: ~53M parameters (speed/plan_accuracy.py builds others).
+SHAPE = {"vocab": VOCAB, "hidden": 512, "intermediate": 1536, "layers": 12, "heads": 8, "kv_heads": 2}
+
+
+def build_model(directory: Path, shape: dict | None = None) -> Path:
+    """A random float32 Qwen2 of `shape` (default SHAPE: ~53M parameters) with the project's
+    tokenizer, saved as a model directory."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from clipbench.models import build_tokenizer, save_model
 
+    shape = shape or SHAPE
     tokenizer = build_tokenizer()
     config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=12,
-        num_attention_heads=8,
-        num_key_value_heads=2,
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["intermediate"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["kv_heads"],
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
@@ -59,8 +74,12 @@ def build_model(directory: Path) -> Path:
     return save_model(Qwen2ForCausalLM(config).float(), tokenizer, directory)
 
 
-def measure(model_dir: str, sequences: int, length: int, budget: int | None, threads: int) -> dict:
-    """One off-policy update of `sequences` rows in this process; the numbers as a dict."""
+def measure(
+    model_dir: str, sequences: int, length: int, budget: int | None, threads: int, chunk: int | None = None
+) -> dict:
+    """One off-policy update of `sequences` rows in this process (log-probs in chunks of `chunk`
+    response tokens, or all at once); the numbers as a dict, `start` the resident memory before
+    the model loads (the interpreter and its libraries)."""
     import torch
 
     from clipbench.config import load_config
@@ -69,13 +88,14 @@ def measure(model_dir: str, sequences: int, length: int, budget: int | None, thr
 
     assert Path(sys.modules["clipbench"].__file__).parent.parent == ROOT
     torch.set_num_threads(threads)
+    resident = _status_kib("VmRSS") * 1024  # the interpreter and its libraries
     config = load_config(
         {
             "model": model_dir,
             "method": "grpo",
             "steps": 1,
             "rollout": {"prompts_per_step": 2, "samples_per_prompt": 4, "max_new_tokens": length},
-            "optim": {"minibatches": 2, "max_tokens_per_microbatch": budget},
+            "optim": {"minibatches": 2, "max_tokens_per_microbatch": budget, "logprob_chunk_tokens": chunk},
         }
     )
     trainer = Trainer(config, Path(tempfile.mkdtemp()) / "run", progress=False)
@@ -103,18 +123,31 @@ def measure(model_dir: str, sequences: int, length: int, budget: int | None, thr
         "tokens": minibatch.tokens,
         "micro_batches": len(minibatch.micro),
         "budget": budget,
+        "start": resident,
         "before": before,
         "peak": _status_kib("VmHWM") * 1024,
         "seconds": seconds,
     }
 
 
+#: glibc: allocations over 64 KiB by mmap, returned to the system when freed (see the docstring).
+MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 @functools.cache
-def run_one(model_dir: str, sequences: int, length: int, budget: int | None, threads: int) -> dict:
+def run_one(
+    model_dir: str,
+    sequences: int,
+    length: int,
+    budget: int | None,
+    threads: int,
+    glibc_defaults: bool = False,
+) -> dict:
     """`measure` in a fresh interpreter, once per setting."""
     command = [sys.executable, __file__, "--measure", model_dir, str(sequences), str(length), str(budget)]
     command += ["--threads", str(threads)]
-    out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ) if glibc_defaults else {**os.environ, **MMAP_ENV}
+    out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True, env=env).stdout
     r = json.loads(out.strip().splitlines()[-1])
     print(
         f"S={r['sequences']:4d} ({r['tokens']:6d} tokens) budget={str(budget):>5s}: {r['micro_batches']:3d} "
@@ -127,13 +160,14 @@ def run_one(model_dir: str, sequences: int, length: int, budget: int | None, thr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sequences", type=int, default=8, help="sequences of the small minibatch")
+    parser.add_argument("--sequences", type=int, default=16, help="sequences of the small minibatch")
     parser.add_argument(
         "--growth", type=int, default=8, help="the large minibatch holds this many times more"
     )
     parser.add_argument("--length", type=int, default=96, help="completion tokens per sequence")
     parser.add_argument("--budget", type=int, default=1024, help="max_tokens_per_microbatch")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--glibc-defaults", action="store_true", help="no MALLOC_MMAP_THRESHOLD_ (docstring)")
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -150,8 +184,8 @@ def main() -> None:
         )
         small, large = args.sequences, args.sequences * args.growth
         for budget in (args.budget, None):
-            a = run_one(model_dir, small, args.length, budget, args.threads)
-            b = run_one(model_dir, large, args.length, budget, args.threads)
+            a = run_one(model_dir, small, args.length, budget, args.threads, args.glibc_defaults)
+            b = run_one(model_dir, large, args.length, budget, args.threads, args.glibc_defaults)
             ratio = (b["peak"] - b["before"]) / (a["peak"] - a["before"])
             total = b["peak"] / a["peak"]
             print(

@@ -34,6 +34,7 @@ RUN_HERE = {
     "clipbench --help": ("root", []),
     "clipbench methods": ("root", []),
     "snakemake -n": ("root", []),
+    "clipbench plan workflows/config/paper.yaml": ("root", []),
 }
 # The slow ones: run by `python -m pytest -m slow`, as CI does (none today: CI's time is short).
 SLOW: set[str] = set()

@@ -51,6 +51,16 @@ def max_abs_diff(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
+def move_weights(model, optimizer, text) -> None:
+    """Three optimizer steps of language modelling on `text`: every weight moves."""
+    model.train()
+    for _ in range(3):
+        model(**text, labels=text["input_ids"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
 @pytest.fixture(scope="class")
 def policy(base_model):
     return load_model(base_model)
@@ -116,12 +126,7 @@ class TestEngine:
         # A few optimizer steps move every weight, the tied embedding / LM head included.
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
         text = tok(["The answer is \\boxed{7}.<|im_end|>"] * 2, return_tensors="pt")
-        model.train()
-        for _ in range(3):
-            model(**text, labels=text["input_ids"]).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        model.eval()
+        move_weights(model, optimizer, text)
 
         # Before sync: vLLM still holds the old weights (same samples, same log-probs), which
         # the updated policy scores measurably differently.
@@ -136,12 +141,7 @@ class TestEngine:
         assert max_abs_diff(vllm_after, policy_logprobs(model, after, tok.pad_token_id)) < 1e-3
 
         # The same through a saved copy ("disk"), after the policy moved once more.
-        model.train()
-        for _ in range(3):
-            model(**text, labels=text["input_ids"]).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        model.eval()
+        move_weights(model, optimizer, text)
         stale, vllm_stale = engine.generate_with_logprobs(prompts, 4, seed=7)
         assert max_abs_diff(vllm_stale, policy_logprobs(model, stale, tok.pad_token_id)) > 0.1
         engine.weight_sync = "disk"
