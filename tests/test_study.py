@@ -245,7 +245,7 @@ def test_the_dag_builds_each_configured_method_once_and_runs_none(monkeypatch):
     monkeypatch.setattr(methods, "get_method", lambda name, **kw: calls.append(name) or real(name, **kw))
     config = yaml.safe_load((CONFIGS / "default.yaml").read_text())
     grid = study.check_study(config)
-    assert len(grid.methods) * len(grid.seeds) == 10
+    assert len(grid.methods) * len(grid.seeds) == 2 * len(methods.available_methods())  # every rule, 2 seeds
     assert calls == sorted(config["method_params"])  # gspo, once (not once per run)
 
 
