@@ -324,8 +324,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             commit=git_commit(),
         )
         atomic_write_text(args.table, text)
+    options = {name: getattr(args, name) for name in plots.OPTIONS}
     for name in _report_plots(args):
-        plots.write(name, frames, artifacts.plot_path(name, args.plots))
+        plots.write(name, frames, artifacts.plot_path(name, args.plots), options)
     return 0
 
 
@@ -379,6 +380,7 @@ def _plot_inputs_text() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clipbench import plots
     from clipbench.fairness import CLIP_COLUMNS, DEFAULT_BINS
     from clipbench.simulate import DEFAULT_LENGTHS
     from clipbench.stats import DEFAULT_REFERENCE, DEFAULT_RESAMPLES
@@ -594,6 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", type=Path, help="write the main table here")
     p.add_argument("--plots", type=Path, help="write each registered plot here, as {name}.png")
     p.add_argument("--only", nargs="+", default=[], metavar="PLOT", help="with --plots: just these plots")
+    for name, option in plots.OPTIONS.items():  # each option a plot may declare
+        p.add_argument(
+            option.flag,
+            dest=name,
+            type=_positive_int,
+            default=option.default,
+            help=f"{option.help} (default {option.default}; the study config's report.{name})",
+        )
     p.add_argument("--study-config", type=Path, help="the study config (its name and hash go in the footer)")
     p.add_argument("--config-name")
     p.add_argument("--config-hash")

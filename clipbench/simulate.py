@@ -171,14 +171,14 @@ def markdown_table(result: SimulationResult, prov: Mapping[str, Any]) -> str:
 
 def plot_clip_by_length(by_length: pd.DataFrame, path: Path, title: str) -> Path:
     """Two panels (out of band; clip active) of rate against length, log x-axis, a line per rule."""
-    from clipbench.plots import clip_rate_lines, pyplot, save_figure
+    from clipbench.plots import clip_rate_lines, pyplot, save_figure, set_length_axis
 
     plt, sns = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     panels = (("seq_out", "outside the band (seq_out)"), ("seq_clip", "clip active (seq_clip)"))
     for ax, (column, label) in zip(axes, panels, strict=True):
         clip_rate_lines(sns, ax, by_length, x="length", y=column)
-        ax.set_xscale("log", base=2)
+        set_length_axis(ax, by_length["length"])
         ax.set_xlabel("response length L (tokens)")
         ax.set_ylabel("fraction of sequences")
         ax.set_title(label)

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from clipbench import artifacts, fairness, methods, stats
+from clipbench import artifacts, fairness, methods, plots, stats
 from clipbench.config import TrainConfig, check_run
 from clipbench.evaluate import Settings, check_data, check_settings, cli_flag
 from clipbench.settings import ConfigError, Pattern, from_dict, object_schema, setting
@@ -105,6 +105,10 @@ class Report:
     resamples: int = setting(
         stats.DEFAULT_RESAMPLES, help="bootstrap resamples per interval (clipbench/stats.py)", ge=1
     )
+    # One field per option a plot may declare (clipbench.plots.OPTIONS; a test checks they agree).
+    smoothing_window: int = setting(
+        plots.OPTIONS["smoothing_window"].default, help=plots.OPTIONS["smoothing_window"].help, ge=1
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,7 +130,9 @@ class Study:
     train: dict[str, Any] = setting(help="clipbench.config.TrainConfig fields except " + ", ".join(RUN_KEYS))
     evaluate: dict[str, Any] = setting(help="the evaluation sets and settings (clipbench.evaluate.Settings)")
     fairness: Fairness = setting(default_factory=Fairness, help="the clip-rate-by-length table")
-    report: Report = setting(default_factory=Report, help="the intervals and the paired differences")
+    report: Report = setting(
+        default_factory=Report, help="the intervals, the paired differences and the plots' options"
+    )
     resources: dict[str, dict[str, Any]] = setting(
         default_factory=dict,
         help="per rule group: {gpu: N, threads: N, mem_mb: N, runtime: minutes}; train may declare gpu_model, "
@@ -260,6 +266,18 @@ def report_args(config: dict[str, Any], reference: str) -> list[str]:
     shell word: ``reference`` as :func:`check_study` resolved it (:attr:`Grid.reference`)."""
     resamples = (config.get("report") or {}).get("resamples", stats.DEFAULT_RESAMPLES)
     return ["--reference", reference, "--resamples", str(resamples)]
+
+
+def plot_option_args(config: dict[str, Any], plot: str) -> list[str]:
+    """The report command's flags for the options plot ``plot`` declares (clipbench.plots.OPTIONS),
+    from the config's report section (each option's default where it is not set), one list item
+    per shell word."""
+    section = config.get("report") or {}
+    args = []
+    for name in plots.get_plot(plot).options:
+        option = plots.OPTIONS[name]
+        args += [option.flag, str(section.get(name, option.default))]
+    return args
 
 
 def sft_args(config: dict[str, Any]) -> list[str]:

@@ -172,6 +172,8 @@ def study(tmp_path):
                 "bin": b,
                 "length_mean": length,
                 "seq_out": rate,
+                "seq_out_lo": rate - 0.05,
+                "seq_out_hi": rate + 0.05,
                 "abs_s_median": 0.01 * length,
             }
             for m in ("ppo", "fspo")

@@ -214,6 +214,7 @@ def with_changes(**changes) -> dict:
         ),
         ({"report__reference": "../x"}, "config report.reference: must be a method name"),
         ({"report__resamples": 0}, "config report.resamples: must be >= 1, got 0"),
+        ({"report__smoothing_window": 0}, "config report.smoothing_window: must be >= 1, got 0"),
     ],
 )
 def test_check_study_names_the_key(changes, message):

@@ -169,6 +169,24 @@ def test_the_aggregate_job_gets_the_configured_reference_and_resamples(tmp_path)
     assert "--reference gspo --resamples 50" in line
 
 
+def test_the_training_curves_job_gets_the_configured_smoothing_window(tmp_path):
+    study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    path = tmp_path / "study.yaml"
+    lines = {}
+    for window in (None, 5):
+        if window is not None:
+            study["report"] = {"smoothing_window": window}
+        path.write_text(yaml.safe_dump(study))
+        targets = ["results/plots/training_curves.png", "results/plots/accuracy.png"]
+        result = snakemake("-n", "-p", "--forceall", *targets, "--configfile", str(path))
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        lines[window] = [line for line in result.stdout.splitlines() if "clipbench.cli report" in line]
+    for window, flag in ((None, "--smoothing-window 1"), (5, "--smoothing-window 5")):
+        [curves] = [line for line in lines[window] if "--only training_curves" in line]
+        [accuracy] = [line for line in lines[window] if "--only accuracy" in line]
+        assert flag in curves and "--smoothing-window" not in accuracy  # only the plot that declares it
+
+
 def test_a_study_config_may_write_numbers_with_an_exponent(tmp_path):
     # Snakemake's YAML 1.1 loader gives `lr: 1e-5` as text; the Snakefile reads it as a number.
     text = (ROOT / "workflows" / "config" / "smoke.yaml").read_text()

@@ -91,5 +91,8 @@ def plot_inputs(wildcards):
 
 
 def plot_args(wildcards):
+    """The report command's arguments for one plot: its inputs, its options (the config's report
+    section: clipbench.study.plot_option_args), where it goes."""
     args = [arg for need in plots.get_plot(wildcards.plot).inputs for arg in PLOT_INPUT_ARGS[need]]
+    args += study.plot_option_args(config, wildcards.plot)
     return args + ["--plots", artifacts.PLOTS_DIR, "--only", wildcards.plot]

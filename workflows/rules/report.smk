@@ -1,6 +1,8 @@
 # Tidy result files, the main table, and one job per plot registered in clipbench.plots. The
 # aggregate job computes every interval and the paired differences against report.reference
-# (clipbench.stats); the table reads them from summary.csv and fairness.csv.
+# (clipbench.stats); the table and the plots read them from summary.csv, fairness.csv and
+# fairness_bins.csv. A plot job gets the options its plot declares from the config's report
+# section (report.smoothing_window for the training curves: common.smk's plot_args).
 
 
 rule aggregate:
