@@ -15,6 +15,8 @@ Layout of a study, relative to the directory Snakemake runs in (the repository r
         final/summary.json                       written last: the run is complete
     results/evals/{model}/{bench}.json           an evaluation summary, beside its
         {bench}.samples.jsonl, {bench}.prompts.jsonl   (owner: clipbench.evaluate)
+        {bench}.lm_eval/results_<date>.json, samples_clipbench_<set>_<date>.jsonl
+                                                 lm-eval's own layout (owner: clipbench.lm_eval_layout)
     results/summary.csv                          accuracy, tidy (owner: clipbench.report)
     results/fairness.csv                         fairness metrics per method and per run
     results/fairness_bins.csv                    clip rate and median |S| per length bin

@@ -23,11 +23,13 @@ What happens, in order:
    problem, greedy for k = 1 and temperature 1.0 for k > 1 unless ``temperature`` is given, seeded
    (python, numpy and torch seeds, and vLLM's engine seed) so that the same call gives the same
    generations; lm-eval's filter hook scores every sample with :func:`benchmarks.verify`;
-4. the three files are written as one unit: first the old summary (if any) is removed, then the
+4. the files are written as one unit: first the old summary (if any) is removed, then the
    prompts file is renamed to ``<stem>.prompts.jsonl``, ``<stem>.samples.jsonl`` (one line per
    problem and sample: prompt, generation, gold, extracted answer, verdict) is written atomically,
-   and ``out`` (summary JSON: metrics, verdict counts, data sha256, task config, provenance, and
-   the sha256 of both sibling files) is written last. A summary therefore exists only beside the
+   lm-eval's own results and samples files of the run go to ``<stem>.lm_eval/``
+   (:mod:`clipbench.lm_eval_layout`, for tools that read lm-eval's layout), and ``out`` (summary
+   JSON: metrics, verdict counts, data sha256, task config, provenance, and the sha256 of the two
+   sibling files) is written last. A summary therefore exists only beside the
    files it describes: an interrupted run leaves either the previous complete set (interrupted
    before step 4) or no summary at all, never a summary over a mix of old and new files; and
    :func:`read_outputs` tells a complete set from a partial one by the recorded hashes.
@@ -65,7 +67,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clipbench import benchmarks
+from clipbench import benchmarks, lm_eval_layout
 from clipbench.artifacts import MODEL_PROVENANCE_FILE  # written by clipbench.models.save_model
 from clipbench.benchmarks import lm_eval_tasks, synthetic
 from clipbench.benchmarks.prompts import STYLES
@@ -295,11 +297,15 @@ def read_outputs(out: str | Path) -> dict[str, Any]:
     return summary
 
 
-def _write_outputs(paths: dict[str, Path], prompts_tmp: Path, samples_text: str, summary: dict) -> None:
-    """Step 4 of the module docstring: the old summary goes first, the new one comes last."""
+def _write_outputs(
+    paths: dict[str, Path], prompts_tmp: Path, samples_text: str, summary: dict, results: dict, tracker: Any
+) -> None:
+    """Step 4 of the module docstring: the old summary goes first, the new one comes last; lm-eval's
+    own layout of the run (``results``, through its ``tracker``) is written in between."""
     paths["summary"].unlink(missing_ok=True)
     os.replace(prompts_tmp, paths["prompts"])
     atomic_write_text(paths["samples"], samples_text)
+    lm_eval_layout.write(paths["summary"], results, tracker)
     atomic_write_json(paths["summary"], summary)
 
 
@@ -428,7 +434,11 @@ def _global_rngs_restored() -> Iterator[None]:
             np.random.set_state(np_state)  # noqa: NPY002
 
 
-def _run_lm_eval(task: dict, model_name: str, model_args: dict, *, batch_size: int | str, seed: int) -> dict:
+def _run_lm_eval(
+    task: dict, model_name: str, model_args: dict, *, batch_size: int | str, seed: int, tracker: Any
+) -> dict:
+    """``lm_eval.simple_evaluate`` on the inline ``task``; ``tracker`` (:func:`lm_eval_layout.tracker`)
+    logs the run's model and timing fields as lm-eval's command line does."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -444,7 +454,10 @@ def _run_lm_eval(task: dict, model_name: str, model_args: dict, *, batch_size: i
             # the built-in task index takes ~5 s to scan and is not needed for an inline config
             task_manager=TaskManager(include_defaults=False),
             log_samples=True,
-            bootstrap_iters=0,  # the standard error is computed here, over problems
+            evaluation_tracker=tracker,
+            # lm-eval's default: for a mean (both metrics) it gives the closed-form standard error,
+            # sample std / sqrt(n), no resampling: the summary's avg@k_stderr, in lm-eval's results
+            bootstrap_iters=100000,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -578,6 +591,7 @@ def evaluate(
     spec = benchmarks.get_spec(settings.benchmark)
     paths = output_paths(out)
     check_output_paths(paths)
+    lm_eval_layout.check_folder(paths["summary"])
     model = _check_model(model)
     _check_installed(settings.backend)
     loaded = _load_problems(
@@ -671,7 +685,7 @@ def _generate_and_write(
     truncated: int,
     started: float,
 ) -> dict[str, Any]:
-    """Steps 3 and 4 of the module docstring: lm-eval on ``prompts_tmp``, then the three files."""
+    """Steps 3 and 4 of the module docstring: lm-eval on ``prompts_tmp``, then the files."""
     benchmark, backend, seed = settings.benchmark, settings.backend, settings.seed
     generation = lm_eval_tasks.generation_kwargs(
         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, stop=stops, backend=backend
@@ -682,7 +696,8 @@ def _generate_and_write(
     model_name, model_args = lm_eval_model(backend, model, seed=seed)
     lm_batch_size: int | str = "auto" if backend == "vllm" else settings.batch_size
     lm_eval_started = time.perf_counter()
-    results = _run_lm_eval(task, model_name, model_args, batch_size=lm_batch_size, seed=seed)
+    tracker = lm_eval_layout.tracker()
+    results = _run_lm_eval(task, model_name, model_args, batch_size=lm_batch_size, seed=seed, tracker=tracker)
     lm_eval_s = time.perf_counter() - lm_eval_started
 
     records = sample_records(results["samples"][task["task"]])
@@ -719,7 +734,7 @@ def _generate_and_write(
         "timing_s": {"lm_eval": round(lm_eval_s, 3), "total": round(time.perf_counter() - started, 3)},
         "provenance": provenance(config, seed=seed),
     }
-    _write_outputs(paths, prompts_tmp, samples_text, summary)
+    _write_outputs(paths, prompts_tmp, samples_text, summary, results, tracker)
     return summary
 
 
@@ -743,7 +758,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
         "evaluate",
         help="evaluate a model on a benchmark through lm-eval (avg@k, pass@k, per-sample verdicts)",
         description="Generate k samples per problem with lm-eval (hf or vllm backend), score each with the "
-        "verifier, and write the summary JSON (--out) and <stem>.samples.jsonl beside it.",
+        "verifier, and write the summary JSON (--out), <stem>.samples.jsonl beside it, and lm-eval's own results "
+        "and samples files in <stem>.lm_eval/.",
     )
     p.add_argument("--model", required=True, help="model directory (Hugging Face format) or hub id")
     hints = typing.get_type_hints(Settings)

@@ -32,6 +32,15 @@ def base_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The default tiny Qwen2 (random init, seed 0) saved as an HF model directory: for evaluations."""
+    tokenizer = build_tokenizer()
+    return save_model(
+        build_tiny_model(tokenizer, seed=0), tokenizer, tmp_path_factory.mktemp("eval") / "tiny"
+    )
+
+
+@pytest.fixture(scope="module")
 def policy(base_model):
     """`base_model` loaded with EOS made likely (tiny_policy.load_policy), once per test file."""
     return load_policy(base_model)

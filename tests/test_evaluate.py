@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from clipbench import benchmarks
+from clipbench import benchmarks, lm_eval_layout
 from clipbench import evaluate as ev
 from clipbench.benchmarks import lm_eval_tasks
 
@@ -39,16 +39,6 @@ requires_lm_eval = pytest.mark.skipif(
     importlib.util.find_spec("lm_eval") is None,
     reason='lm-eval is not installed (pip install -e ".[eval]", i.e. lm-eval==0.4.13)',
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from clipbench.models import build_tiny_model, build_tokenizer, save_model
-
-    tokenizer = build_tokenizer()
-    return save_model(
-        build_tiny_model(tokenizer, seed=0), tokenizer, tmp_path_factory.mktemp("eval") / "tiny"
-    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -80,6 +70,16 @@ def check_outputs(summary: dict, out: Path, n_problems: int, k: int) -> list[dic
     # lm-eval's own aggregation of process_results agrees with ours
     assert summary["lm_eval"]["metrics"]["avg_at_k,verified"] == pytest.approx(summary["avg@k"])
     assert summary["lm_eval"]["metrics"]["pass_at_k,verified"] == pytest.approx(summary["pass@k"])
+
+    # lm-eval's own layout of the run, beside the summary (clipbench.lm_eval_layout): its scores
+    # and standard error are the summary's
+    (results_file,) = lm_eval_layout.folder(out).glob("results_*.json")
+    lm_eval_results = json.loads(results_file.read_text())["results"][
+        summary["lm_eval"]["task_config"]["task"]
+    ]
+    assert lm_eval_results["avg_at_k,verified"] == summary["avg@k"]
+    assert lm_eval_results["pass_at_k,verified"] == summary["pass@k"]
+    assert lm_eval_results["avg_at_k_stderr,verified"] == pytest.approx(summary["avg@k_stderr"])
 
     prompts = read_jsonl(out.with_name(f"{out.stem}.prompts.jsonl"))
     assert len(prompts) == n_problems
@@ -251,8 +251,9 @@ def test_max_new_tokens_beyond_the_context(tiny_dir, tmp_path):
 # --- the output files are one unit -------------------------------------------------------------
 
 
-def fake_lm_eval(task: dict, model_name: str, model_args: dict, *, batch_size, seed: int) -> dict:
-    """Stands in for lm-eval: every sample of a problem answers its gold (seed in the text)."""
+def fake_lm_eval(task: dict, model_name: str, model_args: dict, *, batch_size, seed: int, tracker) -> dict:
+    """Stands in for lm-eval: every sample of a problem answers its gold (seed in the text), in a
+    results dict of lm-eval's shape, as far as lm-eval's EvaluationTracker reads it to write files."""
     rows = read_jsonl(Path(task["dataset_kwargs"]["data_files"][lm_eval_tasks.DATA_SPLIT]))
     records = [
         {
@@ -265,14 +266,39 @@ def fake_lm_eval(task: dict, model_name: str, model_args: dict, *, batch_size, s
         }
         for row in rows
     ]
+    k, name = task["repeats"], task["task"]
     samples = [
-        {"doc": row, "filtered_resps": [[r] * task["repeats"]]} for row, r in zip(rows, records, strict=True)
+        {
+            "doc_id": i,
+            "doc": row,
+            "target": row["answer"],
+            "arguments": [(row["prompt"], task["generation_kwargs"])],
+            "resps": [[r["generation"]] * k],
+            "filtered_resps": [[r] * k],
+            "filter": lm_eval_tasks.FILTER_NAME,
+            "metrics": list(lm_eval_tasks.METRICS),
+            **{
+                f"{kind}_hash": hashlib.sha256(f"{kind}{i}".encode()).hexdigest()
+                for kind in ("doc", "prompt", "target")
+            },
+            **lm_eval_tasks.problem_metrics([True] * k),
+        }
+        for i, (row, r) in enumerate(zip(rows, records, strict=True))
     ]
-    return {"samples": {task["task"]: samples}, "results": {task["task"]: {}}}
+    return {"results": {name: {"name": name}}, "configs": {name: {"task": name}}, "samples": {name: samples}}
 
 
 def output_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.parent.iterdir())}
+    """Every file in the output's folder, by its path relative to that folder (subfolders included)."""
+    return {
+        str(p.relative_to(out.parent)): p.read_bytes() for p in sorted(out.parent.rglob("*")) if p.is_file()
+    }
+
+
+def lm_eval_files(out: Path) -> list[str]:
+    """The names in the output's lm-eval folder, each with its date made ``DATE``."""
+    names = sorted(p.name for p in lm_eval_layout.folder(out).iterdir())
+    return [re.sub(r"_\d{4}-\d\d-\d\dT[\d.-]+\.json", "_DATE.json", name) for name in names]
 
 
 def test_an_interrupted_run_leaves_no_summary_over_a_partial_set(tiny_dir, tmp_path, monkeypatch):
@@ -289,7 +315,12 @@ def test_an_interrupted_run_leaves_no_summary_over_a_partial_set(tiny_dir, tmp_p
         out.with_name("synthetic.prompts.jsonl")
     )
     complete = output_files(out)
-    assert sorted(complete) == ["synthetic.json", "synthetic.prompts.jsonl", "synthetic.samples.jsonl"]
+    assert sorted(name for name in complete if "/" not in name) == [
+        "synthetic.json",
+        "synthetic.prompts.jsonl",
+        "synthetic.samples.jsonl",
+    ]
+    assert lm_eval_files(out) == ["results_DATE.json", "samples_clipbench_synthetic_DATE.jsonl"]
 
     # interrupted during generation: the previous set stays as it was, complete; no temporary file
     def interrupted(*args, **kwargs):
@@ -301,11 +332,12 @@ def test_an_interrupted_run_leaves_no_summary_over_a_partial_set(tiny_dir, tmp_p
     assert output_files(out) == complete
     monkeypatch.setattr(ev, "_run_lm_eval", fake_lm_eval)
 
-    # interrupted while the new set is written (before its samples, or before its summary): no
-    # summary is left to claim the mix of old and new files, and the set reads as incomplete
-    for writer in ("atomic_write_text", "atomic_write_json"):
+    # interrupted while the new set is written (before its samples, its lm-eval files or its
+    # summary): no summary is left to claim the mix of old and new files, and the set reads as
+    # incomplete
+    for owner, writer in ((ev, "atomic_write_text"), (lm_eval_layout, "write"), (ev, "atomic_write_json")):
         with monkeypatch.context() as patch:
-            patch.setattr(ev, writer, interrupted)
+            patch.setattr(owner, writer, interrupted)
             with pytest.raises(KeyboardInterrupt):
                 ev.evaluate(tiny_dir, "synthetic", out=out, limit=4, seed=1, **kwargs)
         assert not out.exists(), writer
@@ -318,6 +350,10 @@ def test_an_interrupted_run_leaves_no_summary_over_a_partial_set(tiny_dir, tmp_p
     assert ev.read_outputs(out)["n_problems"] == again["n_problems"] == 4
     samples = read_jsonl(out.with_name("synthetic.samples.jsonl"))
     assert len(samples) == 8 and all(s["generation"].startswith("run 1:") for s in samples)
+    # the lm-eval folder holds this run's files only (the first run's were replaced)
+    assert lm_eval_files(out) == ["results_DATE.json", "samples_clipbench_synthetic_DATE.jsonl"]
+    (lm_eval_samples,) = lm_eval_layout.folder(out).glob("samples_*.jsonl")
+    assert len(read_jsonl(lm_eval_samples)) == 4
 
     # a sibling changed after the summary was written: the set reads as incomplete
     out.with_name("synthetic.samples.jsonl").write_text("")
