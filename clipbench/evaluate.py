@@ -298,14 +298,22 @@ def read_outputs(out: str | Path) -> dict[str, Any]:
 
 
 def _write_outputs(
-    paths: dict[str, Path], prompts_tmp: Path, samples_text: str, summary: dict, results: dict, tracker: Any
+    paths: dict[str, Path],
+    prompts_tmp: Path,
+    samples_text: str,
+    summary: dict,
+    results: dict,
+    tracker: Any,
+    limit: int | None,
 ) -> None:
     """Step 4 of the module docstring: the old summary goes first, the new one comes last; lm-eval's
     own layout of the run (``results``, through its ``tracker``) is written in between."""
     paths["summary"].unlink(missing_ok=True)
     os.replace(prompts_tmp, paths["prompts"])
     atomic_write_text(paths["samples"], samples_text)
-    lm_eval_layout.write(paths["summary"], results, tracker)
+    lm_eval_layout.write(
+        paths["summary"], results, tracker, data_files=paths["prompts"].absolute(), limit=limit
+    )
     atomic_write_json(paths["summary"], summary)
 
 
@@ -734,7 +742,7 @@ def _generate_and_write(
         "timing_s": {"lm_eval": round(lm_eval_s, 3), "total": round(time.perf_counter() - started, 3)},
         "provenance": provenance(config, seed=seed),
     }
-    _write_outputs(paths, prompts_tmp, samples_text, summary, results, tracker)
+    _write_outputs(paths, prompts_tmp, samples_text, summary, results, tracker, settings.limit)
     return summary
 
 

@@ -23,7 +23,9 @@ line uses), which the evaluation passed to ``simple_evaluate`` so that it logged
 timing fields as the command line does. This module fixes where the files go, replaces the
 previous run's files, and checks that the tracker (which only logs a warning when it fails) wrote
 them whole. Values follow from how clipbench runs lm-eval: ``n-samples`` counts the problems
-clipbench handed over (``limit`` is applied before lm-eval, so ``original`` = ``effective``), and the
+clipbench handed over (``limit`` is applied before lm-eval, so ``original`` = ``effective``; the
+limit is recorded as ``config.limit``), each task's ``dataset_kwargs.data_files`` names the final
+prompts file (``<stem>.prompts.jsonl``), and the
 standard errors are lm-eval's closed form for a mean, the same number as the summary's
 ``avg@k_stderr``.
 
@@ -36,7 +38,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,26 +89,67 @@ def _remove_previous(path: Path) -> None:
         (path / name).unlink()
 
 
-def write(out: str | Path, results: dict[str, Any], evaluation_tracker: Any) -> dict[str, Path]:
+def write(
+    out: str | Path,
+    results: dict[str, Any],
+    evaluation_tracker: Any,
+    *,
+    data_files: str | Path | None = None,
+    limit: int | None = None,
+) -> dict[str, Path]:
     """Write ``results`` (``simple_evaluate``'s dict, with its ``samples``) in lm-eval's layout into
     :func:`folder` of ``out``, through ``evaluation_tracker`` (the one passed to ``simple_evaluate``).
-    Neither argument is changed. Returns ``{"results": path, "samples_<task>": path...}``.
-    RuntimeError when the tracker did not write a file whole."""
+    Neither argument is changed. ``data_files``: the prompts file's final path, recorded in each
+    task's config in place of the temporary file lm-eval read (whose cache folder is gone by now);
+    ``limit``: the problem limit clipbench applied before lm-eval, recorded as ``config.limit``
+    (lm-eval's own field for it), so that a truncated evaluation does not read as a complete one.
+    Either left as lm-eval recorded it when None.
+    The tracker writes into a temporary sibling folder; once every file is checked whole they are
+    moved into place, so the folder never holds a partial file.
+    Returns ``{"results": path, "samples_<task>": path...}``. RuntimeError when the tracker did not
+    write a file whole."""
     path = folder(out)
     path.mkdir(parents=True, exist_ok=True)
-    _remove_previous(path)
     samples = copy.deepcopy(results.get("samples") or {})  # the tracker rewrites what it is given
     aggregated = copy.deepcopy({key: value for key, value in results.items() if key != "samples"})
     tasks = list(aggregated["configs"])
-    evaluation_tracker.output_path = str(path / OUTPUT_NAME)
-    evaluation_tracker.save_results_aggregated(results=aggregated, samples=samples)
-    date_id = getattr(evaluation_tracker, "date_id", None)
-    written = {"results": path / f"results_{date_id}.json"}
     for task in tasks:
-        evaluation_tracker.save_results_samples(task_name=task, samples=samples[task])
-        written[f"samples_{task}"] = path / f"samples_{task}_{date_id}.jsonl"
-    _check_written(written, results, tasks)
+        kwargs = aggregated["configs"][task].get("dataset_kwargs")
+        if data_files is not None and isinstance(kwargs, dict):
+            kwargs.pop("cache_dir", None)
+            if isinstance(kwargs.get("data_files"), dict):
+                kwargs["data_files"] = {key: str(data_files) for key in kwargs["data_files"]}
+    if limit is not None and isinstance(aggregated.get("config"), dict):
+        aggregated["config"]["limit"] = limit
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        evaluation_tracker.output_path = str(staging / OUTPUT_NAME)
+        evaluation_tracker.save_results_aggregated(results=aggregated, samples=samples)
+        date_id = getattr(evaluation_tracker, "date_id", None)
+        staged = {"results": staging / f"results_{date_id}.json"}
+        for task in tasks:
+            evaluation_tracker.save_results_samples(task_name=task, samples=samples[task])
+            staged[f"samples_{task}"] = staging / f"samples_{task}_{date_id}.jsonl"
+        _check_written(staged, results, tasks)
+        _remove_previous(path)
+        written = {}
+        for key, file in staged.items():
+            written[key] = path / file.name
+            os.replace(file, written[key])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def count_lines(path: Path) -> int:
+    """JSON Lines records in ``path``: its newline bytes, counted in chunks. Not ``splitlines``:
+    lm-eval writes with ``ensure_ascii=False``, so a generation's U+2028, U+2029 or U+0085 stays
+    unescaped inside a record, and ``str.splitlines`` would break a record there."""
+    count = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            count += chunk.count(b"\n")
+    return count
 
 
 def _check_written(written: dict[str, Path], results: dict[str, Any], tasks: list[str]) -> None:
@@ -120,8 +166,8 @@ def _check_written(written: dict[str, Path], results: dict[str, Any], tasks: lis
         samples_file = written[f"samples_{task}"]
         expected = len(results["samples"][task])
         try:
-            lines = samples_file.read_text(encoding="utf-8").splitlines()
+            lines = count_lines(samples_file)
         except OSError as err:
             raise RuntimeError(f"{samples_file}: {hint}: {err}") from None
-        if len(lines) != expected:
-            raise RuntimeError(f"{samples_file}: {len(lines)} lines for {expected} samples: {hint}")
+        if lines != expected:
+            raise RuntimeError(f"{samples_file}: {lines} lines for {expected} samples: {hint}")

@@ -415,7 +415,9 @@ def accuracy(summary: pd.DataFrame):
             bars = ax.errorbar(
                 [x],
                 [value],
-                yerr=[[value - low], [high - value]],
+                # clamped at 0: a degenerate percentile interval can sit a rounding error inside its
+                # point, and matplotlib refuses a negative error
+                yerr=[[max(value - low, 0.0)], [max(high - value, 0.0)]],
                 fmt=method_marker(m) if m != artifacts.BASE else "s",
                 color=colours[m],
                 markersize=8,

@@ -80,6 +80,13 @@ def check_outputs(summary: dict, out: Path, n_problems: int, k: int) -> list[dic
     assert lm_eval_results["avg_at_k,verified"] == summary["avg@k"]
     assert lm_eval_results["pass_at_k,verified"] == summary["pass@k"]
     assert lm_eval_results["avg_at_k_stderr,verified"] == pytest.approx(summary["avg@k_stderr"])
+    lm_eval_document = json.loads(results_file.read_text())
+    assert lm_eval_document["config"]["limit"] == summary["limit"]
+    (task_config,) = lm_eval_document["configs"].values()  # the final prompts file, not the temporary one
+    assert set(task_config["dataset_kwargs"]["data_files"].values()) == {
+        str(out.with_name(f"{out.stem}.prompts.jsonl").absolute())
+    }
+    assert "cache_dir" not in task_config["dataset_kwargs"]
 
     prompts = read_jsonl(out.with_name(f"{out.stem}.prompts.jsonl"))
     assert len(prompts) == n_problems

@@ -261,6 +261,17 @@ def test_the_layout_writer_replaces_the_previous_files_and_refuses_a_partial_wri
         lm_eval_layout.check_folder(tmp_path / "taken.json")
 
 
+def test_sample_lines_are_counted_by_newline_bytes_not_unicode_line_breaks(tmp_path):
+    """lm-eval writes JSON Lines with ensure_ascii=False: U+2028, U+2029 and U+0085 stay raw inside
+    a record, and str.splitlines would count each as a line break (a seeded evaluation would then
+    fail the same way on every retry)."""
+    records = [{"resps": "a\u2028b"}, {"resps": "c\u2029d\x85e"}, {"resps": "plain"}]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 6  # what the check must not do
+    assert lm_eval_layout.count_lines(path) == 3
+
+
 @requires_lm_eval
 def test_the_layout_is_what_lm_eval_writes_from_its_command_line(scripted_run, tmp_path):
     """The writer against what lm-eval's command line (lm_eval/_cli/run.py, 0.4.13) does with
