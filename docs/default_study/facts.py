@@ -6,10 +6,14 @@ results/base/model/sft_history.json; the entropy quintiles come from entropy_qui
 Each value is followed by its 95% bootstrap interval [lo, hi] where the files have one.
 """
 
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from clipbench.methods import available_methods, get_method_class
 
 pd.set_option("display.width", 200)
 d = sys.argv[1]
@@ -67,7 +71,8 @@ print(
     .round(4)
     .to_string()
 )
-seq = first.loc[["fspo", "gspo", "seq_ppo"]]
+SEQUENCE = [m for m in available_methods() if get_method_class(m).level == "sequence" and m in first.index]
+seq = first.loc[SEQUENCE]
 print(
     "s_exponent pooled range",
     first.s_exponent.min().round(2),
@@ -82,9 +87,9 @@ print(
     ps.s_exponent.min().round(2),
     ps.s_exponent.max().round(2),
     "sequence-rule runs' lowest lower end",
-    ps.loc[["fspo", "gspo", "seq_ppo"]].s_exponent_lo.min().round(2),
+    ps.loc[SEQUENCE].s_exponent_lo.min().round(2),
 )
-widths = ps.loc[["fspo", "gspo", "seq_ppo"]].eval("spread_hi - spread_lo")
+widths = ps.loc[SEQUENCE].eval("spread_hi - spread_lo")
 print("sequence-rule runs' spread interval widths", widths.min().round(2), "-", widths.max().round(2))
 print("== by bin (pooled): seq_out [lo, hi], length_mean, abs_s_median, entropy_mean")
 for m, grp in bins[bins.scope == "pooled"].groupby("method"):
@@ -104,3 +109,30 @@ for m, grp in bins[bins.scope == "pooled"].groupby("method"):
         "entropy",
         grp.entropy_mean.round(3).tolist(),
     )
+print("== sequence rules' clip spread, pooled and per seed (issue 14: powerband's fitted band beside the others)")
+for m in SEQUENCE:
+    row = first.loc[m]
+    per_seed = ps.loc[m]
+    print(
+        m,
+        f"pooled {row.spread:.3f} [{row.spread_lo:.3f}, {row.spread_hi:.3f}]",
+        "per seed",
+        [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(per_seed.spread, per_seed.spread_lo, per_seed.spread_hi)],
+    )
+for i, a in enumerate(SEQUENCE):
+    for b in SEQUENCE[i + 1 :]:
+        x, y = first.loc[a], first.loc[b]
+        separated = x.spread_hi < y.spread_lo or y.spread_hi < x.spread_lo
+        print(f"  {a} vs {b}: pooled spread intervals {'separate' if separated else 'overlap'}")
+runs_dir = Path(d) / "runs" / "powerband"
+if runs_dir.is_dir():  # the study's results directory (not the committed copies): the fitted exponents
+    for metrics_file in sorted(runs_dir.glob("seed*/metrics.jsonl")):
+        fitted = [json.loads(line).get("band_exponent") for line in metrics_file.read_text().splitlines()]
+        fitted = np.array([v for v in fitted if v is not None], dtype=float)
+        print(
+            "powerband",
+            metrics_file.parent.name,
+            "band_exponent per step (mean over the step's updates):",
+            np.round(fitted, 2).tolist(),
+            f"mean {fitted.mean():.2f}",
+        )
