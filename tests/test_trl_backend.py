@@ -15,6 +15,9 @@ import copy
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,21 +25,21 @@ import torch
 pytest.importorskip("trl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from datasets import Dataset  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl_batch import (  # noqa: E402
+    COMPLETION_LENGTHS,
+    DATASET_ROWS,
+    SCORES,
+    fixed_batch,
+    fixed_generation,
+    native_update,
+    trl_trainer,
+    trl_update,
+)
 
 from clipbench import artifacts, methods  # noqa: E402
-from clipbench.config import load_config  # noqa: E402
 from clipbench.integrations import trl as backend  # noqa: E402
-from clipbench.logprobs import collate, token_logprobs  # noqa: E402
 from clipbench.models import load_model  # noqa: E402
-from clipbench.trainer import Trainer, _clip_records, _EntropyTally, _Microbatch, _Minibatch  # noqa: E402
-
-TEMPERATURE = 0.7
-PROMPTS = ["Compute: 1+2\n", "What is 3-1+4?\n"]  # two groups of G = 4 (different prompt lengths)
-G = 4
-COMPLETION_LENGTHS = [5, 1, 0, 7, 3, 6, 2, 4]  # row 2: length 0 (masked out, as TRL's truncation masking)
-SCORES = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
 
 # Every registered rule at its defaults, plus the variants whose minibatch totals or statistics
 # matter (FSPO's drift, the fitted power band), a band wide enough to keep some GSPO sequences
@@ -64,164 +67,13 @@ def model64(base_model):
 
 @pytest.fixture(scope="module")
 def fixed(model64):
-    """The fixed rollout batch in both layouts: `rows` (prompt and completion token lists),
-    TRL's batch dict, and the native trainer's old/reference log-probs (B, W - 1)."""
-    model, tokenizer = model64
-    g = torch.Generator().manual_seed(0)
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS for _ in range(G)]
-    vocab = model.config.vocab_size
-    specials = set(tokenizer.all_special_ids)
-    allowed = torch.tensor([t for t in range(vocab) if t not in specials])
-    completions = [
-        allowed[torch.randint(len(allowed), (n,), generator=g)].tolist() for n in COMPLETION_LENGTHS
-    ]
-    native = collate(prompt_ids, completions, tokenizer.pad_token_id)
-    with torch.no_grad():
-        current, entropy = token_logprobs(model, native, TEMPERATURE, with_entropy=True)
-    response = native.response_mask
-    sampling_entropy = (entropy * response).sum(-1) / response.sum(-1).clamp(min=1)  # as the native records
-    rows, width = len(completions), max(COMPLETION_LENGTHS)
-    mask = torch.arange(width).expand(rows, width) < torch.tensor(COMPLETION_LENGTHS).unsqueeze(1)
-    # Completion token k of row i is predicted at native position len(prompt_i) - 1 + k.
-    where = torch.tensor([[len(p) - 1 + k for k in range(width)] for p in prompt_ids]).clamp(
-        max=native.response_mask.shape[1] - 1
-    )
-    trl_current = torch.where(mask, current.gather(1, where), torch.zeros(()))
-    old = trl_current + (-0.01 + 0.15 * torch.randn(rows, width, generator=g, dtype=torch.float64))
-    ref = trl_current + 0.1 * torch.randn(rows, width, generator=g, dtype=torch.float64)
-    nan = torch.full_like(old, float("nan"))
-    old, ref = torch.where(mask, old, nan), torch.where(mask, ref, nan)
-
-    native_old = torch.zeros_like(current)
-    native_ref = torch.zeros_like(current)
-    for i, p in enumerate(prompt_ids):
-        n = COMPLETION_LENGTHS[i]
-        native_old[i, len(p) - 1 : len(p) - 1 + n] = old[i, :n]
-        native_ref[i, len(p) - 1 : len(p) - 1 + n] = ref[i, :n]
-    pad = tokenizer.pad_token_id
-    longest = max(len(p) for p in prompt_ids)
-    batch = {
-        "prompt_ids": torch.tensor([[pad] * (longest - len(p)) + p for p in prompt_ids]),
-        "prompt_mask": torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompt_ids]),
-        "completion_ids": torch.tensor([c + [pad] * (width - len(c)) for c in completions]),
-        "completion_mask": mask.long(),
-        "advantages": torch.randn(rows, generator=g, dtype=torch.float64),
-        "num_items_in_batch": mask.sum(),
-        "old_per_token_logps": old,
-        "ref_per_token_logps": ref,
-    }
-    return {
-        "prompt_ids": prompt_ids,
-        "completions": completions,
-        "batch": batch,
-        "native_old": native_old,
-        "native_ref": native_ref,
-        "entropy": sampling_entropy,
-    }
-
-
-def native_update(base_model, model, tokenizer, fixed, name, params, beta, tmp_path):
-    """The native trainer's update (`Trainer._update`) on the fixed batch as one off-policy
-    minibatch: its LossOutput, metrics and the gradients its clipping sees."""
-    config = load_config(
-        {
-            "model": base_model,
-            "method": name,
-            "method_params": params,
-            "kl_beta": beta,
-            "rollout": {"prompts_per_step": 2, "samples_per_prompt": G, "temperature": TEMPERATURE},
-            "optim": {"minibatches": 1, "epochs": 2, "grad_clip": 0.0},
-        }
-    )
-    trainer = Trainer(config, tmp_path / "native", progress=False)
-    trainer.model = model
-    trainer.optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
-    rows = list(range(len(COMPLETION_LENGTHS)))
-    batch = collate(fixed["prompt_ids"], fixed["completions"], tokenizer.pad_token_id)
-    micro = _Microbatch(rows, batch, int(batch.attention_mask.sum()), fixed["native_old"])
-    if beta:
-        micro.ref_logp = fixed["native_ref"]
-    grads = []
-    real_clip = torch.nn.utils.clip_grad_norm_
-
-    def watch(parameters, max_norm):
-        parameters = list(parameters)
-        grads.append({id(p): p.grad.clone() for p in parameters if p.grad is not None})
-        return real_clip(parameters, max_norm)
-
-    advantages = fixed["batch"]["advantages"]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.nn.utils, "clip_grad_norm_", watch)
-        out, adv, metrics = trainer._update(
-            0, 1, _Minibatch(rows, [micro]), advantages, _EntropyTally(len(rows))
-        )
-    names = {id(p): n for n, p in model.named_parameters()}
-    records = _clip_records(0, 1, 0, 0, rows, out, adv, torch.tensor(SCORES), torch.zeros(len(rows)))
-    return out, metrics, {names[k]: v for k, v in grads[0].items()}, records
-
-
-def trl_trainer(model, tokenizer, rule, beta, tmp_path, **overrides):
-    args = {
-        "output_dir": str(tmp_path / "trl"),
-        "use_cpu": True,
-        "bf16": False,
-        "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 2,
-        "steps_per_generation": 2,
-        "num_iterations": 2,
-        "num_generations": G,
-        "max_completion_length": max(COMPLETION_LENGTHS),
-        "temperature": TEMPERATURE,
-        "beta": beta,
-        "gradient_checkpointing": False,
-        "report_to": "none",
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-    } | overrides
-    dataset = Dataset.from_dict({"prompt": [p for p in PROMPTS for _ in range(G)], "score": SCORES})
-
-    def score(completions, score, **_):
-        return list(score)
-
-    return backend.trainer_class()(
-        model=model,
-        reward_funcs=score,
-        args=GRPOConfig(**args),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        method=rule,
-    )
+    return fixed_batch(*model64)
 
 
 @pytest.fixture
 def no_generation(monkeypatch, fixed):
     """TRL's generation replaced by the fixed batch, scored by the trainer's own reward path."""
-
-    def generate_and_score(self, inputs):
-        completions = ["x" * n for n in COMPLETION_LENGTHS]
-        self._calculate_rewards(inputs, [row["prompt"] for row in inputs], completions, fixed["completions"])
-        return dict(fixed["batch"])
-
-    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", generate_and_score)
-
-
-def trl_update(trainer, dataset_rows):
-    """TRL's own training_step over the micro-batches of one optimizer step; the backend's summed
-    loss, the accumulated gradients, the update's metrics and its clip records."""
-    model = trainer.model
-    model.zero_grad()
-    trainer.current_gradient_accumulation_steps = (
-        trainer.args.gradient_accumulation_steps
-    )  # as train() sets it
-    losses = [
-        trainer.training_step(model, dataset_rows, None)
-        for _ in range(trainer.args.gradient_accumulation_steps)
-    ]
-    trainer._get_grad_norm(model)  # the end of the update (its metrics); clipping off: grads untouched
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    metrics = trainer._update_metrics[-1] if trainer._update_metrics else None  # None: the step ended
-    return float(sum(losses)), grads, metrics, list(trainer._records)
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", fixed_generation(fixed))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
@@ -235,10 +87,7 @@ def test_same_loss_same_gradient_as_the_native_trainer(
         base_model, copy.deepcopy(model), tokenizer, fixed, name, params, beta, tmp_path
     )
     trainer = trl_trainer(copy.deepcopy(model), tokenizer, rule, beta, tmp_path)
-    rows = [
-        {"prompt": p, "score": s} for p, s in zip([p for p in PROMPTS for _ in range(G)], SCORES, strict=True)
-    ]
-    loss, grads, metrics, records = trl_update(trainer, rows)
+    loss, grads, metrics, records = trl_update(trainer, DATASET_ROWS)
 
     # The case is worth testing: the rule clips some units (SAPO's soft gate at its defaults: none).
     assert 0 < native_metrics["clip_frac"] < 1 or (name, params) == ("sapo", {}), native_metrics
@@ -260,11 +109,6 @@ def test_same_loss_same_gradient_as_the_native_trainer(
         assert mine["entropy"] == pytest.approx(float(fixed["entropy"][mine["seq"]]), rel=1e-9)
         for column in ("S", "advantage", "seq_clip", "seq_out"):
             assert mine[column] == pytest.approx(theirs[column], rel=1e-6, abs=1e-12), column
-
-
-DATASET_ROWS = [
-    {"prompt": p, "score": s} for p, s in zip([p for p in PROMPTS for _ in range(G)], SCORES, strict=True)
-]
 
 
 def test_trls_fused_log_probs_give_the_same_update_to_float32_precision(
@@ -359,3 +203,29 @@ def test_trl_options_that_change_the_loss_are_refused(field, value, tmp_path):
     with pytest.raises(ValueError, match=rf"GRPOConfig.{field}={value!r}: .*the rule's alone"):
         backend.check_arguments(args)
     backend.check_arguments(GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+
+
+TWO_PROCESS_RULES = ["grpo", "ppo", 'fspo:{"drift": "kl", "c_low": 0.1, "c_high": 0.1}', "seq_ppo", "cispo"]
+
+
+@pytest.mark.slow
+def test_same_loss_same_gradient_on_two_processes(base_model, tmp_path):
+    """tests/trl_two_process.py under torchrun (2 processes, gloo, DDP): the processes' halves of
+    the batch hold different numbers of tokens and sequences; the loss and the synchronised
+    gradients equal the native trainer's on the whole batch (global totals, loss x 2 against DDP's
+    average)."""
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        str(here / "trl_two_process.py"),
+        base_model,
+        str(tmp_path),
+    ]
+    result = subprocess.run(command + TWO_PROCESS_RULES, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    done = [line[3:].rsplit(" ", 2)[0] for line in result.stdout.splitlines() if line.startswith("ok ")]
+    assert done == TWO_PROCESS_RULES, result.stdout

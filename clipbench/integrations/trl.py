@@ -576,10 +576,13 @@ def trl_arguments(cfg, output_dir: str | Path, num_processes: int = 1):
     )
 
 
-def train_trl(config, run_dir: str | Path) -> Path:
+def train_trl(
+    config, run_dir: str | Path, reward: Callable[[list[str], list[str]], list[float]] | None = None
+) -> Path:
     """Train one clipbench run (`config`: a TrainConfig, dict or YAML path) with TRL's GRPOTrainer
     into `run_dir`, in this process or as one of `accelerate launch`'s; returns `run_dir/final`.
-    The run directory must not hold a run yet (a TRL run does not resume)."""
+    The run directory must not hold a run yet (a TRL run does not resume). `reward(completions,
+    answers)`: the rewards of a batch (default: 1 for what the verifier accepts, else 0)."""
     import yaml
     from accelerate import PartialState
     from datasets import Dataset
@@ -605,9 +608,16 @@ def train_trl(config, run_dir: str | Path) -> Path:
     )
     spec = benchmarks.get_spec(cfg.data.benchmark)
 
+    def verified(completions, answers):
+        return [
+            1.0 if v.correct else 0.0
+            for v in benchmarks.verify(completions, answers, fallbacks=spec.fallbacks)
+        ]
+
+    score = verified if reward is None else reward
+
     def correct(prompts, completions, answer, **_):
-        verdicts = benchmarks.verify(completions, answer, fallbacks=spec.fallbacks)
-        return [1.0 if v.correct else 0.0 for v in verdicts]
+        return score(completions, answer)
 
     args = trl_arguments(cfg, run_dir / TRL_DIR, state.num_processes)
     trainer = trainer_class()(
