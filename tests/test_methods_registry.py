@@ -310,7 +310,7 @@ def test_rules_and_sets_import_nothing_else_from_the_package():
     assert "clipbench.methods.fspo" in loaded and "clipbench.benchmarks.verifier" in loaded
 
 
-def test_clipbench_imports_without_trl():
+def test_clipbench_imports_without_trl(tmp_path):
     """TRL is an optional backend (pip install -e ".[trl]"): with trl unimportable, the package,
     its CLI, the native trainer and the TRL integration module itself import; only building the
     TRL trainer needs trl, and says how to install it."""
@@ -322,13 +322,23 @@ def test_clipbench_imports_without_trl():
         "    b.trainer_class()\n"
         "except ImportError as err:\n"
         "    print(err)\n"
+        # `clipbench train` of a trl run: one line naming the extra, exit code 2
+        'config = \'{"model": "m", "method": "grpo", "backend": "trl"}\'\n'
+        "print(clipbench.cli.main(['train', '--config-json', config, '--out', sys.argv[1]]))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, str(tmp_path / "run")],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr
-    assert 'install it with: pip install -e ".[trl]"' in result.stdout, result.stdout
+    assert result.stdout.splitlines()[-1] == "2" and result.stderr == (
+        "clipbench train: error: backend trl needs trl (import of trl halted; None in sys.modules); "
+        'install it with: pip install -e ".[trl]"\n'
+    ), result.stderr
+    assert (
+        'backend trl needs trl (import of trl halted; None in sys.modules); install it with: pip install -e ".[trl]"'
+        in result.stdout
+    ), result.stdout

@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -229,3 +231,58 @@ def test_same_loss_same_gradient_on_two_processes(base_model, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     done = [line[3:].rsplit(" ", 2)[0] for line in result.stdout.splitlines() if line.startswith("ok ")]
     assert done == TWO_PROCESS_RULES, result.stdout
+
+
+@pytest.mark.slow
+def test_two_methods_train_on_two_processes_and_aggregate_like_native_runs(base_model, tmp_path):
+    """The smoke study's train settings with backend trl on 2 processes (torchrun, gloo), two methods
+    for 2 steps each (tests/trl_smoke_run.py): every step has a non-empty records file per rank, S is
+    not 0 after the first update, and `clipbench aggregate` and `report` read the runs as native ones."""
+    from eval_files import write_eval
+
+    from clipbench import cli
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]), "OMP_NUM_THREADS": "1"}
+    runs = {method: tmp_path / "runs" / method / "seed0" for method in ("grpo", "fspo")}
+    for method, run in runs.items():
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        command += [str(here / "trl_smoke_run.py"), base_model, str(run), method]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        for step in (0, 1):
+            for rank in (0, 1):
+                path = artifacts.step_records_path(run, step, rank)
+                assert path.is_file() and len(pd.read_parquet(path)) > 0, path
+        records = artifacts.read_clip_records(run)
+        assert len(records) == 2 * 16  # steps x P x G rows, each in one update per epoch (1 epoch)
+        assert sorted(records[records["step"] == 0]["seq"].unique()) == list(range(16))  # both ranks' rows
+        assert (records[records["update"] == 0]["S"] == 0).all()  # the first update: on policy
+        assert (records[records["update"] > 0]["S"] != 0).any()
+        lines = (run / artifacts.METRICS_FILE).read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == [0, 1]
+        summary = json.loads((run / "final" / "summary.json").read_text())
+        assert (summary["backend"], summary["processes"], summary["records"]) == ("trl", 2, len(records))
+        assert (run / "final" / "model.safetensors").is_file()
+    rng = np.random.default_rng(0)
+    evals = [
+        write_eval(tmp_path, name, rng.random((12, 2)) < 0.5) for name in ("base", "grpo-seed0", "fspo-seed0")
+    ]
+    out = {name: tmp_path / f"{name}.csv" for name in ("summary", "fairness", "fairness_bins")}
+    files = [arg for name, path in out.items() for arg in (f"--{name.replace('_', '-')}", str(path))]
+    args = ["aggregate", "--evals", *map(str, evals), "--runs", *map(str, runs.values()), "--bins", "3"]
+    assert cli.main([*args, *files, "--resamples", "20"]) == 0
+    fairness = pd.read_csv(out["fairness"])
+    assert set(fairness["method"]) == {"grpo", "fspo"}
+    table = tmp_path / "main.md"
+    report = [
+        "report",
+        "--summary",
+        str(out["summary"]),
+        "--fairness",
+        str(out["fairness"]),
+        "--table",
+        str(table),
+    ]
+    assert cli.main(report) == 0
+    assert "| fspo | sequence |" in table.read_text() and "| grpo | token |" in table.read_text()

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ from typing import Any
 import torch
 
 from clipbench import artifacts
+from clipbench.errors import UserError
 from clipbench.methods import BatchTotals, LossOutput, Method, prepare_batch, sum_statistics
 
 #: Keys this backend adds to TRL's batch dicts (TRL's own keys are left as they are).
@@ -221,16 +223,27 @@ def step_metrics(step: int, stats: dict[str, Any], updates: list[dict[str, float
 # ---------------------------------------------------------------------------- the trainer
 
 
+class BackendMissing(UserError, ImportError):
+    """trl or accelerate is not installed; the message gives the install line."""
+
+
+def require_trl() -> None:
+    """BackendMissing unless trl and accelerate import (both come with the `trl` extra)."""
+    for name in ("trl", "accelerate"):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise BackendMissing(
+                f'backend trl needs {name} ({err}); install it with: pip install -e ".[trl]"'
+            ) from err
+
+
 @functools.cache
 def trainer_class() -> type:
-    """`ClipbenchGRPOTrainer`, a subclass of trl's GRPOTrainer (imports trl; ImportError with the
-    install line when it is missing)."""
-    try:
-        from trl import GRPOTrainer
-    except ImportError as err:
-        raise ImportError(
-            f'the TRL backend needs trl ({err}); install it with: pip install -e ".[trl]"'
-        ) from err
+    """`ClipbenchGRPOTrainer`, a subclass of trl's GRPOTrainer (imports trl; BackendMissing, an
+    ImportError, with the install line when it is missing)."""
+    require_trl()
+    from trl import GRPOTrainer
 
     from clipbench.advantages import compute_advantages
     from clipbench.trainer import kl_to_reference
@@ -514,32 +527,16 @@ def trainer_class() -> type:
 # ---------------------------------------------------------------------------- a clipbench run on TRL
 
 
-def trl_arguments(cfg, output_dir: str | Path, num_processes: int = 1):
-    """TRL's GRPOConfig for a clipbench TrainConfig `cfg` on `num_processes` processes: one TRL
-    rollout batch of P x G completions per RL step, `M` minibatches (steps_per_generation) x `E`
-    epochs (num_iterations), one optimizer step per minibatch (gradient accumulation 1), the
-    minibatch split evenly over the processes; the optimizer, clipping, sampling and KL weight of
-    `cfg`. ConfigError naming the field when the batch does not split or a setting has no TRL
-    counterpart here."""
+def trl_arguments(cfg, output_dir: str | Path):
+    """TRL's GRPOConfig for a clipbench TrainConfig `cfg` (validated: `clipbench.config.check_run`
+    refuses what the backend does not take) on `cfg.processes` processes: one TRL rollout batch of
+    P x G completions per RL step, `M` minibatches (steps_per_generation) x `E` epochs
+    (num_iterations), one optimizer step per minibatch (gradient accumulation 1), the minibatch
+    split evenly over the processes; the optimizer, clipping, sampling and KL weight of `cfg`."""
     from trl import GRPOConfig
-
-    from clipbench.config import ConfigError
 
     r, o = cfg.rollout, cfg.optim
     batch = r.prompts_per_step * r.samples_per_prompt
-    if batch % (o.minibatches * num_processes):
-        raise ConfigError(
-            f"rollout.prompts_per_step x rollout.samples_per_prompt = {batch} must split into optim.minibatches="
-            f"{o.minibatches} x {num_processes} processes for the TRL backend"
-        )
-    unsupported = {
-        "rollout.engine": (r.engine, "hf"),
-        "optim.max_tokens_per_microbatch": (o.max_tokens_per_microbatch, None),
-        "optim.logprob_chunk_tokens": (o.logprob_chunk_tokens, None),
-    }
-    for name, (value, supported) in unsupported.items():
-        if value != supported:
-            raise ConfigError(f"{name}: {value!r} is not supported by the TRL backend (only {supported!r})")
     return GRPOConfig(
         output_dir=str(output_dir),
         use_cpu=cfg.device == "cpu",
@@ -547,7 +544,7 @@ def trl_arguments(cfg, output_dir: str | Path, num_processes: int = 1):
         fp16=False,
         seed=cfg.seed,
         max_steps=cfg.steps * o.minibatches * o.epochs,
-        per_device_train_batch_size=batch // (o.minibatches * num_processes),
+        per_device_train_batch_size=batch // (o.minibatches * cfg.processes),
         gradient_accumulation_steps=1,
         steps_per_generation=o.minibatches,
         num_iterations=o.epochs,
@@ -572,33 +569,76 @@ def trl_arguments(cfg, output_dir: str | Path, num_processes: int = 1):
         logging_steps=10**6,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every parameter gets a gradient: no extra autograd traversal
         shuffle_dataset=False,  # the prompts come in clipbench's order (prompt_indices)
     )
+
+
+def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
+    """Make `run_dir` ready for a TRL run of `config` (a TrainConfig dict): a new or empty folder
+    as it is; one left by an interrupted run of the same config emptied of what it wrote (a TRL
+    run does not resume: it starts over). RunDirError naming the folder when it holds a finished
+    run, or a run of another config."""
+    import shutil
+
+    from clipbench.config import load_yaml
+    from clipbench.provenance import config_hash
+    from clipbench.trainer import RunDirError
+
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        previous = config_hash(load_yaml(saved.read_text()))
+        if previous != config_hash(config):
+            raise RunDirError(
+                f"{run_dir} holds a run with another config (hash {previous} != {config_hash(config)}); "
+                "use a new run directory or delete it"
+            )
+    if artifacts.run_is_finished(run_dir):
+        raise RunDirError(f"{run_dir}: holds a finished run; use a new run directory or delete it")
+    for name in (artifacts.METRICS_FILE, artifacts.RECORDS_DIR, artifacts.FINAL_DIR, TRL_DIR):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def train_trl(
     config, run_dir: str | Path, reward: Callable[[list[str], list[str]], list[float]] | None = None
 ) -> Path:
-    """Train one clipbench run (`config`: a TrainConfig, dict or YAML path) with TRL's GRPOTrainer
-    into `run_dir`, in this process or as one of `accelerate launch`'s; returns `run_dir/final`.
-    The run directory must not hold a run yet (a TRL run does not resume). `reward(completions,
-    answers)`: the rewards of a batch (default: 1 for what the verifier accepts, else 0)."""
+    """Train one clipbench run (`config`: a TrainConfig with `backend: trl`, a dict or a YAML path)
+    with TRL's GRPOTrainer into `run_dir`, as each of the `processes` processes `accelerate launch`
+    starts (one: this process alone); returns `run_dir/final`. An interrupted run starts over
+    (`prepare_run_dir`). `reward(completions, answers)`: the rewards of a batch (default: 1 for
+    what the verifier accepts, else 0)."""
+    require_trl()
     import yaml
     from accelerate import PartialState
     from datasets import Dataset
 
     from clipbench import benchmarks
-    from clipbench.config import TrainConfig, load_config, validate
+    from clipbench.config import ConfigError, TrainConfig, load_config, validate
     from clipbench.models import load_model
     from clipbench.provenance import atomic_write_json, atomic_write_text, package_versions, provenance
-    from clipbench.trainer import RunDirError, prompt_indices, training_prompts
+    from clipbench.trainer import prompt_indices, training_prompts
 
     cfg = validate(config if isinstance(config, TrainConfig) else load_config(config))
+    if cfg.backend != "trl":
+        raise ConfigError(
+            f"backend: {cfg.backend!r}; train_trl trains backend 'trl' runs (clipbench.trainer the others)"
+        )
     run_dir = Path(run_dir)
     method = cfg.build_method()
     state = PartialState(cpu=cfg.device == "cpu")
-    if (run_dir / artifacts.METRICS_FILE).exists() or artifacts.step_records_files(run_dir):
-        raise RunDirError(f"{run_dir}: holds a run already; the TRL backend does not resume: use a new --out")
+    if state.num_processes != cfg.processes:
+        raise ConfigError(
+            f"processes: {cfg.processes}, but {state.num_processes} process(es) were started; start it with "
+            f"accelerate launch --multi_gpu --num_processes {cfg.processes} -m clipbench.cli train ... "
+            "(--multi_gpu starts the processes with torchrun; on a CPU they use gloo)"
+        )
+    if state.is_main_process:
+        prepare_run_dir(run_dir, cfg.to_dict())
+    state.wait_for_everyone()
     model, tokenizer = load_model(cfg.model, device="cpu")
     problems, prompts = training_prompts(cfg.data, tokenizer)
     p = cfg.rollout.prompts_per_step
@@ -619,11 +659,10 @@ def train_trl(
     def correct(prompts, completions, answer, **_):
         return score(completions, answer)
 
-    args = trl_arguments(cfg, run_dir / TRL_DIR, state.num_processes)
     trainer = trainer_class()(
         model=model,
         reward_funcs=correct,
-        args=args,
+        args=trl_arguments(cfg, run_dir / TRL_DIR),
         train_dataset=dataset,
         processing_class=tokenizer,
         method=method,
@@ -646,6 +685,7 @@ def train_trl(
 
 
 __all__ = [
+    "BackendMissing",
     "ENTROPY_KEY",
     "REWARD_KEY",
     "ROW_KEY",
@@ -654,6 +694,8 @@ __all__ = [
     "check_arguments",
     "loss_mask",
     "microbatch_records",
+    "prepare_run_dir",
+    "require_trl",
     "schedule_position",
     "step_metrics",
     "trainer_class",
