@@ -351,7 +351,12 @@ def trainer_class() -> type:
                 fused = next(self.model.parameters()).dtype != torch.float64
             if fused:
                 return self._get_per_token_logps_and_entropies(
-                    model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=compute_entropy
+                    model,
+                    input_ids,
+                    attention_mask,
+                    completion_ids.size(1),
+                    batch_size=self.args.per_device_train_batch_size,  # a rollout batch in micro-batch chunks
+                    compute_entropy=compute_entropy,
                 )
             keep = completion_ids.size(1)
             # Positions from each row's first real token, as generate numbers them (left padding).
