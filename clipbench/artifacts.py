@@ -11,7 +11,9 @@ Layout of a study, relative to the directory Snakemake runs in (the repository r
 
     results/base/model/                          the base model every run starts from
     results/runs/{method}/seed{seed}/            one RL run (layout: clipbench.trainer)
-        records/step_NNNNNN.parquet              the clip records of each step (the one copy)
+        records/step_NNNNNN.parquet              the clip records of each step (the one copy); a run
+                                                 of several processes (TRL backend): one file per
+                                                 process, step_NNNNNN.rankR.parquet
         final/summary.json                       written last: the run is complete
     results/evals/{model}/{bench}.json           an evaluation summary, beside its
         {bench}.samples.jsonl, {bench}.prompts.jsonl   (owner: clipbench.evaluate)
@@ -81,7 +83,9 @@ PLOT_LOG = f"{LOGS_DIR}/plots/{{plot}}.log"
 #: A run's clip records, one parquet file per RL step, written as the step ends (the one copy:
 #: resuming drops the files of steps after the checkpoint, and a finished run's folder holds every step).
 RECORDS_DIR = "records"
-_STEP_RECORDS = re.compile(r"step_(?P<step>[0-9]{6,})\.parquet")
+#: A step's file, ``step_NNNNNN.parquet`` (one process), or one part of it per process of a
+#: multi-process run, ``step_NNNNNN.rankR.parquet`` (R = 0, 1, ...; no leading zero, as seeds).
+_STEP_RECORDS = re.compile(rf"step_(?P<step>[0-9]{{6,}})(?:\.rank(?P<rank>{SEED}))?\.parquet")
 
 #: The clip records: one row per sequence and optimiser update of a run, written by the trainer
 #: (:func:`write_step_records`) and by any other backend that trains a clipbench rule; read by
@@ -149,32 +153,79 @@ def records_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / RECORDS_DIR
 
 
-def step_records_files(run_dir: str | Path) -> dict[int, Path]:
-    """``{step: file}`` of the step files in a run's records folder (temporary files left out)."""
-    found = {}
+def step_records_files(run_dir: str | Path) -> dict[int, list[Path]]:
+    """``{step: [files]}`` of the step files in a run's records folder, in step order (temporary
+    files left out): one untagged file per step, or a step's rank-tagged parts in rank order.
+    Only names are read; :func:`read_clip_records` checks that the parts are complete."""
+    found: dict[int, list[tuple[int, Path]]] = {}
     folder = records_dir(run_dir)
     for path in folder.glob("step_*.parquet") if folder.is_dir() else ():
         match = _STEP_RECORDS.fullmatch(path.name)
         if match:
-            found[int(match["step"])] = path
-    return dict(sorted(found.items()))
+            rank = -1 if match["rank"] is None else int(match["rank"])
+            found.setdefault(int(match["step"]), []).append((rank, path))
+    return {step: [path for _, path in sorted(parts)] for step, parts in sorted(found.items())}
 
 
-def write_step_records(run_dir: str | Path, step: int, frame) -> Path:
+def step_records_path(run_dir: str | Path, step: int, rank: int | None = None) -> Path:
+    """Where one step's clip records go: ``records/step_NNNNNN.parquet``, or with ``rank`` (a
+    process of a multi-process run writes its own part) ``records/step_NNNNNN.rankR.parquet``."""
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 0):
+        raise ValueError(f"rank: {rank!r} is not a non-negative integer")
+    tag = "" if rank is None else f".rank{rank}"
+    return records_dir(run_dir) / f"step_{step:06d}{tag}.parquet"
+
+
+def write_step_records(run_dir: str | Path, step: int, frame, rank: int | None = None) -> Path:
     """Write one step's clip records (a :func:`clip_records_frame`) atomically: a kill leaves the
-    old file or the new one, never a part."""
-    folder = records_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:06d}.parquet"
-    tmp = folder / f".{path.name}.tmp"
+    old file or the new one, never a part. ``rank``: this process's part of the step in a
+    multi-process run (every process writes its own; None: the run's one process)."""
+    path = step_records_path(run_dir, step, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return path
 
 
+def _rank_of(path: Path) -> int | None:
+    rank = _STEP_RECORDS.fullmatch(path.name)["rank"]
+    return None if rank is None else int(rank)
+
+
+def _check_parts(folder: Path, files: dict[int, list[Path]]) -> None:
+    """ValueError naming the folder and the step unless every step has one untagged file, or every
+    step has the parts of ranks 0, 1, ..., R - 1, the same R for every step."""
+    counts = set()
+    for step, parts in files.items():
+        ranks = [_rank_of(path) for path in parts]
+        if None in ranks:
+            if len(ranks) > 1:
+                names = ", ".join(path.name for path in parts)
+                raise ValueError(
+                    f"{folder}: step {step} has an untagged file beside rank-tagged ones ({names}): "
+                    "a run writes one or the other"
+                )
+            counts.add(None)
+            continue
+        missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
+        if missing:
+            raise ValueError(
+                f"{folder}: step {step} lacks the clip records of ranks {missing} (a damaged run?)"
+            )
+        counts.add(len(ranks))
+    if len(counts) > 1:
+        described = sorted("one untagged file" if c is None else f"{c} ranks" for c in counts)
+        raise ValueError(
+            f"{folder}: the steps' clip records come from different numbers of processes: {described}"
+        )
+
+
 def read_clip_records(run_dir: str | Path):
-    """Every step's clip records of a run, in step order, checked: ValueError naming the folder
-    when it has no step file, misses a step (the steps must be 0, 1, ..., N - 1) or lacks columns."""
+    """Every step's clip records of a run, in step order (and rank order within a step of a
+    multi-process run), checked: ValueError naming the folder when it has no step file, misses a
+    step (the steps must be 0, 1, ..., N - 1), misses a rank's part of a step (every step must
+    have the parts of the same ranks 0, ..., R - 1) or lacks columns."""
     import pandas as pd
 
     folder = records_dir(run_dir)
@@ -184,7 +235,10 @@ def read_clip_records(run_dir: str | Path):
     gaps = sorted(set(range(max(files) + 1)) - set(files))
     if gaps:
         raise ValueError(f"{folder}: the clip records of steps {gaps} are missing (a damaged run?)")
-    frame = pd.concat([pd.read_parquet(path) for path in files.values()], ignore_index=True)
+    _check_parts(folder, files)
+    frame = pd.concat(
+        [pd.read_parquet(path) for parts in files.values() for path in parts], ignore_index=True
+    )
     missing = [c for c in CLIP_RECORD_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{folder}: not clip records, they lack the columns {missing}")

@@ -138,7 +138,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_run_dir_path(args.out)  # before anything is read or loaded
     config = load_config(_train_source(args), overrides=_parse_sets(args.set))
-    final = train(config, args.out, progress=not args.no_progress)
+    if config.backend == "trl":  # TRL's GRPOTrainer (clipbench.integrations.trl): needs the trl extra
+        from clipbench.integrations.trl import train_trl
+
+        final = train_trl(config, args.out)
+    else:
+        final = train(config, args.out, progress=not args.no_progress)
     print(f"final model: {final}")
     return 0
 

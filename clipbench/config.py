@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 ENGINES = ("hf", "vllm")
+BACKENDS = ("native", "trl")  # the trainer: clipbench.trainer, or TRL's (clipbench.integrations.trl)
 PROMPT_STYLES = ("base", "chat")
 DEVICE = re.compile(r"cpu|mps|cuda(?::\d+)?")  # what `device` may be (torch device strings)
 # TrainConfig.build_method's methods, by config object (not in the object: its fields are its state).
@@ -215,6 +216,18 @@ class TrainConfig:
         "(clipbench.precision)",
         choices=DTYPES,
     )
+    backend: str = setting(
+        "native",
+        help="the trainer: native (clipbench.trainer) or trl (TRL's GRPOTrainer with the rule as its loss, "
+        "clipbench.integrations.trl; pip install -e '.[trl]'; no resume, hf sampling only)",
+        choices=BACKENDS,
+    )
+    processes: int = setting(
+        1,
+        help="training processes (data parallel, the minibatch split evenly over them; backend trl only, "
+        "started by accelerate launch --num_processes N)",
+        ge=1,
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -271,7 +284,33 @@ def check_run(config: TrainConfig) -> TrainConfig:
         raise ConfigError(
             f"optim.minibatches: must divide the rollout batch prompts_per_step * samples_per_prompt = {batch}"
         )
+    _check_backend(config)
     return config
+
+
+def _check_backend(config: TrainConfig) -> None:
+    """What the TRL backend does not take (clipbench.integrations.trl), and processes > 1 without it."""
+    if config.backend == "native":
+        if config.processes != 1:
+            raise ConfigError(
+                f"processes: {config.processes}, but the native trainer runs one process (backend: trl)"
+            )
+        return
+    r, o = config.rollout, config.optim
+    unsupported = {
+        "rollout.engine": (r.engine, "hf"),
+        "optim.max_tokens_per_microbatch": (o.max_tokens_per_microbatch, None),
+        "optim.logprob_chunk_tokens": (o.logprob_chunk_tokens, None),
+    }
+    for name, (value, supported) in unsupported.items():
+        if value != supported:
+            raise ConfigError(f"{name}: {value!r} is not supported by backend trl (only {supported!r})")
+    batch = r.prompts_per_step * r.samples_per_prompt
+    if batch % (o.minibatches * config.processes):
+        raise ConfigError(
+            f"processes: the rollout batch prompts_per_step * samples_per_prompt = {batch} must split into "
+            f"optim.minibatches x processes = {o.minibatches} x {config.processes} equal parts (backend trl)"
+        )
 
 
 def validate(config: TrainConfig) -> TrainConfig:

@@ -246,6 +246,23 @@ def run_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]
     }
 
 
+def train_launcher(run: dict[str, Any]) -> str:
+    """How the train job starts `python -m clipbench.cli train` for the TrainConfig dict `run`: with
+    `python` (one process), or, for a run of `processes: N > 1` (backend trl), with torchrun
+    starting N processes on this machine (`--standalone`: a free port for each job, so train jobs
+    running side by side do not collide; on a CPU the processes talk through gloo). The words are
+    constants and a validated integer: the rule writes them unquoted."""
+    processes = int(run.get("processes", 1))
+    if processes == 1:
+        return "python"
+    return f"python -m torch.distributed.run --standalone --nproc_per_node {processes}"
+
+
+def train_threads(run: dict[str, Any]) -> int:
+    """The train job's threads: one per process (each process runs torch on one thread)."""
+    return int(run.get("processes", 1))
+
+
 def eval_args(config: dict[str, Any], key: str) -> list[str]:
     """The evaluate command's arguments for benchmark `key`, one list item per shell word."""
     entry = config["evaluate"]["benchmarks"][key]

@@ -739,9 +739,10 @@ class Trainer:
                 if row["step"] < done:
                     kept.append(line)
             atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-        for step, part in artifacts.step_records_files(self.run_dir).items():
+        for step, parts in artifacts.step_records_files(self.run_dir).items():
             if step >= done:
-                part.unlink()
+                for part in parts:
+                    part.unlink()
         for leftover in artifacts.records_dir(self.run_dir).glob(".*"):
             leftover.unlink()
         shutil.rmtree(self.run_dir / artifacts.FINAL_DIR, ignore_errors=True)

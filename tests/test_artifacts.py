@@ -144,6 +144,46 @@ def test_clip_records_are_written_per_step_and_read_as_one_frame(tmp_path):
     assert frame.equals(artifacts.clip_records_frame([record(step=s) for s in range(11)]))
 
 
+def test_a_multi_process_run_writes_one_part_per_rank_and_is_read_as_one_frame(tmp_path):
+    """A run of two processes (the TRL backend): each writes its part of a step, tagged with its
+    rank; the reader joins them in step, then rank order, and refuses incomplete or mixed parts."""
+    run_dir = tmp_path / "runs" / "grpo" / "seed0"
+    for step in (1, 0):
+        for rank in (1, 0):
+            frame = artifacts.clip_records_frame([record(step=step, seq=4 * rank + i) for i in range(2)])
+            path = artifacts.write_step_records(run_dir, step, frame, rank=rank)
+            assert path == run_dir / "records" / f"step_{step:06d}.rank{rank}.parquet"
+    files = artifacts.step_records_files(run_dir)
+    assert {step: [p.name for p in parts] for step, parts in files.items()} == {
+        0: ["step_000000.rank0.parquet", "step_000000.rank1.parquet"],
+        1: ["step_000001.rank0.parquet", "step_000001.rank1.parquet"],
+    }
+    frame = artifacts.read_clip_records(run_dir)
+    assert frame.step.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert frame.seq.tolist() == [0, 1, 4, 5, 0, 1, 4, 5]  # rank 0's rows, then rank 1's
+    # Rank 10 sorts after rank 2 (numbers, not names); a leading zero is no rank's tag.
+    for rank in (2, 10):
+        artifacts.write_step_records(run_dir, 0, artifacts.clip_records_frame([record(step=0)]), rank=rank)
+    assert [p.name for p in artifacts.step_records_files(run_dir)[0]][2:] == [
+        "step_000000.rank2.parquet",
+        "step_000000.rank10.parquet",
+    ]
+    with pytest.raises(ValueError, match=r"seed0/records: step 0 lacks the clip records of ranks \[3, 4, 5"):
+        artifacts.read_clip_records(run_dir)
+    for rank in (2, 10):
+        artifacts.step_records_path(run_dir, 0, rank).unlink()
+    (run_dir / "records" / "step_000000.rank01.parquet").write_text("not a rank's name")
+    assert len(artifacts.step_records_files(run_dir)[0]) == 2
+    artifacts.step_records_path(run_dir, 1, 1).unlink()
+    with pytest.raises(ValueError, match=r"different numbers of processes: \['1 ranks', '2 ranks'\]"):
+        artifacts.read_clip_records(run_dir)
+    artifacts.write_step_records(run_dir, 1, artifacts.clip_records_frame([record(step=1)]))
+    with pytest.raises(ValueError, match=r"step 1 has an untagged file beside rank-tagged ones"):
+        artifacts.read_clip_records(run_dir)
+    with pytest.raises(ValueError, match="rank: -1 is not"):
+        artifacts.step_records_path(run_dir, 0, -1)
+
+
 def test_reading_clip_records_names_a_folder_that_holds_none(tmp_path):
     run_dir = tmp_path / "run"
     bad = artifacts.clip_records_frame([record()]).drop(columns=["seq_out", "length"])

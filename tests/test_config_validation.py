@@ -182,3 +182,30 @@ def test_a_generated_training_set_is_capped_before_any_work():
     ):
         load_config({"model": "m", "data": {"benchmark": "synthetic", "n": 10**9}})
     assert load_config({"model": "m", "data": {"benchmark": "synthetic", "n": 200_000}}).data.n == 200_000
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"backend": "verl"}, "backend: unknown backend 'verl'; available: native, trl"),
+        ({"processes": 0}, "processes: must be >= 1, got 0"),
+        ({"processes": 2}, r"processes: 2, but the native trainer runs one process \(backend: trl\)"),
+        (
+            {"backend": "trl", "rollout": {"engine": "vllm"}},
+            r"rollout.engine: 'vllm' is not supported by backend trl \(only 'hf'\)",
+        ),
+        (
+            {"backend": "trl", "optim": {"max_tokens_per_microbatch": 512}},
+            r"optim.max_tokens_per_microbatch: 512 is not supported by backend trl \(only None\)",
+        ),
+        (
+            {"backend": "trl", "processes": 3},  # the default batch: 8 prompts x 8 samples, 4 minibatches
+            r"processes: the rollout batch prompts_per_step \* samples_per_prompt = 64 must split into "
+            r"optim.minibatches x processes = 4 x 3 equal parts \(backend trl\)",
+        ),
+    ],
+)
+def test_the_backend_and_its_processes_are_checked(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({"model": "m", **fields})
+    assert load_config({"model": "m", "backend": "trl", "processes": 2}).processes == 2

@@ -308,3 +308,37 @@ def test_rules_and_sets_import_nothing_else_from_the_package():
     ]
     assert not outside, outside
     assert "clipbench.methods.fspo" in loaded and "clipbench.benchmarks.verifier" in loaded
+
+
+def test_clipbench_imports_without_trl(tmp_path):
+    """TRL is an optional backend (pip install -e ".[trl]"): with trl unimportable, the package,
+    its CLI, the native trainer and the TRL integration module itself import; only building the
+    TRL trainer needs trl, and says how to install it."""
+    code = (
+        "import sys; sys.modules['trl'] = None\n"  # `import trl` now raises ImportError
+        "import clipbench, clipbench.cli, clipbench.trainer, clipbench.report, clipbench.integrations.trl as b\n"
+        "assert 'trl' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n"
+        "try:\n"
+        "    b.trainer_class()\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+        # `clipbench train` of a trl run: one line naming the extra, exit code 2
+        'config = \'{"model": "m", "method": "grpo", "backend": "trl"}\'\n'
+        "print(clipbench.cli.main(['train', '--config-json', config, '--out', sys.argv[1]]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "2" and result.stderr == (
+        "clipbench train: error: backend trl needs trl (import of trl halted; None in sys.modules); "
+        'install it with: pip install -e ".[trl]"\n'
+    ), result.stderr
+    assert (
+        'backend trl needs trl (import of trl halted; None in sys.modules); install it with: pip install -e ".[trl]"'
+        in result.stdout
+    ), result.stdout

@@ -187,6 +187,25 @@ def test_the_training_curves_job_gets_the_configured_smoothing_window(tmp_path):
         assert flag in curves and "--smoothing-window" not in accuracy  # only the plot that declares it
 
 
+def test_a_trl_study_starts_each_train_job_on_its_processes(tmp_path):
+    """train.backend: trl with train.processes: 2: each train job runs `clipbench train` under
+    torchrun on 2 processes, and takes 2 threads; a run of one process stays plain python."""
+    from clipbench import study as study_module
+
+    assert study_module.train_launcher({"backend": "trl"}) == "python"
+    study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    study["train"].update(backend="trl", processes=2)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = snakemake("-n", "-p", "--forceall", "--cores", "4", "--configfile", str(path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    launch = (
+        r"    threads: 2\n    resources: [^\n]*\nShell command: OMP_NUM_THREADS=1 python -m "
+        r"torch\.distributed\.run --standalone --nproc_per_node 2 -m clipbench\.cli train "
+    )
+    assert len(re.findall(launch, result.stdout)) == len(study["methods"]), result.stdout[-3000:]
+
+
 def test_a_study_config_may_write_numbers_with_an_exponent(tmp_path):
     # Snakemake's YAML 1.1 loader gives `lr: 1e-5` as text; the Snakefile reads it as a number.
     text = (ROOT / "workflows" / "config" / "smoke.yaml").read_text()

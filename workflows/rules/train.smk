@@ -1,6 +1,8 @@
 # One RL run per (method, seed); a restarted study resumes each run from its last checkpoint
 # (the run directory is not an output, so Snakemake never deletes it). The run's config travels as
-# a parameter: changing it reruns the run (the trainer then refuses the old run directory).
+# a parameter: changing it reruns the run (the trainer then refuses the old run directory). A run
+# of several processes (train.backend: trl, train.processes: N) starts through torchrun
+# (clipbench.study.train_launcher), one thread per process.
 
 
 rule train:
@@ -11,13 +13,14 @@ rule train:
     params:
         cfg=lambda w: json.dumps(run_config(w.method, w.seed), sort_keys=True),
         run_dir=lambda w: RunId(w.method, int(w.seed)).run_dir,
+        launch=lambda w: study.train_launcher(run_config(w.method, w.seed)),
     log:
         artifacts.TRAIN_LOG,
-    threads: 1
+    threads: lambda w: study.train_threads(run_config(w.method, w.seed))
     resources:
         gpu=resources_of("train").get("gpu", 0),
     conda:
         "../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m clipbench.cli train --config-json {params.cfg:q} "
+        "OMP_NUM_THREADS=1 {params.launch} -m clipbench.cli train --config-json {params.cfg:q} "
         "--out {params.run_dir:q} --no-progress > {log:q} 2>&1"

@@ -1,0 +1,288 @@
+"""The TRL backend (clipbench/integrations/trl.py): same loss, same gradient as the native trainer.
+
+One fixed rollout batch (8 rows: prompts of different lengths, completions of 0 to 7 tokens,
+advantages of both signs, old log-probs off by N(-0.01, 0.15^2) per token, NaN off the mask), a
+float64 copy of the tiny base model, for every registered rule (and the variants whose totals or
+statistics matter): the native trainer's `_update` on the batch as one minibatch, and TRL's own
+`training_step` (no generation: TRL's `_generate_and_score_completions` returns the fixed batch)
+over the two micro-batches of one optimizer step (gradient_accumulation_steps = 2, TRL's shuffled
+halves of the batch), must give the same loss and the same parameter gradients to 1e-6 (float64),
+the same update metrics and the same clip records. Offline: no hub access."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("trl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+from trl_batch import (  # noqa: E402
+    COMPLETION_LENGTHS,
+    DATASET_ROWS,
+    SCORES,
+    fixed_batch,
+    fixed_generation,
+    native_update,
+    trl_trainer,
+    trl_update,
+)
+
+from clipbench import artifacts, methods  # noqa: E402
+from clipbench.integrations import trl as backend  # noqa: E402
+from clipbench.models import load_model  # noqa: E402
+
+# Every registered rule at its defaults, plus the variants whose minibatch totals or statistics
+# matter (FSPO's drift, the fitted power band), a band wide enough to keep some GSPO sequences
+# inside, the token rules' other aggregations, and one with the KL penalty (TRL's beta).
+CASES = [(name, {}, 0.0) for name in methods.available_methods()] + [
+    ("fspo", {"drift": "kl", "c_low": 0.1, "c_high": 0.1}, 0.0),
+    ("powerband", {"c_low": 0.1, "c_high": 0.1}, 0.0),
+    ("gspo", {"eps_low": 0.05, "eps_high": 0.05}, 0.0),
+    ("ppo", {"aggregation": "seq_mean_token_sum"}, 0.0),
+    ("grpo", {"aggregation": "seq_mean_token_sum_norm", "norm_tokens": 16}, 0.0),
+    ("grpo", {}, 0.5),
+]
+
+
+def case_id(case) -> str:
+    name, params, beta = case
+    return name + "".join(f"-{k}={v}" for k, v in params.items()) + (f"-beta={beta}" if beta else "")
+
+
+@pytest.fixture(scope="module")
+def model64(base_model):
+    model, tokenizer = load_model(base_model, dtype=torch.float64)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def fixed(model64):
+    return fixed_batch(*model64)
+
+
+@pytest.fixture
+def no_generation(monkeypatch, fixed):
+    """TRL's generation replaced by the fixed batch, scored by the trainer's own reward path."""
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", fixed_generation(fixed))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_same_loss_same_gradient_as_the_native_trainer(
+    case, base_model, model64, fixed, no_generation, tmp_path
+):
+    name, params, beta = case
+    model, tokenizer = model64
+    rule = methods.get_method(name, **params)
+    native_out, native_metrics, native_grads, native_records = native_update(
+        base_model, copy.deepcopy(model), tokenizer, fixed, name, params, beta, tmp_path
+    )
+    trainer = trl_trainer(copy.deepcopy(model), tokenizer, rule, beta, tmp_path)
+    loss, grads, metrics, records = trl_update(trainer, DATASET_ROWS)
+
+    # The case is worth testing: the rule clips some units (SAPO's soft gate at its defaults: none).
+    assert 0 < native_metrics["clip_frac"] < 1 or (name, params) == ("sapo", {}), native_metrics
+    assert loss == pytest.approx(native_metrics["loss"], rel=1e-6, abs=1e-12)
+    assert grads.keys() == native_grads.keys()
+    total = sum(float(g.abs().sum()) for g in native_grads.values())
+    assert total > 0 and all(torch.isfinite(g).all() for g in grads.values())
+    for key, want in native_grads.items():
+        torch.testing.assert_close(grads[key], want, rtol=1e-6, atol=1e-12, msg=key)
+    for key, want in native_metrics.items():
+        assert metrics[key] == pytest.approx(want, rel=1e-6, abs=1e-12), key
+    # The clip records: one per row, matched by the row's place in the rollout batch.
+    got = sorted(records, key=lambda r: r["seq"])
+    assert [r["seq"] for r in got] == list(range(len(COMPLETION_LENGTHS)))
+    for mine, theirs in zip(got, native_records, strict=True):
+        assert (mine["step"], mine["update"], mine["epoch"], mine["minibatch"]) == (0, 0, 0, 0)
+        assert mine["length"] == theirs["length"] == COMPLETION_LENGTHS[mine["seq"]]
+        assert mine["reward"] == SCORES[mine["seq"]]
+        assert mine["entropy"] == pytest.approx(float(fixed["entropy"][mine["seq"]]), rel=1e-9)
+        for column in ("S", "advantage", "seq_clip", "seq_out"):
+            assert mine[column] == pytest.approx(theirs[column], rel=1e-6, abs=1e-12), column
+
+
+def test_trls_fused_log_probs_give_the_same_update_to_float32_precision(
+    model64, fixed, no_generation, tmp_path
+):
+    """The production path (TRL's fused LM head, float32 accumulators, TRL's positions) on the
+    same float64 batch: the same loss and gradient to its float32 precision."""
+    model, tokenizer = model64
+    rule = methods.get_method("grpo")
+    exact = trl_update(trl_trainer(copy.deepcopy(model), tokenizer, rule, 0.0, tmp_path / "a"), DATASET_ROWS)
+    trainer = trl_trainer(copy.deepcopy(model), tokenizer, rule, 0.0, tmp_path / "b")
+    trainer.fused_logprobs = True
+    fused = trl_update(trainer, DATASET_ROWS)
+    assert fused[0] == pytest.approx(exact[0], rel=5e-6)
+    want = torch.cat([g.flatten() for g in exact[1].values()])
+    got = torch.cat([fused[1][k].flatten() for k in exact[1]])
+    assert 0 < float((got - want).norm() / want.norm()) < 5e-6  # not float64's 1e-16: TRL's kernel is float32
+
+
+def test_a_step_writes_its_rank_tagged_records_and_metrics_line(model64, fixed, no_generation, tmp_path):
+    """Both updates of an RL step (2 epochs x 1 minibatch of 2 micro-batches): after the last one,
+    rank 0's records file and the step's metrics.jsonl line; clipbench's advantages replace TRL's."""
+    model, tokenizer = model64
+    trainer = trl_trainer(copy.deepcopy(model), tokenizer, methods.get_method("ppo"), 0.0, tmp_path)
+    trainer.run_dir, trainer.advantage = tmp_path / "run", ("grpo", 1e-6)
+    trl_update(trainer, DATASET_ROWS)
+    assert not (tmp_path / "run").exists()  # mid-step: nothing written yet
+    trl_update(trainer, DATASET_ROWS)
+    files = artifacts.step_records_files(tmp_path / "run")
+    assert {step: [f.name for f in parts] for step, parts in files.items()} == {
+        0: ["step_000000.rank0.parquet"]
+    }
+    records = artifacts.read_clip_records(tmp_path / "run")
+    rows = len(COMPLETION_LENGTHS)
+    assert (
+        records["update"].tolist() == [0] * rows + [1] * rows
+        and records.epoch.tolist() == [0] * rows + [1] * rows
+    )
+    assert records.seq.tolist() == list(range(rows)) * 2 and (records.minibatch == 0).all()
+    assert records.length.tolist() == COMPLETION_LENGTHS * 2
+    # GRPO's advantages of the scores, by hand: each group [1, 0, 0, 1] / [1, 1, 0, 0] has mean 1/2 and
+    # unbiased std sqrt(1/3), so A = +-(1/2) / (sqrt(1/3) + 1e-6).
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-6)
+    assert records.advantage.tolist() == pytest.approx([a if s else -a for s in SCORES] * 2, rel=1e-6)
+    assert (
+        records["S"][records["length"] > 0] != 0
+    ).all()  # the fixed old log-probs are off by N(-0.01, 0.15^2)
+    (line,) = [json.loads(x) for x in (tmp_path / "run" / artifacts.METRICS_FILE).read_text().splitlines()]
+    assert line["step"] == 0 and line["updates"] == 2
+    assert line["reward_mean"] == line["accuracy"] == 0.5
+    assert line["response_length_mean"] == sum(COMPLETION_LENGTHS) / rows and line["response_length_max"] == 7
+    assert line["truncated_frac"] == 1.0  # no completion holds EOS
+    tokens = sum(COMPLETION_LENGTHS)
+    weights = torch.tensor(COMPLETION_LENGTHS, dtype=torch.float64)
+    assert line["entropy"] == pytest.approx(float((fixed["entropy"] * weights).sum()) / tokens, rel=1e-9)
+    for key in ("loss", "grad_norm", "clip_frac", "clip_frac_low", "clip_frac_high", "out_frac", "ppo_kl"):
+        assert math.isfinite(line[key]), key
+
+
+def test_schedule_positions_by_hand():
+    # M = 4 slices per rollout batch, 2 epochs, 2 micro-batches per optimizer step: 2 minibatches.
+    positions = [backend.schedule_position(i, 4, 2, 2) for i in range(9)]
+    assert [(p.step, p.update, p.epoch, p.minibatch, p.slot, p.first) for p in positions] == [
+        (0, 0, 0, 0, 0, True),
+        (0, 0, 0, 0, 1, False),
+        (0, 1, 0, 1, 2, True),
+        (0, 1, 0, 1, 3, False),
+        (0, 2, 1, 0, 0, True),
+        (0, 2, 1, 0, 1, False),
+        (0, 3, 1, 1, 2, True),
+        (0, 3, 1, 1, 3, False),
+        (1, 0, 0, 0, 0, True),
+    ]
+    assert positions[3].window == (2, 3) and positions[4].window == (0, 1)
+    with pytest.raises(
+        ValueError, match="steps_per_generation=3 must be a multiple of gradient_accumulation_steps=2"
+    ):
+        backend.schedule_position(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_entropy_quantile", 0.2),
+        ("off_policy_mask_threshold", 0.5),
+        ("delta", 2.0),
+        ("entropy_coef", 0.01),
+    ],
+)
+def test_trl_options_that_change_the_loss_are_refused(field, value, tmp_path):
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **{field: value})
+    with pytest.raises(ValueError, match=rf"GRPOConfig.{field}={value!r}: .*the rule's alone"):
+        backend.check_arguments(args)
+    backend.check_arguments(GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+
+
+TWO_PROCESS_RULES = ["grpo", "ppo", 'fspo:{"drift": "kl", "c_low": 0.1, "c_high": 0.1}', "seq_ppo", "cispo"]
+
+
+@pytest.mark.slow
+def test_same_loss_same_gradient_on_two_processes(base_model, tmp_path):
+    """tests/trl_two_process.py under torchrun (2 processes, gloo, DDP): the processes' halves of
+    the batch hold different numbers of tokens and sequences; the loss and the synchronised
+    gradients equal the native trainer's on the whole batch (global totals, loss x 2 against DDP's
+    average)."""
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        str(here / "trl_two_process.py"),
+        base_model,
+        str(tmp_path),
+    ]
+    result = subprocess.run(command + TWO_PROCESS_RULES, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    done = [line[3:].rsplit(" ", 2)[0] for line in result.stdout.splitlines() if line.startswith("ok ")]
+    assert done == TWO_PROCESS_RULES, result.stdout
+
+
+@pytest.mark.slow
+def test_two_methods_train_on_two_processes_and_aggregate_like_native_runs(base_model, tmp_path):
+    """The smoke study's train settings with backend trl on 2 processes (torchrun, gloo), two methods
+    for 2 steps each (tests/trl_smoke_run.py): every step has a non-empty records file per rank, S is
+    not 0 after the first update, and `clipbench aggregate` and `report` read the runs as native ones."""
+    from eval_files import write_eval
+
+    from clipbench import cli
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]), "OMP_NUM_THREADS": "1"}
+    runs = {method: tmp_path / "runs" / method / "seed0" for method in ("grpo", "fspo")}
+    for method, run in runs.items():
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        command += [str(here / "trl_smoke_run.py"), base_model, str(run), method]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        for step in (0, 1):
+            for rank in (0, 1):
+                path = artifacts.step_records_path(run, step, rank)
+                assert path.is_file() and len(pd.read_parquet(path)) > 0, path
+        records = artifacts.read_clip_records(run)
+        assert len(records) == 2 * 16  # steps x P x G rows, each in one update per epoch (1 epoch)
+        assert sorted(records[records["step"] == 0]["seq"].unique()) == list(range(16))  # both ranks' rows
+        assert (records[records["update"] == 0]["S"] == 0).all()  # the first update: on policy
+        assert (records[records["update"] > 0]["S"] != 0).any()
+        lines = (run / artifacts.METRICS_FILE).read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == [0, 1]
+        summary = json.loads((run / "final" / "summary.json").read_text())
+        assert (summary["backend"], summary["processes"], summary["records"]) == ("trl", 2, len(records))
+        assert (run / "final" / "model.safetensors").is_file()
+    rng = np.random.default_rng(0)
+    evals = [
+        write_eval(tmp_path, name, rng.random((12, 2)) < 0.5) for name in ("base", "grpo-seed0", "fspo-seed0")
+    ]
+    out = {name: tmp_path / f"{name}.csv" for name in ("summary", "fairness", "fairness_bins")}
+    files = [arg for name, path in out.items() for arg in (f"--{name.replace('_', '-')}", str(path))]
+    args = ["aggregate", "--evals", *map(str, evals), "--runs", *map(str, runs.values()), "--bins", "3"]
+    assert cli.main([*args, *files, "--resamples", "20"]) == 0
+    fairness = pd.read_csv(out["fairness"])
+    assert set(fairness["method"]) == {"grpo", "fspo"}
+    table = tmp_path / "main.md"
+    report = [
+        "report",
+        "--summary",
+        str(out["summary"]),
+        "--fairness",
+        str(out["fairness"]),
+        "--table",
+        str(table),
+    ]
+    assert cli.main(report) == 0
+    assert "| fspo | sequence |" in table.read_text() and "| grpo | token |" in table.read_text()
