@@ -117,7 +117,10 @@ for m in SEQUENCE:
         m,
         f"pooled {row.spread:.3f} [{row.spread_lo:.3f}, {row.spread_hi:.3f}]",
         "per seed",
-        [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(per_seed.spread, per_seed.spread_lo, per_seed.spread_hi)],
+        [
+            f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+            for v, lo, hi in zip(per_seed.spread, per_seed.spread_lo, per_seed.spread_hi, strict=True)
+        ],
     )
 for i, a in enumerate(SEQUENCE):
     for b in SEQUENCE[i + 1 :]:
