@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clipbench import methods
-from clipbench.methods import Method, hparam, register
+from clipbench.methods import Method, base, hparam, register
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,6 +273,11 @@ def test_every_rule_documents_itself():
         assert "arXiv" in module.__doc__ + cls.__doc__, f"{name}: cite the paper"
         text = cls.describe()
         assert text.startswith(f"{name} ({cls.level} level)")
+        # what its clip records count: its own definition where the clip removes no gradient
+        assert text.splitlines()[1] == f"  clip records: {cls.clip_records_meaning()}"
+        if name in ("cispo", "sapo", "gmpo"):
+            assert cls.clip_records_meaning() != base.CLIP_RECORDS_MEANING[cls.level], name
+            assert "seq_clip" in cls.clip_records_meaning()
         for field in dataclasses.fields(cls):
             assert f"  {field.name} = " in text
 

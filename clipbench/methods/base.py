@@ -207,6 +207,16 @@ class RolloutBatch:
         return self.lengths > 0
 
 
+#: What ``seq_clip`` and ``seq_out`` count for a rule with a hard clip, by level (printed by
+#: ``clipbench methods``; a rule whose clip removes no gradient defines its own in its docstring).
+CLIP_RECORDS_MEANING = {
+    "token": "seq_clip is the share of a sequence's tokens whose gradient the clip removed (the clipped "
+    "branch of the min selected), seq_out the share outside the band whatever the advantage's sign",
+    "sequence": "seq_clip is 1 when the clip removed the sequence's gradient (the clipped branch of the min "
+    "selected), else 0; seq_out is 1 when its weight lies outside the band, whatever the advantage's sign",
+}
+
+
 @dataclass(frozen=True)
 class LossOutput:
     """What a rule returns for one batch.
@@ -666,10 +676,23 @@ class Method:
         return dataclasses.asdict(self)
 
     @classmethod
+    def clip_records_meaning(cls) -> str:
+        """What the rule's per-sequence clip records (``seq_clip``, ``seq_out``) count: the class
+        docstring's paragraph that defines them (a rule that removes no gradient, such as a capped
+        weight or a soft gate, must have one), else its level's hard-clip meaning."""
+        paragraphs = (cls.__doc__ or "").strip().split("\n\n")
+        own = [p for p in paragraphs[1:] if "seq_clip" in p]
+        return " ".join(own[0].split()) if own else CLIP_RECORDS_MEANING[cls.level]
+
+    @classmethod
     def describe(cls) -> str:
-        """A human-readable description: the docstring's first paragraph and every hyperparameter."""
+        """A human-readable description: the docstring's first paragraph, what its clip records
+        count (:meth:`clip_records_meaning`) and every hyperparameter."""
         summary = (cls.__doc__ or "").strip().split("\n\n")[0]
-        lines = [f"{cls.name} ({cls.level} level): {' '.join(summary.split())}"]
+        lines = [
+            f"{cls.name} ({cls.level} level): {' '.join(summary.split())}",
+            f"  clip records: {cls.clip_records_meaning()}",
+        ]
         for f in dataclasses.fields(cls):
             meta = dict(f.metadata)
             lines.append(f"  {f.name} = {f.default!r} ({_range_text(meta)}): {meta.get('help', '')}")
