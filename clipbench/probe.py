@@ -40,8 +40,8 @@ they are not independent; different groups are.
   log median |S| per length bin on the bin's mean log L (quantile bins of the measured lengths);
   also the median, mean (the drift) and standard deviation of S per bin.
 * a_w (within sequences): `fairness.within_sequence_exponent` on the prefix sums S_k
-  (`fairness.prefix_sums`, k = 8, 16, 32, ...), each rung's median over the sequences with
-  L >= k only.
+  (`fairness.prefix_sums`, k = 8, 16, 32, ... while at least 8 sequences reach k:
+  `default_ladder`), each rung's median over the sequences with L >= k only.
 * mean |l_t| per block of positions ([0, 8), [8, 16), [16, 32), ...), the lag-1 autocorrelation
   of l_t (pooled: sum over sequences of (l_t - m)(l_t+1 - m) over sum of (l_t - m)^2, m the mean
   of every measured l_t) and that mean m (the drift per token).
@@ -85,6 +85,8 @@ from clipbench.settings import ConfigError, from_dict, setting
 POWERBAND = "powerband"
 #: The band exponents the flattest-band search tries: 0, 0.05, ..., 3 (powerband's b_max).
 BAND_EXPONENTS = tuple(round(0.05 * i, 2) for i in range(61))
+#: The fewest sequences a rung of the default prefix ladder must reach (`default_ladder`).
+MIN_RUNG_SEQUENCES = 8
 #: The per-sequence file's columns besides S_k (one per rung), seq_out_<rule> and seq_clip_<rule>.
 SEQUENCE_COLUMNS: dict[str, str] = {
     "seq": "the sequence's row among the measured ones",
@@ -290,6 +292,16 @@ def fallback_signs(n: int, seed: int) -> np.ndarray:
     return rng.integers(0, 2, size=n).astype(np.float64) * 2.0 - 1.0
 
 
+def default_ladder(lengths: Sequence[int], min_sequences: int = MIN_RUNG_SEQUENCES) -> tuple[int, ...]:
+    """The prefix ladder 8, 16, 32, ... up to the longest rung that at least `min_sequences` of
+    the sequences reach (a median of fewer is mostly noise, and one rung counts as much as any
+    other in the exponent's fit); all rungs up to the longest response when there are fewer
+    sequences than that."""
+    lengths = np.asarray(lengths)
+    need = min(min_sequences, lengths.size)
+    return tuple(k for k in fairness.prefix_ladder(int(lengths.max())) if (lengths >= k).sum() >= need)
+
+
 def position_blocks(ks: Sequence[int], width: int) -> list[tuple[int, int]]:
     """The blocks of positions [0, k_1), [k_1, k_2), ... of the prefix ladder, and [k_last, width)
     when the responses go further."""
@@ -461,11 +473,11 @@ def measurement_statistics(
 ) -> dict[str, Any]:
     """The exponents and the per-token diagnostics of `m` (module docstring), each with its
     bootstrap interval over the prompt groups. `edges`: the length bins (default: `n_bins`
-    quantiles of the measured lengths); `ks`: the prefix ladder (default: 8, 16, ... up to the
-    longest response)."""
+    quantiles of the measured lengths); `ks`: the prefix ladder (default: `default_ladder`, 8,
+    16, ... while at least `MIN_RUNG_SEQUENCES` sequences reach the rung)."""
     if edges is None:
         edges = fairness.length_bin_edges(m.lengths, n_bins)
-    ks = fairness.prefix_ladder(int(m.lengths.max())) if ks is None else tuple(ks)
+    ks = default_ladder(m.lengths) if ks is None else tuple(ks)
     statistic = _GroupStatistics(m, edges, ks)
     point, low, high = stats.bootstrap(
         statistic, [m.n_groups], n_resamples=n_resamples, seed=seed, key=("probe",), level=level
@@ -569,28 +581,38 @@ def flattest_band(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """For each b of `exponents`: the `powerband` rule with W(L) = L^b (fit=false), symmetric,
     c = the (1 - target_rate) quantile of |S| / L^b (so it puts about `target_rate` of the
-    sequences out of band), run through `clipbench.simulate.rule_records`; its clip rate, spread
-    and LRE (seq_out, `clipbench.fairness` on `edges`). Returns (the grid, the pick): the pick's
-    `b` is the middle of the exponents whose spread is smallest (`b_range` their extent)."""
-    from clipbench.simulate import rule_records as records_of
+    sequences out of band), run through `clipbench.simulate.rule_outputs`; its clip rate, spread
+    and LRE (seq_out per bin of `edges`, combined by `stats.group_metrics`, i.e. by
+    `clipbench.fairness`'s functions as `fairness.summarize_bins` does). Returns (the grid, the
+    pick): the pick's `b` is the middle of the exponents whose spread is smallest (`b_range` their
+    extent)."""
+    from clipbench.simulate import rule_outputs
 
     s = np.abs(m.seq_log_ratio)
     lengths = m.lengths.astype(float)
-    if np.unique(fairness.assign_bins(lengths, edges)).size < 2:
+    bins = fairness.assign_bins(lengths, edges)
+    if np.unique(bins).size < 2:
         pick = {"b": None, "b_range": None, "spread": None, "target_rate": target_rate}
         return pd.DataFrame(columns=["b", "c", "clip_rate", "spread", "lre"]), {
             **pick,
             "reason": "the measured lengths fill one length bin: no spread across lengths to minimise",
         }
     tensors = _tensors(m)
+    n = np.bincount(bins, minlength=len(edges) - 1).astype(float)
+    full = n > 0  # empty bins left out, as clip_rate_by_bin does
+    log_length = (
+        np.bincount(bins, weights=np.log(np.clip(lengths, 1, None)), minlength=len(n))[full] / n[full]
+    )
     rows = []
     for b in exponents:
         c = float(np.quantile(s / lengths**b, 1.0 - target_rate))
         row = {"b": float(b), "c": c, "clip_rate": np.nan, "spread": np.nan, "lre": np.nan}
         if c > 0 and math.isfinite(c):
             rule = methods.get_method(POWERBAND, c_low=c, c_high=c, b=float(b), fit=False)
-            _, summary = fairness.fairness_summary(records_of({POWERBAND: rule}, *tensors), edges=edges)
-            row.update({k: float(summary[k].iloc[0]) for k in ("clip_rate", "spread", "lre")})
+            out = rule_outputs({POWERBAND: rule}, *tensors)[POWERBAND].seq_out.double().numpy()
+            rates = np.bincount(bins, weights=out, minlength=len(n))[full] / n[full]
+            metrics = stats.group_metrics(rates, n[full] / n.sum(), log_length, None)
+            row.update({k: metrics[k] for k in ("clip_rate", "spread", "lre")})
         rows.append(row)
     grid = pd.DataFrame(rows)
     usable = grid.dropna(subset=["spread"])

@@ -29,6 +29,11 @@ def test_prefix_ladder_doubles_from_8_up_to_the_longest():
     assert fairness.prefix_ladder(10, start=2) == (2, 4, 8)
 
 
+def test_the_default_ladder_stops_where_fewer_than_8_sequences_reach():
+    assert probe.default_ladder([10] * 10 + [20] * 8 + [70] * 3) == (8, 16)
+    assert probe.default_ladder([20, 40]) == (8, 16)  # fewer than 8 sequences: all must reach
+
+
 def test_prefix_sums_by_hand():
     # Two rows in the trainer's layout: the response after a prompt (mask off there), garbage
     # (NaN, 99) off the mask.
@@ -255,10 +260,17 @@ def test_the_flattest_band_finds_the_power_law():
     totals = lengths**0.8 * rng.normal(size=lengths.size)
     seqs = [np.full(L, s / L) for L, s in zip(lengths, totals, strict=True)]
     m = probe.Measurement.from_sequences(seqs, np.arange(lengths.size) // 4, np.ones(lengths.size))
-    grid, pick = probe.flattest_band(m, fairness.exact_length_edges(lengths), target_rate=0.2)
+    edges = fairness.exact_length_edges(lengths)
+    grid, pick = probe.flattest_band(m, edges, target_rate=0.2)
     assert pick["b"] == pytest.approx(0.8, abs=0.1)
     assert grid["clip_rate"].to_numpy() == pytest.approx(0.2, abs=0.01)
     assert grid.set_index("b").loc[0.0, "spread"] > 1  # a fixed band clips long ones far more
+    # each grid row is clipbench.fairness's summary of that powerband's clip records
+    for row in grid.iloc[[0, 16, 40]].itertuples(index=False):
+        rule = methods.get_method("powerband", c_low=row.c, c_high=row.c, b=row.b, fit=False)
+        _, summary = fairness.fairness_summary(probe.rule_records(m, {"powerband": rule}), edges=edges)
+        for key in ("clip_rate", "spread", "lre"):
+            assert getattr(row, key) == pytest.approx(summary[key].iloc[0], rel=1e-12), (row.b, key)
 
 
 def test_one_length_bin_gives_no_flattest_band():
@@ -269,7 +281,7 @@ def test_one_length_bin_gives_no_flattest_band():
 
 # --------------------------------------------------------------------------- the command
 
-TINY = ["--benchmark", "synthetic", "--n-prompts", "4", "--samples", "4", "--max-new-tokens", "24"]
+TINY = ["--benchmark", "synthetic", "--n-prompts", "6", "--samples", "4", "--max-new-tokens", "40"]
 TINY += ["--resamples", "50", "--lr", "0.01", "--updates", "2"]
 
 
@@ -304,13 +316,13 @@ def test_probe_on_a_tiny_model(eos_model, tmp_path, parity, capsys):
     # the per-sequence file: S and every S_k are the cumulative sums of its log-ratios
     frame, prov = probe.read_sequences(paths["sequences"])
     assert prov["commit"] == summary["provenance"]["commit"]
-    assert len(frame) == rollout["measured"] == 8
+    assert len(frame) == rollout["measured"] == 12
     assert set(frame["problem"]) == set(rollout["measure_problems"])
     assert frame["log_ratio"].map(lambda x: np.abs(x).sum()).sum() > 0  # the updates moved the policy
     for row in frame.itertuples(index=False):
         cumulative = np.cumsum(row.log_ratio)
         assert len(row.log_ratio) == row.length and row.S == pytest.approx(cumulative[-1])
-        for k in fairness.prefix_ladder(int(frame["length"].max())):
+        for k in probe.default_ladder(frame["length"]):
             value = getattr(row, f"S_{k}")
             assert math.isnan(value) if k > row.length else value == pytest.approx(cumulative[k - 1])
     assert {f"seq_out_{n}" for n in sequence_rules} <= set(frame.columns)
