@@ -110,6 +110,11 @@ def _benchmarks() -> list[str]:
     return benchmarks.available()
 
 
+def sequence_rules() -> list[str]:
+    """Every registered rule whose level is "sequence" (one weight and one band per sequence)."""
+    return [n for n in methods.available_methods() if methods.get_method_class(n).level == "sequence"]
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """The probe's options (`clipbench probe --help`; the field `n_prompts` is the option
@@ -141,6 +146,18 @@ class ProbeConfig:
     )
     estimator: str = setting("grpo", help="the advantage estimator", choices=available_estimators)
     engine: str = setting("hf", help="the sampling engine, as in training", choices=ENGINES)
+    max_tokens_per_microbatch: int | None = setting(
+        None,
+        help="split each forward into micro-batches of at most this many packed tokens (the trainer's "
+        "optim.max_tokens_per_microbatch: same update, less memory); null: one forward",
+        ge=1,
+    )
+    logprob_chunk_tokens: int | None = setting(
+        None,
+        help="compute log-probs this many response tokens at a time (the trainer's "
+        "optim.logprob_chunk_tokens: no tokens x vocabulary tensor); null: all at once",
+        ge=1,
+    )
     device: str = setting("cpu", help='"cpu", "cuda", "cuda:N" or "mps"', pattern=DEVICE.pattern)
     seed: int = setting(0, help="prompts, samples, the split and the fallback derive from it", ge=0)
     methods: list[str] = setting(
@@ -164,8 +181,7 @@ class ProbeConfig:
 
     def rule_names(self) -> list[str]:
         """The rules to predict: `methods`, or every registered sequence-level rule."""
-        names = self.methods or methods.available_methods()
-        return [n for n in names if self.methods or methods.get_method_class(n).level == "sequence"]
+        return list(self.methods) or sequence_rules()
 
     def build_rules(self) -> dict[str, methods.Method]:
         return {
@@ -195,8 +211,6 @@ def option_message(message: str) -> str:
     base = field.split("[", 1)[0]
     if base in _CARRIER_OPTIONS:
         return f"{_CARRIER_OPTIONS[base]}: {rest}"
-    if base == "method_params":
-        return f"--set: {rest}"
     if base in {f.name for f in dataclasses.fields(ProbeConfig)}:
         return f"--{base.replace('_', '-')}{field[len(base) :]}: {rest}"
     return message
@@ -211,11 +225,11 @@ def load_probe_config(data: Mapping[str, Any]) -> tuple[ProbeConfig, TrainConfig
         config = from_dict(ProbeConfig, dict(data))
     except ConfigError as err:
         raise ConfigError(option_message(str(err))) from None
-    token = [n for n in config.methods if methods.get_method_class(n).level != "sequence"]
+    token = [n for n in config.methods if n not in sequence_rules()]
     if token:
         raise ConfigError(
             f"--methods: {', '.join(token)} clip tokens, not sequences; the probe predicts sequence-level "
-            f"rules ({', '.join(n for n in methods.available_methods() if methods.get_method_class(n).level == 'sequence')})"
+            f"rules ({', '.join(sequence_rules())})"
         )
     used = {*config.rule_names(), config.method}
     unused = sorted(set(config.method_params) - used)
@@ -261,7 +275,13 @@ def _carrier(config: ProbeConfig) -> TrainConfig:
             "max_new_tokens": config.max_new_tokens,
         },
         "advantage": {"estimator": config.estimator},
-        "optim": {"lr": config.lr, "minibatches": 1, "epochs": config.updates},
+        "optim": {
+            "lr": config.lr,
+            "minibatches": 1,
+            "epochs": config.updates,
+            "max_tokens_per_microbatch": config.max_tokens_per_microbatch,
+            "logprob_chunk_tokens": config.logprob_chunk_tokens,
+        },
         "device": config.device,
     }
     return from_dict(TrainConfig, data)

@@ -191,6 +191,20 @@ def test_the_across_exponent_is_fairness_s_growth_exponent():
         probe.rule_predictions(m, {"fspo": methods.get_method("fspo")}, edges, n_resamples=5, a=0.123)
 
 
+def test_fairness_prefix_functions_give_the_probes_within_exponent():
+    # What the trainer can reuse on its records (prefix_sums, prefix_abs_medians,
+    # within_sequence_exponent) gives the probe's point values.
+    m, _ = draw(lambda L, t: (t + 1.0) ** -0.2, per_length=100, seed=4)
+    out = probe.measurement_statistics(m, n_resamples=5)
+    ks = [p["k"] for p in out["prefix"]]
+    medians, counts = fairness.prefix_abs_medians(fairness.prefix_sums(m.log_ratio, m.mask, ks))
+    assert counts.tolist() == [p["n"] for p in out["prefix"]]
+    assert medians == pytest.approx([p["abs_s_median"]["value"] for p in out["prefix"]], rel=1e-12)
+    assert fairness.within_sequence_exponent(medians, ks) == pytest.approx(
+        out["a_within"]["value"], rel=1e-12
+    )
+
+
 def test_the_bootstrap_resamples_prompt_groups():
     # Each sequence repeated 3 times within its group is the same data at the group level: the
     # same points and intervals. A bootstrap over sequences would narrow them by about sqrt(3).
@@ -368,6 +382,7 @@ def test_probe_falls_back_to_random_signs_and_says_so(eos_model, tmp_path, capsy
         (["--set", "fspo.nope=1"], "--set: method 'fspo' has no hyperparameter 'nope'"),
         (["--set", "fspo"], "--set 'fspo': expected METHOD.FIELD=VALUE"),
         (["--device", "tpu"], "--device: must be"),
+        (["--max-tokens-per-microbatch", "0"], "--max-tokens-per-microbatch: must be >= 1"),
         (["--benchmark", "gsm8k", "--data-dir", "/nonexistent"], "--data-dir: "),
     ],
 )
@@ -384,6 +399,20 @@ def test_bad_options_fail_naming_the_option_before_any_compute(
     err = capsys.readouterr().err
     assert err.startswith("clipbench probe: error: ") and message in err, err
     assert not out.exists()
+
+
+def test_the_options_reach_the_updates_config():
+    config, carrier = probe.load_probe_config(
+        {"model": "m", "benchmark": "synthetic", "updates": 1, "lr": 3e-6, "n_prompts": 5, "samples": 3}
+        | {"max_tokens_per_microbatch": 64, "logprob_chunk_tokens": 16, "method": "fspo", "estimator": "rloo"}
+        | {"method_params": {"fspo": {"c_low": 0.5}}}
+    )
+    # one step of P x G samples; the update half is one minibatch, K epochs over it (K = 1 allowed)
+    assert (carrier.rollout.prompts_per_step, carrier.rollout.samples_per_prompt) == (5, 3)
+    assert (carrier.optim.minibatches, carrier.optim.epochs, carrier.optim.lr) == (1, 1, 3e-6)
+    assert (carrier.optim.max_tokens_per_microbatch, carrier.optim.logprob_chunk_tokens) == (64, 16)
+    assert carrier.build_method().c_low == 0.5 and carrier.advantage.estimator == "rloo"
+    assert config.rule_names() == probe.sequence_rules()
 
 
 def test_a_missing_model_is_named_as_the_model_option(tmp_path, capsys):
