@@ -701,6 +701,12 @@ def recommendation(summary: Mapping[str, Any]) -> list[str]:
         )
         + ".",
     ]
+    if a["lo"] is not None and a["hi"] is not None and a["lo"] <= 0 and a["hi"] >= 1:
+        lines.append(
+            "a's interval holds 0, 1/2 and 1 alike: too wide to choose between these bands; measure more "
+            f"prompt groups (--n-prompts) or responses of more varied length ({len(summary['by_length_bin'])} "
+            "length bins here)."
+        )
     flat = summary["flattest_band"]
     if flat["b"] is not None:
         lines.append(
@@ -715,15 +721,22 @@ def recommendation(summary: Mapping[str, Any]) -> list[str]:
             f"{r['method']} {_fmt(r['spread'])} at clip rate {_fmt(r['clip_rate'])}" for r in rules
         )
         lines.append(f"At their configured bands the sequence rules' clip spreads would be: {spreads}.")
-        intervals = {r["method"]: (r["spread"]["lo"], r["spread"]["hi"]) for r in rules}
-        if all(lo is not None and hi is not None for lo, hi in intervals.values()) and len(rules) > 1:
+        idle = [r["method"] for r in rules if not r["clip_rate"]["value"]]
+        if idle:
+            lines.append(
+                f"{', '.join(idle)} clip nothing here at their configured bands (a spread of 0 by definition, "
+                "not flatness): give them a band for this model's scale with --set to compare them."
+            )
+        clipping = [r for r in rules if r["method"] not in idle]
+        intervals = {r["method"]: (r["spread"]["lo"], r["spread"]["hi"]) for r in clipping}
+        if all(lo is not None and hi is not None for lo, hi in intervals.values()) and len(clipping) > 1:
             best = stats.separated_best(intervals, better="lower")
             if best is not None:
                 lines.append(
-                    f"{best}'s spread interval lies below every other rule's: it is the flattest here."
+                    f"{best}'s spread interval lies below every other clipping rule's: it is the flattest here."
                 )
             else:
-                points = {r["method"]: r["spread"]["value"] for r in rules}
+                points = {r["method"]: r["spread"]["value"] for r in clipping}
                 tied = stats.tied_best(
                     intervals, {k: v if v is not None else np.nan for k, v in points.items()}, "lower"
                 )

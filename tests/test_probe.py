@@ -293,6 +293,43 @@ def test_one_length_bin_gives_no_flattest_band():
     assert pick["b"] is None and "one length bin" in pick["reason"] and grid.empty
 
 
+def test_the_reading_says_what_the_numbers_allow():
+    def iv(value, lo, hi):
+        return {"value": value, "lo": lo, "hi": hi}
+
+    def rule(name, spread, rate):
+        return {"method": name, "spread": spread, "clip_rate": rate}
+
+    summary = {
+        "exponents": {
+            "a": iv(1.0, -0.2, 2.0),
+            "a_within": iv(0.3, 0.2, 0.4),
+            "token_mean": iv(0.0, 0.0, 0.0),
+        },
+        "bootstrap": {"level": 0.95, "units": 8},
+        "by_length_bin": [{"bin_lo": 1, "bin_hi": 2}, {"bin_lo": 2, "bin_hi": 3}],
+        "flattest_band": {"b": None},
+        "rules": [
+            rule("fspo", iv(0.0, 0.0, 0.0), iv(0.0, 0.0, 0.0)),
+            rule("gspo", iv(0.2, 0.1, 0.3), iv(0.3, 0.2, 0.4)),
+            rule("seq_ppo", iv(1.5, 1.0, 2.0), iv(0.3, 0.2, 0.4)),
+        ],
+        "advantages": {"source": "random_signs", "note": "NOTE"},
+        "rollout": {"measured": 32},
+        "config": {"updates": 2, "lr": 1e-6},
+    }
+    text = "\n".join(probe.recommendation(summary))
+    assert "too wide to choose" in text  # a's interval holds 0, 1/2 and 1
+    assert "fspo clip nothing here" in text  # a spread of 0 from no clipping is not flatness
+    assert "gspo's spread interval lies below every other clipping rule's" in text
+    assert "Advantages: NOTE" in text
+    summary["exponents"]["a"] = iv(1.0, 0.7, 1.3)
+    text = "\n".join(probe.recommendation(summary))
+    assert "too wide" not in text and "a_w lies below a" in text
+    assert "FSPO's sqrt(L) (b = 0.5) lies below a's interval: it clips long responses more" in text
+    assert "GSPO's S/L band (b = 1) lies inside a's interval" in text
+
+
 # --------------------------------------------------------------------------- the command
 
 TINY = ["--benchmark", "synthetic", "--n-prompts", "6", "--samples", "4", "--max-new-tokens", "40"]
