@@ -343,10 +343,27 @@ def eos_model(base_model, tmp_path_factory):
     return str(save_model(model, tokenizer, tmp_path_factory.mktemp("eos") / "model"))
 
 
-def test_probe_on_a_tiny_model(eos_model, tmp_path, parity, capsys):
-    out = tmp_path / "probe"
-    assert cli.main(["probe", "--model", eos_model, *TINY, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def parity_probe(eos_model, tmp_path_factory):
+    """One probe run on the EOS model with the parity reward (rewards with a gradient): (its
+    folder, what it printed)."""
+    import contextlib
+    import io
+
+    from conftest import parity_reward
+
+    from clipbench.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("parity") / "probe"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(Trainer, "_score", parity_reward)
+        assert cli.main(["probe", "--model", eos_model, *TINY, "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_probe_on_a_tiny_model(parity_probe):
+    out, printed = parity_probe
     paths = artifacts.probe_paths(out)
     summary = json.loads(paths["summary"].read_text())
     assert summary["advantages"]["source"] == "verifier"
@@ -378,7 +395,12 @@ def test_probe_on_a_tiny_model(eos_model, tmp_path, parity, capsys):
             assert math.isnan(value) if k > row.length else value == pytest.approx(cumulative[k - 1])
     assert {f"seq_out_{n}" for n in sequence_rules} <= set(frame.columns)
     assert paths["plot"].stat().st_size > 0
-    # deterministic: a second run gives the same numbers
+
+
+def test_the_probe_is_deterministic(eos_model, parity_probe, tmp_path, parity):
+    out, _ = parity_probe
+    summary = json.loads(artifacts.probe_paths(out)["summary"].read_text())
+    frame, _ = probe.read_sequences(artifacts.probe_paths(out)["sequences"])
     again = tmp_path / "again"
     assert cli.main(["probe", "--model", eos_model, *TINY, "--out", str(again)]) == 0
     second = json.loads(artifacts.probe_paths(again)["summary"].read_text())
