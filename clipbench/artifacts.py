@@ -344,3 +344,13 @@ def plot_path(name: str, plots_dir: str | Path = PLOTS_DIR) -> str:
 def model_wildcard(methods: list[str]) -> str:
     """The regular expression a ``{model}`` wildcard may match: ``base`` or a run of ``methods``."""
     return "|".join([BASE] + [re.escape(m) + f"-seed(?:{SEED})" for m in methods])
+
+
+#: `clipbench probe`'s outputs in its --out folder (owner: clipbench.probe).
+PROBE_FILES = {"summary": "probe.json", "sequences": "sequences.parquet", "plot": "probe.png"}
+
+
+def probe_paths(out_dir: str | Path) -> dict[str, Path]:
+    """The paths of a probe's outputs in ``out_dir``: summary (probe.json: every number, the config
+    and provenance), sequences (sequences.parquet: one row per measured sequence) and plot."""
+    return {kind: Path(out_dir) / name for kind, name in PROBE_FILES.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -102,6 +103,64 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     result = simulate(config)
     paths = write_outputs(result, args.out)
     print(paths["table"].read_text(), end="")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import time
+
+    from clipbench import probe
+    from clipbench.settings import ConfigError
+    from clipbench.trainer import check_run_dir_path
+
+    start = time.perf_counter()
+    options = {
+        name: getattr(args, name)
+        for name in (
+            "model",
+            "benchmark",
+            "split",
+            "data_dir",
+            "prompt_style",
+            "n_prompts",
+            "samples",
+            "max_new_tokens",
+            "temperature",
+            "lr",
+            "updates",
+            "method",
+            "estimator",
+            "engine",
+            "max_tokens_per_microbatch",
+            "logprob_chunk_tokens",
+            "device",
+            "seed",
+            "bins",
+            "target_rate",
+            "resamples",
+            "bootstrap_seed",
+        )
+        if getattr(args, name) is not None
+    }
+    options["methods"] = list(args.methods or [])
+    try:
+        options["method_params"] = _parse_method_sets(args.set)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    # Every option is checked (and --out) before the model is loaded or anything computed.
+    config, carrier = probe.load_probe_config(options)
+    check_run_dir_path(args.out)
+    try:
+        measured = probe.run(config, carrier, args.out)
+    except ConfigError as err:  # the model does not load
+        raise ConfigError(probe.option_message(str(err))) from None
+    summary, frame = probe.analyse(measured, config)
+    timings = {**measured.timings, "total_s": time.perf_counter() - start}
+    paths = probe.write_outputs(summary, frame, args.out, timings)
+    print("\n".join(summary["recommendation"]))
+    print(f"wall time: {timings['total_s']:.1f} s")
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -452,6 +511,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="output folder (default results/simulation)",
     )
     p.set_defaults(func=cmd_simulate)
+
+    from clipbench.probe import ProbeConfig
+
+    probe_help = {f.name: f.metadata["help"] for f in dataclasses.fields(ProbeConfig)}
+    p = sub.add_parser(
+        "probe",
+        help="measure how S grows with length on your model (one RL step's compute) and which band is flat",
+        description="Sample P prompts x G responses from the model (the training engine), split them by prompt "
+        "group into an update half and a measurement half, take K optimizer steps of the update rule on the "
+        "first (verifier advantages; random signs when every group has zero advantage), and measure l_t on the "
+        "second against the model before the update: the S-growth exponent across sequences (a) and within "
+        "them (prefix sums, a_w), per-position |l_t|, lag-1 autocorrelation and drift, with bootstrap intervals "
+        "over prompt groups; every sequence-level rule's clip rate by length, spread and LRE at its configured "
+        "band; and the flattest power-band exponent. Writes probe.json, sequences.parquet and probe.png "
+        "(docs/probe.md). Options are checked before the model is loaded.",
+    )
+    p.add_argument("--model", required=True, help="an HF model directory (or hub id)")
+    p.add_argument("--benchmark", required=True, help=probe_help["benchmark"])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    for name, kind in (
+        ("split", str),
+        ("data_dir", str),
+        ("prompt_style", str),
+        ("n_prompts", int),
+        ("samples", int),
+        ("max_new_tokens", int),
+        ("temperature", float),
+        ("lr", float),
+        ("updates", int),
+        ("method", str),
+        ("estimator", str),
+        ("engine", str),
+        ("max_tokens_per_microbatch", int),
+        ("logprob_chunk_tokens", int),
+        ("device", str),
+        ("seed", int),
+        ("bins", int),
+        ("target_rate", float),
+        ("resamples", int),
+        ("bootstrap_seed", int),
+    ):
+        field = ProbeConfig.__dataclass_fields__[name]
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            help=f"{probe_help[name]} (default {field.default})",
+        )
+    p.add_argument("--methods", nargs="*", help=probe_help["methods"])
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.FIELD=VALUE",
+        help="a rule's hyperparameter, e.g. fspo.c_low=0.1 (repeatable; values read as YAML); the update "
+        "rule's too",
+    )
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(
         "sft",

@@ -243,9 +243,12 @@ class TrainConfig:
         return built
 
 
-def check_run(config: TrainConfig) -> TrainConfig:
+def check_run(config: TrainConfig, *, schedule: bool = True) -> TrainConfig:
     """Every check of `validate` except building the method: each field's type and declared range
     (every number finite), then the rules that tie fields together. Returns the config unchanged.
+    `schedule=False` leaves out the rules of the update schedule (optim.minibatches * epochs > 1,
+    minibatches dividing the rollout batch), for a caller that runs its own updates (`clipbench
+    probe`: K updates on half the batch).
 
     The study checks every run's config with this when the DAG is built (and each method's
     hyperparameters once, with `methods.get_method`)."""
@@ -269,7 +272,7 @@ def check_run(config: TrainConfig) -> TrainConfig:
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(f"data.data_dir: {err}") from None
     r, o = config.rollout, config.optim
-    if o.minibatches * o.epochs <= 1:
+    if schedule and o.minibatches * o.epochs <= 1:
         raise ConfigError(
             "optim.minibatches * optim.epochs: must be > 1 (with one minibatch and one epoch every update runs "
             "at ratio 1, so no clipping rule ever acts)"
@@ -280,7 +283,7 @@ def check_run(config: TrainConfig) -> TrainConfig:
             f"(engine {r.engine!r}, device {config.device!r})"
         )
     batch = r.prompts_per_step * r.samples_per_prompt
-    if batch % o.minibatches:
+    if schedule and batch % o.minibatches:
         raise ConfigError(
             f"optim.minibatches: must divide the rollout batch prompts_per_step * samples_per_prompt = {batch}"
         )
@@ -313,10 +316,11 @@ def _check_backend(config: TrainConfig) -> None:
         )
 
 
-def validate(config: TrainConfig) -> TrainConfig:
-    """Every check that can fail before compute (`check_run`), and the method built from its
-    hyperparameters (once: `build_method` keeps it); returns the config unchanged."""
-    check_run(config)
+def validate(config: TrainConfig, *, schedule: bool = True) -> TrainConfig:
+    """Every check that can fail before compute (`check_run`, with or without the update
+    schedule's rules), and the method built from its hyperparameters (once: `build_method` keeps
+    it); returns the config unchanged."""
+    check_run(config, schedule=schedule)
     try:
         config.build_method()
     except ValueError as err:

@@ -29,6 +29,18 @@ Definitions (DESIGN.md, "Length fairness metrics"), for one group and length bin
   random-walk model (i.i.d. per-token log-ratios, a sqrt(L) band is flat), a = 1 GSPO's (an
   S / L band is flat), a = 0 a fixed band on S (seq_ppo). a > 1/2 means the sqrt(L) band clips
   long responses more.
+* prefix sums S_k (`prefix_sums`): for one sequence, the sum of l_t over its first k response
+  tokens, for k on the ladder 8, 16, 32, ... (`prefix_ladder`); undefined (NaN) when L < k.
+  S_L = S. A prefix's S_k is what its first k tokens contribute to S, so the same sequences
+  measure how S grows with length within a response, free of the confound between length and
+  difficulty (long responses may be different responses, not just longer ones).
+* within-sequence exponent a_w (`within_sequence_exponent`): least-squares slope of
+  log median |S_k| against log k, each median over the sequences with L >= k only (a shorter
+  sequence has no S_k), rungs with a zero median or no sequence left out; NaN with fewer than
+  two rungs. It is `s_growth_exponent` on (median |S_k|, log k): the same estimator with the
+  rung k in place of a bin's mean log length. i.i.d. l_t give a_w = 1/2, like a; a per-token
+  scale that decays along the response gives a_w < 1/2; a > a_w means that long responses carry
+  larger per-token log-ratios than short ones over their common first tokens.
 """
 
 from __future__ import annotations
@@ -204,3 +216,67 @@ def fairness_summary(
         edges = length_bin_edges(off_policy(records)["length"], n_bins)
     by_bin = clip_rate_by_bin(records, edges, by=by)
     return by_bin, summarize_bins(by_bin, by=by, clip_column=clip_column)
+
+
+# --------------------------------------------------------------------------- prefix sums
+
+PREFIX_START = 8  # the first rung of the prefix ladder
+
+
+def prefix_ladder(max_length: int, start: int = PREFIX_START) -> tuple[int, ...]:
+    """The prefix lengths k = start, 2 start, 4 start, ... up to `max_length` (empty when
+    max_length < start)."""
+    if start < 1:
+        raise ValueError(f"prefix_ladder: start={start} must be >= 1")
+    ks, k = [], start
+    while k <= max_length:
+        ks.append(k)
+        k *= 2
+    return tuple(ks)
+
+
+def prefix_sums(log_ratio: np.ndarray, mask: np.ndarray, ks: Sequence[int]) -> np.ndarray:
+    """(B, len(ks)) float64: per sequence (row) and k, S_k = the sum of l_t over its first k response
+    tokens (the positions where `mask` is true, in order; they need not be contiguous or start at
+    0, e.g. the trainer's layout after the prompt), NaN when the sequence has fewer than k.
+    `log_ratio` and `mask` are (B, T) array-likes (a CPU tensor works); values off the mask are
+    ignored, NaN included. S_k for k = L is S."""
+    values = np.asarray(log_ratio, dtype=np.float64)
+    keep = np.asarray(mask).astype(bool)
+    if values.ndim != 2 or keep.shape != values.shape:
+        raise ValueError(
+            f"prefix_sums: log_ratio and mask must be (B, T) of one shape, got {values.shape} and {keep.shape}"
+        )
+    ks = [int(k) for k in ks]
+    if any(k < 1 for k in ks):
+        raise ValueError(f"prefix_sums: every k must be >= 1, got {ks}")
+    out = np.full((values.shape[0], len(ks)), np.nan)
+    if values.shape[1] == 0:
+        return out
+    cumulative = np.cumsum(np.where(keep, values, 0.0), axis=1)
+    count = np.cumsum(keep, axis=1)  # response tokens up to and including each position
+    lengths = count[:, -1]
+    rows = np.arange(values.shape[0])
+    for j, k in enumerate(ks):
+        has = lengths >= k
+        at = np.argmax(count >= k, axis=1)  # the position of the k-th response token
+        out[has, j] = cumulative[rows[has], at[has]]
+    return out
+
+
+def prefix_abs_medians(prefix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(median |S_k| per rung over the sequences that reach it, their number) from `prefix_sums`'
+    (B, K) output; NaN median for a rung no sequence reaches."""
+    values = np.abs(np.asarray(prefix, dtype=np.float64))
+    counts = np.isfinite(values).sum(axis=0)
+    medians = np.full(values.shape[1], np.nan)
+    for j in np.flatnonzero(counts):
+        medians[j] = float(np.median(values[np.isfinite(values[:, j]), j]))
+    return medians, counts
+
+
+def within_sequence_exponent(abs_s_medians: Sequence[float] | np.ndarray, ks: Sequence[int]) -> float:
+    """a_w: `s_growth_exponent` of the rungs' median |S_k| (over the sequences with L >= k)
+    against log k; NaN with fewer than two usable rungs."""
+    k = np.asarray(ks, dtype=float)
+    return s_growth_exponent(abs_s_medians, np.log(k))

@@ -10,6 +10,10 @@ changes nothing else. Each length is its own bin for the fairness metrics (`clip
 Under this model S ~ N(mu L, sigma^2 L): a band on S of half-width c sqrt(L) (FSPO) clips every
 length alike, a fixed band on S (seq_ppo) clips long responses more, and a fixed band on S / L
 (GSPO) clips short responses more.
+
+`rule_outputs` (every rule's `loss` on given log-ratios, old_logp = 0) is the one code path from
+log-ratios to clip indicators: the simulation feeds it Gaussian draws, `clipbench probe` a
+model's measured log-ratios (`rule_records`), and both summarise with `clipbench.fairness`.
 """
 
 from __future__ import annotations
@@ -81,6 +85,43 @@ def _generator(seed: int, length: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
 
+def rule_outputs(
+    rules: Mapping[str, methods.Method],
+    log_ratio: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+) -> dict[str, methods.LossOutput]:
+    """Each rule's output on per-token log-ratios l_t (B, T) with response `mask` (B, T) and
+    advantages (B,): `rule.loss(l, 0, A, mask)` (old_logp = 0, so logp - old_logp = l), without
+    gradients. `seq_out`, `seq_clip`, `seq_log_ratio` (S) and `lengths` (L) are per sequence."""
+    zeros = torch.zeros_like(log_ratio)
+    with torch.no_grad():
+        return {name: rule.loss(log_ratio, zeros, advantages, mask) for name, rule in rules.items()}
+
+
+def rule_records(
+    rules: Mapping[str, methods.Method],
+    log_ratio: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+) -> pd.DataFrame:
+    """`rule_outputs` as per-sequence records, rule after rule (each rule's rows in the batch's
+    order): method, length (L), S, seq_out, seq_clip; what `clipbench.fairness` reads."""
+    frames = [
+        pd.DataFrame(
+            {
+                "method": name,
+                "length": out.lengths.long().numpy(),
+                "S": out.seq_log_ratio.double().numpy(),
+                "seq_out": out.seq_out.double().numpy(),
+                "seq_clip": out.seq_clip.double().numpy(),
+            }
+        )
+        for name, out in rule_outputs(rules, log_ratio, mask, advantages).items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
 def simulate_length(
     config: SimulationConfig, rules: Mapping[str, methods.Method], length: int
 ) -> pd.DataFrame:
@@ -96,10 +137,8 @@ def simulate_length(
         log_ratio = config.mu + config.sigma * torch.randn(rows, length, generator=gen, dtype=torch.float64)
         signs = torch.randint(0, 2, (rows,), generator=gen).to(torch.float64) * 2 - 1
         mask = torch.ones(rows, length, dtype=torch.bool)
-        zeros = torch.zeros_like(log_ratio)
         seq_log_ratio[part] = log_ratio.sum(dim=-1).numpy()
-        for name, rule in rules.items():
-            out = rule.loss(log_ratio, zeros, signs, mask)
+        for name, out in rule_outputs(rules, log_ratio, mask, signs).items():
             seq_out[name][part] = out.seq_out.numpy()
             seq_clip[name][part] = out.seq_clip.numpy()
     frames = [

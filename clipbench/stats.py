@@ -358,7 +358,7 @@ def accuracy_differences(
 # --------------------------------------------------------------------------- fairness
 
 
-def _weighted_medians(values: np.ndarray, units: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def weighted_medians(values: np.ndarray, units: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Per resample (row of ``counts``, (resamples, n_units)), the median of the multiset in which
     ``values[i]`` (sorted ascending) appears counts[:, units[i]] times: the middle value, or the
     mean of the two middle ones (pandas' median of the resampled records); NaN when empty."""
@@ -461,7 +461,7 @@ class _StepSums:
                 take = in_group & (self.record_bin == bin_)
                 order = np.argsort(self.record_abs_s[take], kind="stable")
                 values, owners = self.record_abs_s[take][order], local[self.record_unit[take]][order]
-                out["median"][:, bin_] = _weighted_medians(values, owners, counts)
+                out["median"][:, bin_] = weighted_medians(values, owners, counts)
         return out
 
 

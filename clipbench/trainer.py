@@ -489,8 +489,12 @@ def _perf(step: int, timing: dict[str, Phase], start: float) -> dict[str, Any]:
 class Trainer:
     """Trains one method from `config.model` into `run_dir` (resuming when it holds a checkpoint)."""
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, *, progress: bool = True):
-        self.config = validate(config)
+    def __init__(
+        self, config: TrainConfig, run_dir: str | Path, *, progress: bool = True, own_schedule: bool = False
+    ):
+        # own_schedule: the caller runs its own updates (clipbench.probe), so the update schedule's
+        # rules (optim.minibatches, optim.epochs) are not checked; `run` is not for such a trainer.
+        self.config = validate(config, schedule=not own_schedule)
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.method = config.build_method()
@@ -649,12 +653,12 @@ class Trainer:
             raise
         return done
 
-    def _load(self) -> int:
+    def _load_policy(self, source: Path | str, checkpoint: Path | None = None) -> None:
+        """The policy from `source` (the base model, or `checkpoint`'s model) in the run's precision,
+        its AdamW optimizer and, with kl_beta > 0, the KL reference (the base model): what a step's
+        updates need besides the data and the engine. A model that does not load raises ConfigError
+        naming `model` (CheckpointError for a checkpoint's)."""
         cfg = self.config
-        self._check_saved_config()
-        self._remove_temporaries()
-        checkpoint, damaged = self._resume_point()
-        source = checkpoint / "model" if checkpoint else cfg.model
         try:
             self.model, self.tokenizer = load_model(source, device=cfg.device)
         except ModelLoadError as err:
@@ -682,6 +686,14 @@ class Trainer:
                 raise ConfigError(f"model (the KL reference): {err}") from err
             self.reference.requires_grad_(False)
             set_precision(self.reference, cfg.dtype)  # the same forward as the policy's at step 0
+
+    def _load(self) -> int:
+        cfg = self.config
+        self._check_saved_config()
+        self._remove_temporaries()
+        checkpoint, damaged = self._resume_point()
+        source = checkpoint / "model" if checkpoint else cfg.model
+        self._load_policy(source, checkpoint)
         done = 0
         if checkpoint:
             try:
