@@ -749,15 +749,60 @@ def _generate_and_write(
 # --- command line ------------------------------------------------------------------------------
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    settings = Settings.of(**{name: getattr(args, name) for name in CLI_FIELDS})
-    summary = evaluate(args.model, settings, out=args.out)
+def read_plan(text: str) -> list[tuple[Settings, Path]]:
+    """``--plan-json``: a JSON list of evaluations, each an object of :class:`Settings` fields
+    (``benchmark`` required) and ``out``, its summary file. Every entry is checked, naming it
+    (``plan[i].field``), before anything is evaluated; two entries may not share an ``out``."""
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"plan: not valid JSON ({err})") from None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("plan: expected a non-empty JSON list of evaluations")
+    from clipbench.settings import from_dict
+
+    plan = []
+    for i, entry in enumerate(entries):
+        where = f"plan[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("out"), str) or not entry["out"]:
+            raise ConfigError(f"{where}.out: required, the summary file (a path)")
+        fields = {name: value for name, value in entry.items() if name != "out"}
+        settings = check_settings(from_dict(Settings, fields, prefix=where))
+        plan.append((settings, Path(entry["out"])))
+    outs = [out for _, out in plan]
+    for i, out in enumerate(outs):
+        if out in outs[:i]:
+            raise ConfigError(f"plan[{i}].out: {out} is also plan[{outs.index(out)}]'s")
+    return plan
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print(
         f"{summary['benchmark']}/{summary['split']}: {summary['n_problems']} problems x k={summary['k']}: "
         f"avg@k {summary['avg@k']:.4f}, pass@k {summary['pass@k']:.4f}, statuses {summary['statuses']}"
     )
-    print(f"summary: {args.out}")
+    print(f"summary: {out}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.plan_json is None:
+        if args.benchmark is None or args.out is None:
+            raise ConfigError("evaluate: give --benchmark and --out (one evaluation) or --plan-json")
+        settings = Settings.of(**{name: getattr(args, name) for name in CLI_FIELDS})
+        _print_summary(evaluate(args.model, settings, out=args.out), args.out)
+        return 0
+    given = [cli_flag(name) for name in ("benchmark", "out", *CLI_FIELDS[1:]) if _given(args, name)]
+    if given:
+        raise ConfigError(f"evaluate: --plan-json holds every setting; {given[0]} is not taken with it")
+    plan = read_plan(args.plan_json)
+    for settings, out in plan:  # one after another, in one process (the same results as one call each)
+        _print_summary(evaluate(args.model, settings, out=out), out)
     return 0
+
+
+def _given(args: argparse.Namespace, name: str) -> bool:
+    """Whether flag ``name`` was given (its value differs from the parser's default)."""
+    return getattr(args, name) != args.defaults[name]
 
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
@@ -776,10 +821,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
             continue
         kind = typing.get_args(hints[f.name])[0] if typing.get_args(hints[f.name]) else hints[f.name]
         kwargs: dict[str, Any] = {"help": f.metadata["help"]}
-        if f.default is dataclasses.MISSING:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = f.default
+        kwargs["default"] = None if f.default is dataclasses.MISSING else f.default
         if f.name == "benchmark":
             kwargs["help"] = f"registered set: {', '.join(benchmarks.available())}"
         elif isinstance(f.metadata.get("choices"), tuple):
@@ -788,6 +830,14 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
             kwargs["type"] = Path if f.name == "data_dir" else kind
         p.add_argument(cli_flag(f.name), **kwargs)
         if f.name == "benchmark":
-            p.add_argument("--out", type=Path, required=True, help="summary JSON file")
+            p.add_argument("--out", type=Path, help="summary JSON file (required with --benchmark)")
+    p.add_argument(
+        "--plan-json",
+        help="several evaluations of the model in one process, instead of --benchmark and --out: a JSON "
+        'list of objects, each the settings above by field name and "out", e.g. [{"benchmark": "math500", '
+        '"k": 4, "out": "math500.json"}] (a study\'s evaluate job: clipbench.study.eval_plan)',
+    )
     p.set_defaults(func=_cmd_evaluate)
+    # what _given compares against: each flag's default as declared above
+    p.set_defaults(defaults={name: p.get_default(name) for name in ("out", *CLI_FIELDS)})
     return p

@@ -40,7 +40,7 @@ import yaml
 
 from clipbench import artifacts, fairness, methods, plots, stats
 from clipbench.config import TrainConfig, check_run
-from clipbench.evaluate import Settings, check_data, check_settings, cli_flag
+from clipbench.evaluate import Settings, check_data, check_settings
 from clipbench.settings import ConfigError, Pattern, from_dict, object_schema, setting
 from clipbench.sft import SFTConfig
 
@@ -263,19 +263,26 @@ def train_threads(run: dict[str, Any]) -> int:
     return int(run.get("processes", 1))
 
 
-def eval_args(config: dict[str, Any], key: str) -> list[str]:
-    """The evaluate command's arguments for benchmark `key`, one list item per shell word."""
-    entry = config["evaluate"]["benchmarks"][key]
-    evaluate = config["evaluate"]
-    args = ["--benchmark", entry["benchmark"]]
-    for name in ENTRY_FIELDS[1:]:
-        if entry.get(name) is not None:
-            args += [cli_flag(name), str(entry[name])]
-    if evaluate.get("data_dir"):
-        args += [cli_flag("data_dir"), str(evaluate["data_dir"])]
-    args += [cli_flag("backend"), evaluate.get("backend", "hf")]
-    args += [cli_flag("prompt_style"), evaluate.get("prompt_style", "base")]
-    return args
+def eval_settings(config: dict[str, Any], key: str) -> dict[str, Any]:
+    """The `clipbench.evaluate.Settings` fields of benchmark `key`: the section's fields
+    (`SECTION_FIELDS`) with the entry's (`ENTRY_FIELDS`); fields not set are left out (their
+    defaults apply)."""
+    section = config["evaluate"]
+    entry = section["benchmarks"][key]
+    fields = {name: section[name] for name in SECTION_FIELDS if section.get(name) is not None}
+    fields.update({name: entry[name] for name in ENTRY_FIELDS if entry.get(name) is not None})
+    return fields
+
+
+def eval_plan(config: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """The evaluate job of `model` (``base`` or a run's ``{method}-seed{seed}``): for every
+    configured benchmark, its settings (:func:`eval_settings`) and ``out``, its summary's path
+    (`artifacts.eval_summary`); `clipbench evaluate --plan-json` runs them in one process, so the
+    model's job pays the interpreter's and lm-eval's start-up once, not once per benchmark."""
+    return [
+        {**eval_settings(config, key), "out": artifacts.eval_summary(model, key)}
+        for key in config["evaluate"]["benchmarks"]
+    ]
 
 
 def report_args(config: dict[str, Any], reference: str) -> list[str]:

@@ -19,8 +19,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SCHEMA = ROOT / "workflows" / "config" / "schema.yaml"
 
 # Stands in for `python` on the jobs' PATH: records its argv (one JSON file per call) and writes
-# the job's output, as a successful `python -m clipbench.cli evaluate|train` would; like the real
-# CLI (argparse) it exits 0 on --help and 2 without --out.
+# the job's outputs, as a successful `python -m clipbench.cli evaluate|train` would; like the real
+# CLI (argparse) it exits 0 on --help and 2 without --out (train) or --plan-json (evaluate).
 STUB_PYTHON = f"""#!{sys.executable}
 import json, os, sys, time
 from pathlib import Path
@@ -31,14 +31,16 @@ record.write_text(json.dumps(argv))
 if "--help" in argv:
     print("usage: clipbench ...")
     sys.exit(0)
+if "evaluate" in argv and "--plan-json" in argv:
+    for entry in json.loads(argv[argv.index("--plan-json") + 1]):
+        Path(entry["out"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(entry["out"]).write_text("{{}}")
+    sys.exit(0)
 if "--out" not in argv:
     print("error: the following arguments are required: --out", file=sys.stderr)
     sys.exit(2)
 out = Path(argv[argv.index("--out") + 1])
-if "evaluate" in argv:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("{{}}")
-elif "train" in argv:
+if "train" in argv:
     (out / "final").mkdir(parents=True, exist_ok=True)
     (out / "final" / "summary.json").write_text("{{}}")
 """
@@ -119,8 +121,8 @@ def test_config_strings_on_shell_lines_are_one_argument_and_inject_nothing(tmp_p
     evaluate = next(c for c in calls if "evaluate" in c)
     train = next(c for c in calls if "train" in c)
     assert evaluate[evaluate.index("--model") + 1] == base
-    assert evaluate[evaluate.index("--data-dir") + 1] == data_dir
-    assert evaluate[evaluate.index("--out") + 1] == "results/evals/base/t.json"
+    (plan,) = json.loads(evaluate[evaluate.index("--plan-json") + 1])
+    assert plan["data_dir"] == data_dir and plan["out"] == "results/evals/base/t.json"
     assert json.loads(train[train.index("--config-json") + 1])["model"] == base
     assert train[train.index("--out") + 1] == "results/runs/fspo/seed0"
 

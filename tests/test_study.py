@@ -5,6 +5,7 @@ test_hostile_workflow.py run it)."""
 
 import copy
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -266,21 +267,51 @@ def test_a_run_builds_its_method_once(monkeypatch, tmp_path):
     assert set(vars(config)) == {f.name for f in dataclasses.fields(TrainConfig)} and again != config
 
 
-def test_the_workflow_evaluate_flags_are_the_cli_and_read_the_same_settings():
-    """eval_args (the study's shell line) parsed by `clipbench evaluate`'s parser gives the
-    Settings the DAG-time check validated: one declaration, no hand-kept flag list."""
-    import argparse
-
+def test_the_workflow_evaluate_plan_reads_the_same_settings_as_the_dag_check():
+    """eval_plan (the study's evaluate job: every benchmark of one model), read by `clipbench
+    evaluate --plan-json`, gives for each benchmark the Settings the DAG-time check validated, and
+    its summary path: one declaration, no hand-kept field list."""
     config = copy.deepcopy(yaml.safe_load((CONFIGS / "paper.yaml").read_text()))
     config["evaluate"]["data_dir"] = "some/dir"
-    parser = argparse.ArgumentParser()
-    evaluate.add_cli(parser.add_subparsers())
-    for key, entry in config["evaluate"]["benchmarks"].items():
-        args = parser.parse_args(
-            ["evaluate", "--model", "m", "--out", "o.json", *study.eval_args(config, key)]
-        )
-        from_cli = evaluate.Settings.of(**{name: getattr(args, name) for name in evaluate.CLI_FIELDS})
+    plan = evaluate.read_plan(json.dumps(study.eval_plan(config, "fspo-seed2")))
+    assert [out for _, out in plan] == [
+        Path(f"results/evals/fspo-seed2/{key}.json") for key in config["evaluate"]["benchmarks"]
+    ]
+    for (settings, _), (key, entry) in zip(plan, config["evaluate"]["benchmarks"].items(), strict=True):
         section = {
             name: config["evaluate"][name] for name in study.SECTION_FIELDS if name in config["evaluate"]
         }
-        assert from_cli == from_dict(evaluate.Settings, {**section, **entry})
+        assert settings == evaluate.check_settings(from_dict(evaluate.Settings, {**section, **entry})), key
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ("[", "plan: not valid JSON"),
+        ("[]", "plan: expected a non-empty JSON list"),
+        ('[{"benchmark": "synthetic"}]', "plan[0].out: required"),
+        ('[{"benchmark": "synthetic", "out": "a.json", "kk": 2}]', "plan[0].kk: unknown field"),
+        ('[{"out": "a.json"}]', "plan[0].benchmark: required"),
+        ('[{"benchmark": "synthetic", "out": "a.json", "k": 0}]', "plan[0].k: must be"),
+        (
+            '[{"benchmark": "synthetic", "out": "a.json"}, {"benchmark": "synthetic", "split": "test_ood", '
+            '"out": "a.json"}]',
+            "plan[1].out: a.json is also plan[0]'s",
+        ),
+    ],
+)
+def test_a_bad_evaluation_plan_names_the_entry_and_field(plan, message):
+    with pytest.raises(ConfigError) as err:
+        evaluate.read_plan(plan)
+    assert message in str(err.value)
+
+
+def test_the_evaluate_command_takes_one_evaluation_or_a_plan_not_both(tmp_path, capsys):
+    from clipbench.cli import main
+
+    plan = json.dumps([{"benchmark": "synthetic", "out": str(tmp_path / "a.json")}])
+    assert main(["evaluate", "--model", str(tmp_path), "--plan-json", plan, "--k", "2"]) == 2
+    assert "--k is not taken with it" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path), "--benchmark", "synthetic"]) == 2
+    assert "give --benchmark and --out" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()

@@ -54,12 +54,6 @@ def model_input(wildcards):
     return base_model_input() if run is None else run.final_summary
 
 
-def eval_args(bench):
-    """The evaluate command's arguments, one list item per shell word: the rule writes them
-    `{params.args:q}`, each quoted (a data_dir with a space or `$(...)` stays one argument)."""
-    return study.eval_args(config, bench)
-
-
 def report_args():
     """The aggregate command's --reference and --resamples, one list item per shell word."""
     return study.report_args(config, REFERENCE)

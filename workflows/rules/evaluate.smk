@@ -1,14 +1,16 @@
-# Every model (the base and each run) on every configured benchmark.
+# The base and each run, evaluated on every configured benchmark: one job per model, the
+# benchmarks one after another in one process (clipbench.study.eval_plan), so that the model's
+# job pays the interpreter's, lm-eval's and the verifier workers' start-up once.
 
 
 rule evaluate:
     input:
         model_input,
     output:
-        artifacts.EVAL_SUMMARY,
+        expand(artifacts.EVAL_SUMMARY, bench=BENCHES, allow_missing=True),
     params:
         model=lambda w: model_dir(w.model),
-        args=lambda w: eval_args(w.bench),
+        plan=lambda w: json.dumps(study.eval_plan(config, w.model)),
     log:
         artifacts.EVAL_LOG,
     threads: 1
@@ -17,5 +19,5 @@ rule evaluate:
     conda:
         "../envs/evaluate.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m clipbench.cli evaluate --model {params.model:q} {params.args:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m clipbench.cli evaluate --model {params.model:q} "
+        "--plan-json {params.plan:q} > {log:q} 2>&1"
