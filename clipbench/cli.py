@@ -421,6 +421,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verl_config(args: argparse.Namespace) -> int:
+    from clipbench.config import load_yaml
+    from clipbench.integrations import verl_config
+
+    if not args.study_config.is_file():
+        raise FileNotFoundError(f"{args.study_config}: no such study config")
+    study = load_yaml(args.study_config.read_text())
+    if not isinstance(study, dict):
+        raise ValueError(f"{args.study_config}: not a study config (a YAML mapping)")
+    cfg, model = verl_config.study_run(study, args.method, args.seed)
+    gpus = args.gpus_per_node
+    if gpus is None:
+        gpus = int(((study.get("resources") or {}).get("train") or {}).get("gpu") or 1)
+    run_dir = args.run_dir or Path(artifacts.RunId(args.method, args.seed).run_dir)
+    files = verl_config.write_run(
+        cfg,
+        model=model,
+        run_dir=run_dir,
+        out=args.out,
+        cluster=verl_config.Cluster(nodes=args.nodes, gpus_per_node=gpus),
+        max_prompt_length=args.max_prompt_length,
+    )
+    for kind in ("config", "settings", "train", "val"):
+        print(f"{kind}: {getattr(files, kind)}")
+    print(f"records: {artifacts.records_dir(Path(run_dir).resolve())}")
+    print(f"start: {files.command()}")
+    return 0
+
+
 def version() -> str:
     """The installed distribution's version, else the package's `__version__`."""
     from importlib import metadata
@@ -649,6 +678,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shape", type=Path, help="a config.json to take the model's shape from")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "verl-config",
+        help="write the verl 0.9.1 config, data and adapter settings of one run of a study",
+        description="For METHOD and SEED of the study config (a run of its grid, checked as the DAG check "
+        "does), write a Hydra config over verl's ppo_trainer whose policy loss is the clipbench rule "
+        "(clipbench_METHOD, registered in verl's workers by clipbench.integrations.verl_plugin), the training "
+        "prompts as verl's parquet in the native trainer's order with clipbench's verifier as the reward, and "
+        "the adapter's settings (the rule's hyperparameters, where the clip records go). Prints the files and "
+        "the command that starts verl. What is mapped, what is not and what is refused: docs/training.md, "
+        "'Training inside verl'.",
+    )
+    p.add_argument("study_config", type=Path, help="a study config, e.g. workflows/config/default.yaml")
+    p.add_argument("method", help="one of the study's methods")
+    p.add_argument("seed", type=_nonnegative_int, help="one of the study's seeds")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="the config file to write (default RUN_DIR/verl/config.yaml); the data and settings go beside it",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="the run directory, whose records/ gets the clip records (default results/runs/METHOD/seedSEED)",
+    )
+    p.add_argument("--nodes", type=_positive_int, default=1, help="verl's trainer.nnodes (default 1)")
+    p.add_argument(
+        "--gpus-per-node",
+        type=_positive_int,
+        help="verl's trainer.n_gpus_per_node (default: the study's resources.train.gpu, else 1)",
+    )
+    p.add_argument(
+        "--max-prompt-length",
+        type=_positive_int,
+        help="verl's data.max_prompt_length in tokens (default: the longest prompt in UTF-8 bytes, plus 256 for "
+        "prompt_style chat)",
+    )
+    p.set_defaults(func=cmd_verl_config)
 
     from clipbench.evaluate import add_cli as add_evaluate
 
