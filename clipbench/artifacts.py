@@ -88,6 +88,28 @@ RECORDS_DIR = "records"
 #: multi-process run, ``step_NNNNNN.rankR.parquet`` (R = 0, 1, ...; no leading zero, as seeds).
 _STEP_RECORDS = re.compile(rf"step_(?P<step>[0-9]{{6,}})(?:\.rank(?P<rank>{SEED}))?\.parquet")
 
+#: The prefix ladder of the clip records: k = 8, 16, 32, ..., 32768, i.e.
+#: ``clipbench.fairness.prefix_ladder(RECORD_PREFIX_MAX)`` (tests/test_artifacts.py checks that they
+#: agree). One constant ladder for every run, step and backend rather than one derived from a run's
+#: ``rollout.max_new_tokens``: the records of any two runs (native or TRL, any config, resumed or not)
+#: then have the same columns, so they concatenate and compare, and the schema stays one fixed dict.
+#: 32768 covers paper-scale responses (``workflows/config/paper.yaml`` samples up to 4096 tokens;
+#: long-reasoning RL up to 32k); a rung that no response reaches is an all-NaN column, which parquet
+#: stores compactly. A response longer than 32768 tokens has no rung beyond 32768.
+RECORD_PREFIX_MAX = 32768
+RECORD_PREFIX_LADDER: tuple[int, ...] = tuple(8 * 2**i for i in range(13))
+
+
+def prefix_column(k: int) -> str:
+    """The clip records' column of the prefix sum S_k: ``S_{k}`` (``S_8``, ``S_16``, ...)."""
+    return f"S_{int(k)}"
+
+
+#: The prefix-sum columns, in ladder order: one float64 column per rung (rather than one list column:
+#: plain parquet and pandas columns, written and read like the others). Records written before they
+#: existed lack them; :func:`read_clip_records` reads those as NaN.
+PREFIX_COLUMNS = tuple(prefix_column(k) for k in RECORD_PREFIX_LADDER)
+
 #: The clip records: one row per sequence and optimiser update of a run, written by the trainer
 #: (:func:`write_step_records`) and by any other backend that trains a clipbench rule; read by
 #: clipbench.fairness through :func:`read_clip_records`. Column -> (dtype, meaning).
@@ -104,6 +126,13 @@ CLIP_RECORD_COLUMNS: dict[str, tuple[str, str]] = {
     "entropy": ("float64", "mean per-token entropy of the sampling policy's softmax over the response"),
     "seq_clip": ("float64", "fraction of its units whose gradient the clip removed (LossOutput.seq_clip)"),
     "seq_out": ("float64", "fraction of its units outside the band, any advantage sign (LossOutput.seq_out)"),
+    **{
+        prefix_column(k): (
+            "float64",
+            f"S_{k}: the sum of the same l_t as S over the first {k} response tokens; NaN when L < {k}",
+        )
+        for k in RECORD_PREFIX_LADDER
+    },
 }
 
 
@@ -226,7 +255,8 @@ def read_clip_records(run_dir: str | Path):
     """Every step's clip records of a run, in step order (and rank order within a step of a
     multi-process run), checked: ValueError naming the folder when it has no step file, misses a
     step (the steps must be 0, 1, ..., N - 1), misses a rank's part of a step (every step must
-    have the parts of the same ranks 0, ..., R - 1) or lacks columns."""
+    have the parts of the same ranks 0, ..., R - 1) or lacks columns. Records without the prefix-sum
+    columns (:data:`PREFIX_COLUMNS`; written before they existed) are read with those columns NaN."""
     import pandas as pd
 
     folder = records_dir(run_dir)
@@ -240,10 +270,13 @@ def read_clip_records(run_dir: str | Path):
     frame = pd.concat(
         [pd.read_parquet(path) for parts in files.values() for path in parts], ignore_index=True
     )
-    missing = [c for c in CLIP_RECORD_COLUMNS if c not in frame.columns]
+    missing = [c for c in CLIP_RECORD_COLUMNS if c not in frame.columns and c not in PREFIX_COLUMNS]
     if missing:
         raise ValueError(f"{folder}: not clip records, they lack the columns {missing}")
-    return frame
+    # Records written before the prefix sums existed: NaN (pd.concat already fills the older steps
+    # of a run resumed by newer code), so such a run's within-sequence exponent is NaN, not an error.
+    absent = [c for c in PREFIX_COLUMNS if c not in frame.columns]
+    return frame.reindex(columns=[*frame.columns, *absent]) if absent else frame
 
 
 def check_name(name: object, where: str) -> str:

@@ -727,8 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect the evaluation summaries and their samples into summary.csv (per evaluation, "
         "and per method with its seeds pooled: avg@k and pass@k with 95% bootstrap intervals; per method "
         "the paired difference against --reference) and the runs' per-sequence clip records into "
-        "fairness.csv (per method and per run: clip rate, spread, slope, LRE and the S-growth exponent, "
-        "with intervals) and fairness_bins.csv (per method and run and length bin: clip rates and median "
+        "fairness.csv (per method and per run: clip rate, spread, slope, LRE, the S-growth exponent and the "
+        "within-sequence exponent, with intervals) and fairness_bins.csv (per method and run and length bin: clip rates and median "
         "|S|; bin edges shared by every run). The intervals: clipbench/stats.py. All are computed before "
         "any is written.",
     )

@@ -41,6 +41,17 @@ Definitions (DESIGN.md, "Length fairness metrics"), for one group and length bin
   rung k in place of a bin's mean log length. i.i.d. l_t give a_w = 1/2, like a; a per-token
   scale that decays along the response gives a_w < 1/2; a > a_w means that long responses carry
   larger per-token log-ratios than short ones over their common first tokens.
+* the rungs a_w is fitted on (`reached_rungs`): those of the ladder that at least
+  MIN_RUNG_SEQUENCES = 8 sequences reach (all of them must when there are fewer sequences): a
+  median of fewer is mostly noise, and one rung counts as much as any other in the fit.
+
+Clip records (`clipbench.artifacts.CLIP_RECORD_COLUMNS`) carry S_k for the records' constant ladder
+8, 16, ..., 32768 (columns `S_8`, `S_16`, ...; NaN when L < k), taken by the training backends
+from the l_t of S (`record_prefix_sums`). `fairness_summary` adds each group's a_w on the rungs
+that the pooled off-policy records reach (`record_rungs`; shared by every group compared, like the
+bin edges; a rung a group does not reach is left out of its fit): `s_exponent_within`, with
+`n_rungs` the rungs its fit used. Records without prefix sums (written before they existed) give
+a_w = NaN and n_rungs = 0.
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from clipbench import artifacts
 
 DEFAULT_BINS = 5
 CLIP_COLUMNS = ("seq_out", "seq_clip")
@@ -209,13 +222,20 @@ def fairness_summary(
     edges: np.ndarray | None = None,
     n_bins: int = DEFAULT_BINS,
     clip_column: str = "seq_out",
+    ks: Sequence[int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Bins (shared edges from the pooled lengths unless given) and the per-group summary.
-    Returns (per-bin table, per-group summary)."""
+    """Bins (shared edges from the pooled lengths unless given) and the per-group summary:
+    `summarize_bins`' columns, then the within-sequence exponent `s_exponent_within` and `n_rungs`
+    (`within_sequence_summary` on the rungs `ks`, shared by every group: `record_rungs` of the
+    records unless given). Returns (per-bin table, per-group summary)."""
     if edges is None:
         edges = length_bin_edges(off_policy(records)["length"], n_bins)
+    if ks is None:
+        ks = record_rungs(records)
     by_bin = clip_rate_by_bin(records, edges, by=by)
-    return by_bin, summarize_bins(by_bin, by=by, clip_column=clip_column)
+    summary = summarize_bins(by_bin, by=by, clip_column=clip_column)
+    within = within_sequence_summary(records, ks, by=by)
+    return by_bin, summary.merge(within, on=list(by), how="left", validate="one_to_one")
 
 
 # --------------------------------------------------------------------------- prefix sums
@@ -280,3 +300,72 @@ def within_sequence_exponent(abs_s_medians: Sequence[float] | np.ndarray, ks: Se
     against log k; NaN with fewer than two usable rungs."""
     k = np.asarray(ks, dtype=float)
     return s_growth_exponent(abs_s_medians, np.log(k))
+
+
+#: The fewest sequences a rung must reach to count in a fit of a_w (`reached_rungs`).
+MIN_RUNG_SEQUENCES = 8
+
+
+def reached_rungs(
+    ks: Sequence[int],
+    reach: Sequence[int] | np.ndarray,
+    n_sequences: int,
+    min_sequences: int = MIN_RUNG_SEQUENCES,
+) -> tuple[int, ...]:
+    """The rungs of `ks` that at least `min_sequences` sequences reach (`reach[j]`: how many reach
+    ks[j]); every one of `n_sequences` must reach a rung when there are fewer than that, and a rung
+    that none reaches never counts."""
+    need = max(1, min(int(min_sequences), int(n_sequences)))
+    return tuple(int(k) for k, count in zip(ks, reach, strict=True) if count >= need)
+
+
+def record_prefix_sums(log_ratio: np.ndarray, mask: np.ndarray) -> list[dict[str, float]]:
+    """The clip records' prefix-sum columns of a batch, one dict per sequence (row), in the
+    records' column order: ``{"S_8": S_8, "S_16": S_16, ...}`` on the records' constant ladder
+    (`clipbench.artifacts.RECORD_PREFIX_LADDER`), from `prefix_sums` (NaN when L < k). `log_ratio`
+    and `mask` are the (B, T) l_t and response mask whose row sums are the records' S and L (a
+    rule's ``LossOutput.log_ratio`` and ``mask``, moved to the CPU)."""
+    prefix = prefix_sums(log_ratio, mask, artifacts.RECORD_PREFIX_LADDER)
+    return [dict(zip(artifacts.PREFIX_COLUMNS, map(float, row), strict=True)) for row in prefix]
+
+
+def record_rungs(records: pd.DataFrame, min_sequences: int = MIN_RUNG_SEQUENCES) -> tuple[int, ...]:
+    """The rungs of the records' ladder (`clipbench.artifacts.RECORD_PREFIX_LADDER`) that the
+    off-policy records reach (`reached_rungs`: at least `min_sequences` records with a finite S_k);
+    () for records without prefix-sum columns."""
+    records = off_policy(records)
+    present = [
+        (k, c)
+        for k, c in zip(artifacts.RECORD_PREFIX_LADDER, artifacts.PREFIX_COLUMNS, strict=True)
+        if c in records.columns
+    ]
+    reach = [int(np.isfinite(records[c].to_numpy(dtype=float)).sum()) for _, c in present]
+    return reached_rungs([k for k, _ in present], reach, len(records), min_sequences)
+
+
+def within_sequence_summary(
+    records: pd.DataFrame, ks: Sequence[int], by: Sequence[str] = ("method",)
+) -> pd.DataFrame:
+    """Per group of the off-policy records: `s_exponent_within` (a_w: `within_sequence_exponent`
+    of the medians `prefix_abs_medians` gives on the records' S_k columns of the rungs `ks`) and
+    `n_rungs` (the rungs with a positive median, those the fit used). ValueError naming a rung whose
+    column the records lack."""
+    records = off_policy(records)
+    ks = [int(k) for k in ks]
+    columns = [artifacts.prefix_column(k) for k in ks]
+    missing = [c for c in (*by, *columns) if c not in records.columns]
+    if missing:
+        raise ValueError(
+            f"within_sequence_summary: records lack columns {missing}; have {list(records.columns)}"
+        )
+    rows = []
+    for key, group in records.groupby(list(by), sort=True):
+        medians, _ = prefix_abs_medians(group[columns].to_numpy(dtype=float).reshape(len(group), len(ks)))
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "s_exponent_within": within_sequence_exponent(medians, ks),
+                "n_rungs": int((medians > 0).sum()),
+            }
+        )
+    return pd.DataFrame(rows, columns=[*by, "s_exponent_within", "n_rungs"])

@@ -85,8 +85,9 @@ from clipbench.settings import ConfigError, from_dict, setting
 POWERBAND = "powerband"
 #: The band exponents the flattest-band search tries: 0, 0.05, ..., 3 (powerband's b_max).
 BAND_EXPONENTS = tuple(round(0.05 * i, 2) for i in range(61))
-#: The fewest sequences a rung of the default prefix ladder must reach (`default_ladder`).
-MIN_RUNG_SEQUENCES = 8
+#: The fewest sequences a rung of the default prefix ladder must reach (`default_ladder`): the
+#: rule `clipbench.fairness.reached_rungs` applies to the training records too.
+MIN_RUNG_SEQUENCES = fairness.MIN_RUNG_SEQUENCES
 #: The per-sequence file's columns besides S_k (one per rung), seq_out_<rule> and seq_clip_<rule>.
 SEQUENCE_COLUMNS: dict[str, str] = {
     "seq": "the sequence's row among the measured ones",
@@ -318,8 +319,8 @@ def default_ladder(lengths: Sequence[int], min_sequences: int = MIN_RUNG_SEQUENC
     other in the exponent's fit); all rungs up to the longest response when there are fewer
     sequences than that."""
     lengths = np.asarray(lengths)
-    need = min(min_sequences, lengths.size)
-    return tuple(k for k in fairness.prefix_ladder(int(lengths.max())) if (lengths >= k).sum() >= need)
+    ks = fairness.prefix_ladder(int(lengths.max()))
+    return fairness.reached_rungs(ks, [(lengths >= k).sum() for k in ks], lengths.size, min_sequences)
 
 
 def position_blocks(ks: Sequence[int], width: int) -> list[tuple[int, int]]:

@@ -9,12 +9,13 @@
 * `collect_fairness` -> results/fairness.csv and results/fairness_bins.csv, on the training runs'
   per-sequence clip records with bin edges shared by every run (`clipbench.fairness`): per method
   (scope "pooled", seeds pooled, seed -1) and per run (scope "seed"), the clip rate, spread, slope,
-  LRE and S-growth exponent with their intervals (fairness.csv), and each length bin's size, share,
+  LRE, S-growth exponent a (across sequences) and within-sequence exponent a_w (prefix sums) with
+  their intervals (fairness.csv), and each length bin's size, share,
   mean length, clip rates and median |S| (fairness_bins.csv; the clip rate of the configured clip
   column and the median |S| with intervals). Each file has one row per what it describes.
 * `main_table` -> results/tables/main.md: a row per method plus the base model, with its clipping
-  level; per benchmark the pooled accuracy, then clip rate, spread, LRE and S growth, each with its
-  interval; bold only for a best value whose interval separates, else the tie marked; a block of
+  level; per benchmark the pooled accuracy, then clip rate, spread, LRE, S growth a and a_w, each
+  with its interval; bold only for a best value whose interval separates, else the tie marked; a block of
   paired differences against the reference; the footer names every evaluation whose data file's
   sha256 differs from the registry's.
 * `unmet_needs`: what the main table needs from its inputs and they lack, so that a report checks
@@ -65,7 +66,8 @@ PROVENANCE_COLUMNS = ["data_sha256_ok", "eval_file"]
 TABLE_SUMMARY_NEEDS = ["scope", "method", "seed", "benchmark", "metric", "k", "value", "lo", "hi"]
 TABLE_SUMMARY_NEEDS += ["reference", "diff", "diff_lo", "diff_hi"]
 #: fairness.csv's columns: a group (scope, method, seed), then its metrics (clipbench.fairness),
-#: each followed by its interval's bounds (clipbench.stats), then the bins, runs and RL steps.
+#: each followed by its interval's bounds (clipbench.stats), then the bins, the prefix rungs the
+#: within-sequence exponent was fitted on (0: the records have no prefix sums), runs and RL steps.
 FAIRNESS_COLUMNS = [
     "scope",
     "method",
@@ -73,12 +75,14 @@ FAIRNESS_COLUMNS = [
     "clip_column",
     *(f"{m}{end}" for m in stats.FAIRNESS_METRICS for end in ("", "_lo", "_hi")),
     "n_bins",
+    "n_rungs",
     "n_runs",
     "n_steps",
 ]
 #: fairness_bins.csv's first columns: the group and the bin; then the bin's values.
 FAIRNESS_BIN_KEYS = ["scope", "method", "seed", "bin", "bin_lo", "bin_hi", "n", "share", "length_mean"]
-#: What the main table reads from fairness.csv.
+#: What the main table reads from fairness.csv. The within-sequence exponent's columns are read when
+#: there ("–" otherwise): a fairness.csv made before they existed still gives a table.
 TABLE_FAIRNESS_NEEDS = ["scope", "method", "clip_column"]
 TABLE_FAIRNESS_NEEDS += [
     f"{m}{end}" for m in ("clip_rate", "spread", "lre", "s_exponent") for end in ("", "_lo", "_hi")
@@ -212,14 +216,18 @@ def collect_fairness(
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(fairness.csv, fairness_bins.csv): per group, its metrics; per group and bin, the bin's
-    values. scope "pooled" pools the seeds (seed = -1); scope "seed" is per run. Bin edges are
-    shared by every row. Each metric, and each bin's clip rate and median |S|, is followed by its
+    values. scope "pooled" pools the seeds (seed = -1); scope "seed" is per run. Bin edges, and the
+    prefix rungs of the within-sequence exponent (``fairness.record_rungs``), are shared by every
+    row. Each metric, and each bin's clip rate and median |S|, is followed by its
     95% bootstrap interval (``_lo``, ``_hi``; :func:`clipbench.stats.fairness_intervals`: a run's RL
     steps resampled, and for a pooled row its runs first; seeded by ``seed``)."""
     edges = fairness.length_bin_edges(fairness.off_policy(records)["length"], n_bins)
+    ks = fairness.record_rungs(records)
     groups, bins = [], []
     for scope, by in stats.SCOPES:
-        by_bin, summary = fairness.fairness_summary(records, by=by, edges=edges, clip_column=clip_column)
+        by_bin, summary = fairness.fairness_summary(
+            records, by=by, edges=edges, clip_column=clip_column, ks=ks
+        )
         if scope == "pooled":
             by_bin["seed"] = summary["seed"] = -1
         groups.append(summary.assign(scope=scope, clip_column=clip_column))
@@ -230,7 +238,7 @@ def collect_fairness(
 
     # The intervals, joined on the group (and bin); stats checks that its points are these.
     group_ci, bin_ci = stats.fairness_intervals(
-        records, n_resamples=n_resamples, seed=seed, edges=edges, clip_column=clip_column
+        records, n_resamples=n_resamples, seed=seed, edges=edges, clip_column=clip_column, ks=ks
     )
     keys = ["scope", "method", "seed"]
     bounds = [f"{m}{end}" for m in stats.FAIRNESS_METRICS for end in ("_lo", "_hi")]
@@ -276,6 +284,7 @@ FAIRNESS_TABLE_COLUMNS = [
     ("spread", "clip spread", "spread", 3, "lower", True),
     ("lre", "LRE", "lre", 4, "lower", True),
     ("growth", "S growth a", "s_exponent", 2, None, False),
+    ("within", "S growth a_w", "s_exponent_within", 2, None, False),
 ]
 #: The mark of a value tied for best (clipbench.stats.tied_best).
 TIE_MARK = "≈"
@@ -292,8 +301,9 @@ def main_table(
     date: str | None = None,
 ) -> str:
     """Markdown: a row per method (plus base) with its clipping level, accuracy (avg@k) per
-    benchmark, then clip rate, spread, LRE and the S-growth exponent, each as its pooled value (seeds
-    together) with its 95% interval (summary.csv's and fairness.csv's pooled rows). Bold: the
+    benchmark, then clip rate, spread, LRE, the S-growth exponent a and the within-sequence exponent
+    a_w ("–" where NaN or where fairness.csv lacks it), each as its pooled value (seeds together)
+    with its 95% interval (summary.csv's and fairness.csv's pooled rows). Bold: the
     highest accuracy, and the lowest spread and LRE within each level, only where its interval
     separates from every other row's of that comparison (:func:`clipbench.stats.separated_best`);
     else :data:`TIE_MARK` marks the rows tied for best (:func:`clipbench.stats.tied_best`). Then a
@@ -314,7 +324,9 @@ def main_table(
             continue
         row = pooled.loc[m]
         for key, _, column, digits, _, _ in FAIRNESS_TABLE_COLUMNS:
-            if np.isfinite(row[column]):  # the S-growth exponent is NaN when fewer than two bins have S != 0
+            # An exponent is NaN when fewer than two bins (rungs) have a median |S| (|S_k|) > 0; a_w
+            # also for records without prefix sums, and a fairness.csv from before a_w lacks it.
+            if column in row.index and np.isfinite(row[column]):
                 cells[m][key] = (
                     float(row[column]),
                     float(row[f"{column}_lo"]),
@@ -364,9 +376,11 @@ def main_table(
         "model's (one run) problems only. "
         f"Clip rate, spread and LRE: {CLIP_COLUMN_MEANING.get(clip_column, 'rate')} (`{clip_column}`) by response-length bin over the off-policy training "
         "updates (the first update of each step, at ratio 1, left out), seeds pooled; a token-level rule's rate counts tokens, a sequence-level rule's whole responses, so spread "
-        "and LRE are compared (bold: lowest) within a level. S growth a: median |S| ~ L^a over the same bins "
-        "(1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a fixed band). Their intervals resample "
-        "runs, then each drawn run's RL steps. "
+        "and LRE are compared (bold: lowest) within a level. S growth a: median |S| ~ L^a over the same bins, "
+        "across responses of different lengths (1/2: the sqrt(L) band of FSPO is flat; 1: GSPO's S/L band; 0: a "
+        "fixed band). Within a_w: median |S_k| ~ k^a_w, S_k the sum over a response's first k tokens (k = 8, "
+        "16, 32, ...), within the same responses as they grow; a above a_w: long responses carry larger "
+        "per-token log-ratios than short ones. Their intervals resample runs, then each drawn run's RL steps. "
         "Bold: the best accuracy, or the lowest spread or LRE within a level, only where its interval lies wholly "
         f"beyond every other row's of that comparison; otherwise {TIE_MARK} marks the rows tied for best: the best "
         "value's row and every row whose interval overlaps its interval. "

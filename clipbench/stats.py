@@ -33,14 +33,18 @@ The intervals (resampling unit; statistic):
   gives exactly 0 on every resample: a zero-width interval. The base model (seed -1, one run) is
   paired with every seed of the other method: its one run is the start of every seed's training.
 * Fairness metrics (``clipbench.fairness``: clip rate, clip spread, slope, LRE, S-growth exponent
-  per group; the clip rate and median |S| per length bin), scope "seed" (one run): the units are
-  the run's RL steps (every off-policy record of a step moves with it: the sequences of one
-  rollout batch and their updates share the policy and the batch, so they are not independent).
+  and within-sequence exponent per group; the clip rate and median |S| per length bin), scope
+  "seed" (one run): the units are the run's RL steps (every off-policy record of a step moves
+  with it: the sequences of one rollout batch and their updates share the policy and the batch,
+  so they are not independent).
   Scope "pooled" (a method, seeds together): runs drawn with replacement, then each drawn run's
   steps drawn with replacement (nested: a run's step t has nothing to do with another run's
   step t). The bin edges are computed once on the real pooled lengths (as
   ``clipbench.report.collect_fairness`` does), or given, and every resample is binned with them;
   a bin that a resample leaves empty is left out, as ``clip_rate_by_bin`` leaves out an empty bin.
+  Likewise the rungs of the within-sequence exponent are chosen once on the real pooled records
+  (``fairness.record_rungs``), and a rung that no record of a resample reaches is left out of its
+  fit, as ``fairness.within_sequence_exponent`` leaves out a rung with no sequence.
 
 Why not ``scipy.stats.bootstrap``: it resamples the observations of one or more samples at one
 level (independently, or paired by position); it cannot express a two-level draw (runs, then
@@ -48,9 +52,9 @@ steps within each drawn run), a crossed draw (seeds and problems at once), or on
 by two methods and by several statistics of a pipeline; and it calls the statistic on resampled
 data, where here a resample is a vector of counts per unit applied to precomputed per-unit sums
 (per step and length bin: sequence count, clip count, summed log length), so that 1,000
-resamples of every run's records cost a few matrix products; only the per-bin median |S| needs
-the records (a weighted median over them). The metrics are then computed on each resample's
-per-bin values by ``clipbench.fairness``'s own functions (:func:`group_metrics` combines them as
+resamples of every run's records cost a few matrix products; only the per-bin median |S| and the
+per-rung median |S_k| need the records (a weighted median over them). The metrics are then
+computed on each resample's per-bin values by ``clipbench.fairness``'s own functions (:func:`group_metrics` combines them as
 ``fairness.summarize_bins`` does), never defined a second time, and :func:`fairness_intervals`
 raises if this path does not reproduce ``fairness.fairness_summary`` on the data as observed.
 
@@ -77,8 +81,9 @@ DEFAULT_REFERENCE = "grpo"
 #: The per-sample verdicts :func:`read_verdicts` returns, one row per (evaluation, problem, sample).
 VERDICT_COLUMNS = ["model", "method", "seed", "benchmark", "problem", "sample", "correct"]
 ACCURACY_METRICS = ("avg@k", "pass@k")
-#: The per-group fairness metrics (columns of ``fairness.summarize_bins``) that get an interval.
-FAIRNESS_METRICS = ("clip_rate", "spread", "slope", "lre", "s_exponent")
+#: The per-group fairness metrics (columns of ``fairness.fairness_summary``) that get an interval:
+#: those of the length bins (``fairness.summarize_bins``), then the within-sequence exponent a_w.
+FAIRNESS_METRICS = ("clip_rate", "spread", "slope", "lre", "s_exponent", "s_exponent_within")
 #: The group a row describes, as in fairness.csv: scope "pooled" (seeds together, seed -1) or "seed".
 SCOPES = (("pooled", ("method",)), ("seed", ("method", "seed")))
 #: Largest (resamples x values) block the weighted median works on at once.
@@ -390,12 +395,19 @@ def _check_records(records: pd.DataFrame, clip_column: str) -> None:
 
 
 def group_metrics(
-    rates: np.ndarray, shares: np.ndarray, log_lengths: np.ndarray, abs_s_medians: np.ndarray | None
+    rates: np.ndarray,
+    shares: np.ndarray,
+    log_lengths: np.ndarray,
+    abs_s_medians: np.ndarray | None,
+    rung_medians: np.ndarray | None = None,
+    ks: Sequence[int] = (),
 ) -> dict[str, float]:
     """One group's :data:`FAIRNESS_METRICS` from its non-empty bins' clip rates, shares, mean log
     lengths and median |S| (None without S), through ``clipbench.fairness``'s functions, as
     ``fairness.summarize_bins`` combines them (it builds a pandas Series per group, too slow for
-    thousands of resamples; :func:`fairness_intervals` checks the two agree on the data)."""
+    thousands of resamples; :func:`fairness_intervals` checks the two agree on the data); and the
+    within-sequence exponent from the median |S_k| of the rungs ``ks`` (NaN for a rung no record
+    reaches; ``rung_medians`` None: NaN), as ``fairness.within_sequence_summary`` computes it."""
     return {
         "clip_rate": float((rates * shares).sum() / shares.sum()),  # summarize_bins' clip_rate
         "spread": fairness.clip_spread(rates),
@@ -404,16 +416,20 @@ def group_metrics(
         "s_exponent": (
             float("nan") if abs_s_medians is None else fairness.s_growth_exponent(abs_s_medians, log_lengths)
         ),
+        "s_exponent_within": (
+            float("nan") if rung_medians is None else fairness.within_sequence_exponent(rung_medians, ks)
+        ),
     }
 
 
 class _StepSums:
     """The off-policy records reduced to units (run, step): per unit and length bin the sequence
     count and the sums of the clip indicator and of the log length (from ``clip_rate_by_bin``'s
-    per-step means: its binning, its log length), and per record its unit, bin and |S| (for the
-    bins' medians)."""
+    per-step means: its binning, its log length), per record its unit, bin and |S| (for the
+    bins' medians), and per rung k of ``ks`` the records with a finite S_k, their |S_k| and unit
+    (for the rungs' medians)."""
 
-    def __init__(self, records: pd.DataFrame, edges: np.ndarray, clip_column: str):
+    def __init__(self, records: pd.DataFrame, edges: np.ndarray, clip_column: str, ks: Sequence[int] = ()):
         keys = ["method", "seed", "step"]
         per_step = fairness.clip_rate_by_bin(records, edges, by=keys, clip_columns=(clip_column,))
         self.units = per_step[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
@@ -431,6 +447,14 @@ class _StepSums:
             self.record_unit = index.get_indexer(pd.MultiIndex.from_frame(records[keys]))
             self.record_bin = fairness.assign_bins(records["length"], edges)
             self.record_abs_s = records["S"].abs().to_numpy(dtype=float)
+        self.ks = tuple(int(k) for k in ks)
+        self.rungs = []  # per rung: (|S_k| ascending, their records' units)
+        units = index.get_indexer(pd.MultiIndex.from_frame(records[keys])) if self.ks else None
+        for k in self.ks:
+            values = np.abs(records[artifacts.prefix_column(k)].to_numpy(dtype=float))
+            reached = np.isfinite(values)
+            order = np.argsort(values[reached], kind="stable")
+            self.rungs.append((values[reached][order], units[reached][order]))
 
     def groups(self, scope: str):
         """((method, seed), unit positions, steps per run) of each group of ``scope``: a method's
@@ -443,7 +467,9 @@ class _StepSums:
 
     def resample(self, units: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
         """Per resample (row of ``counts``, one column per unit of ``units``) and bin: n, share,
-        clip rate, mean log length, median |S| (NaN where a bin is empty or without S)."""
+        clip rate, mean log length, median |S| (NaN where a bin is empty or without S); and per
+        resample and rung of ``ks``, ``rung_median``: the median |S_k| (NaN where no drawn record
+        reaches the rung)."""
         n = counts @ self.n[units]
         with np.errstate(invalid="ignore", divide="ignore"):
             out = {
@@ -462,6 +488,12 @@ class _StepSums:
                 order = np.argsort(self.record_abs_s[take], kind="stable")
                 values, owners = self.record_abs_s[take][order], local[self.record_unit[take]][order]
                 out["median"][:, bin_] = weighted_medians(values, owners, counts)
+        local = np.full(len(self.units), -1)
+        local[units] = np.arange(len(units))
+        out["rung_median"] = np.full((counts.shape[0], len(self.ks)), np.nan)
+        for j, (values, owners) in enumerate(self.rungs):
+            take = local[owners] >= 0
+            out["rung_median"][:, j] = weighted_medians(values[take], local[owners[take]], counts)
         return out
 
 
@@ -474,16 +506,19 @@ def fairness_intervals(
     edges: np.ndarray | None = None,
     clip_column: str = "seq_out",
     level: float = DEFAULT_LEVEL,
+    ks: Sequence[int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The fairness metrics with their intervals (module docstring: "Fairness metrics"), per
     method (scope "pooled", seed -1) and per run (scope "seed"), on clip records with method,
     seed and step columns (``clipbench.report.read_clip_records``). Point estimates are
-    ``clipbench.fairness.fairness_summary``'s with the shared edges (those of
-    ``report.collect_fairness``); RuntimeError if the resampling path, run on the data as
-    observed, does not reproduce them (a definition changed in ``clipbench.fairness``).
+    ``clipbench.fairness.fairness_summary``'s with the shared edges and rungs ``ks`` (those of
+    ``report.collect_fairness``; ``fairness.record_rungs`` of the records when None); RuntimeError
+    if the resampling path, run on the data as observed, does not reproduce them (a definition
+    changed in ``clipbench.fairness``).
 
     Returns (groups, bins). groups: scope, method, seed, clip_column, n_runs, n_steps, then per
-    metric of :data:`FAIRNESS_METRICS` ``<metric>``, ``<metric>_lo``, ``<metric>_hi``, and n_bins.
+    metric of :data:`FAIRNESS_METRICS` ``<metric>``, ``<metric>_lo``, ``<metric>_hi``, then n_bins
+    and n_rungs.
     bins: scope, method, seed, bin, bin_lo, bin_hi, n, share, length_mean, ``<clip_column>`` and
     (with an S column) ``abs_s_median``, each with ``_lo`` and ``_hi``."""
     _check_records(records, clip_column)
@@ -494,11 +529,14 @@ def fairness_intervals(
     if edges is None:
         edges = fairness.length_bin_edges(records["length"], n_bins)
     edges = np.asarray(edges, dtype=float)
+    ks = fairness.record_rungs(records) if ks is None else tuple(int(k) for k in ks)
 
-    # Points: what report.collect_fairness computes, with the same edges.
+    # Points: what report.collect_fairness computes, with the same edges and rungs.
     point_groups, point_bins = [], []
     for scope, by in SCOPES:
-        by_bin, summary = fairness.fairness_summary(records, by=by, edges=edges, clip_column=clip_column)
+        by_bin, summary = fairness.fairness_summary(
+            records, by=by, edges=edges, clip_column=clip_column, ks=ks
+        )
         if scope == "pooled":
             by_bin["seed"] = summary["seed"] = -1
         point_groups.append(summary.assign(scope=scope))
@@ -507,7 +545,7 @@ def fairness_intervals(
     point_groups = pd.concat(point_groups, ignore_index=True).set_index(keys)
     point_bins = pd.concat(point_bins, ignore_index=True)
 
-    sums = _StepSums(records, edges, clip_column)
+    sums = _StepSums(records, edges, clip_column, ks)
     group_rows, bin_rows = [], []
     for scope, _ in SCOPES:
         for (method, run_seed), units, sizes in sums.groups(scope):
@@ -525,6 +563,8 @@ def fairness_intervals(
                     per_bin["share"][r, full],
                     per_bin["log_length"][r, full],
                     per_bin["median"][r, full] if sums.has_s else None,
+                    per_bin["rung_median"][r],
+                    ks,
                 )
                 for m in FAIRNESS_METRICS:
                     metrics[m][r] = values[m]
@@ -537,7 +577,7 @@ def fairness_intervals(
             for m in FAIRNESS_METRICS:
                 low, high = percentile_interval(metrics[m][1:], level)
                 row.update({m: point[m], f"{m}_lo": float(low), f"{m}_hi": float(high)})
-            row["n_bins"] = int(point["n_bins"])
+            row["n_bins"], row["n_rungs"] = int(point["n_bins"]), int(point["n_rungs"])
             group_rows.append(row)
             rates = np.where(per_bin["n"] > 0, per_bin["rate"], np.nan)
             rate_lo, rate_hi = percentile_interval(rates[1:], level)

@@ -21,8 +21,9 @@ Run directory:
   records/step_NNNNNN.parquet     the clip records, per sequence and update: step, update, length,
                                   S, advantage, seq_clip, seq_out, reward, entropy (the sequence's
                                   mean per-token entropy of the policy's softmax at the sampling
-                                  temperature, before top_p); what clipbench.fairness reads (the
-                                  format: clipbench.artifacts.CLIP_RECORD_COLUMNS)
+                                  temperature, before top_p) and the prefix sums S_8, S_16, ... of
+                                  the same l_t as S; what clipbench.fairness reads (the format:
+                                  clipbench.artifacts.CLIP_RECORD_COLUMNS)
   checkpoints/step_NNNNNN/        model, optimizer, RNG states after NNNNNN steps and manifest.json
                                   (size and sha256 of every file); `latest` names the newest complete
                                   one. A restarted run resumes from it (verified against its
@@ -60,7 +61,7 @@ import pandas as pd
 import torch
 import yaml
 
-from clipbench import artifacts, benchmarks
+from clipbench import artifacts, benchmarks, fairness
 from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, load_config, load_yaml, validate
 from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
@@ -420,8 +421,10 @@ def _clip_records(
     rewards: torch.Tensor,
     entropy: torch.Tensor,
 ) -> list[dict[str, Any]]:
-    """One clip record per sequence of an update; S and L exactly as the rule saw them (its
-    LossOutput carries them)."""
+    """One clip record per sequence of an update; S, L and the prefix sums S_k exactly as the rule
+    saw them: its LossOutput carries S and L, and the per-token l_t and mask whose masked
+    cumulative sums are the S_k (`fairness.record_prefix_sums`)."""
+    prefix = fairness.record_prefix_sums(out.log_ratio.detach().double().cpu(), out.mask.cpu())
     columns = zip(
         rows,
         out.lengths.long().tolist(),
@@ -429,6 +432,7 @@ def _clip_records(
         advantages.tolist(),
         out.seq_clip.tolist(),
         out.seq_out.tolist(),
+        prefix,
         strict=True,
     )
     return [
@@ -445,8 +449,9 @@ def _clip_records(
             "entropy": float(entropy[row]),
             "seq_clip": clip,
             "seq_out": out_of_band,
+            **prefix_sums,
         }
-        for row, length, seq_s, a, clip, out_of_band in columns
+        for row, length, seq_s, a, clip, out_of_band, prefix_sums in columns
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -182,6 +183,35 @@ def test_a_multi_process_run_writes_one_part_per_rank_and_is_read_as_one_frame(t
         artifacts.read_clip_records(run_dir)
     with pytest.raises(ValueError, match="rank: -1 is not"):
         artifacts.step_records_path(run_dir, 0, -1)
+
+
+def test_clip_records_carry_one_prefix_sum_column_per_rung_of_a_constant_ladder():
+    from clipbench import fairness
+
+    assert artifacts.RECORD_PREFIX_LADDER == fairness.prefix_ladder(artifacts.RECORD_PREFIX_MAX)
+    assert artifacts.RECORD_PREFIX_LADDER[:3] == (8, 16, 32) and artifacts.RECORD_PREFIX_LADDER[-1] == 32768
+    assert artifacts.PREFIX_COLUMNS[:2] == ("S_8", "S_16") and artifacts.prefix_column(32768) == "S_32768"
+    columns = list(artifacts.CLIP_RECORD_COLUMNS)
+    assert columns[-len(artifacts.PREFIX_COLUMNS) :] == list(
+        artifacts.PREFIX_COLUMNS
+    )  # last, in ladder order
+    assert all(artifacts.CLIP_RECORD_COLUMNS[c][0] == "float64" for c in artifacts.PREFIX_COLUMNS)
+
+
+def test_records_written_before_the_prefix_sums_are_read_with_nan_prefix_sums(tmp_path):
+    # A run of an older clipbench: its step files lack S_8 ... S_32768. A run resumed by this one
+    # has them from the resumed step on.
+    run_dir = tmp_path / "run"
+    old = artifacts.clip_records_frame([record(step=0)]).drop(columns=list(artifacts.PREFIX_COLUMNS))
+    artifacts.write_step_records(run_dir, 0, old)
+    frame = artifacts.read_clip_records(run_dir)
+    assert list(frame.columns) == list(artifacts.CLIP_RECORD_COLUMNS)
+    assert frame[list(artifacts.PREFIX_COLUMNS)].isna().all().all()
+    assert (frame[list(artifacts.PREFIX_COLUMNS)].dtypes == "float64").all()
+    artifacts.write_step_records(run_dir, 1, artifacts.clip_records_frame([record(step=1, S_8=0.25)]))
+    frame = artifacts.read_clip_records(run_dir)
+    assert list(frame.columns) == list(artifacts.CLIP_RECORD_COLUMNS)
+    assert frame["S_8"].tolist()[1] == 0.25 and math.isnan(frame["S_8"].tolist()[0])
 
 
 def test_reading_clip_records_names_a_folder_that_holds_none(tmp_path):

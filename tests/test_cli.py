@@ -346,6 +346,9 @@ def finished_run(root, method, seed, steps=4, per_step=30):
             for update in (0, 1)
             for i in range(per_step)
         ]
+        for row in rows:  # prefix sums S_k ~ N(0, 0.01^2 k) for the rungs k <= L
+            for k, column in zip(artifacts.RECORD_PREFIX_LADDER, artifacts.PREFIX_COLUMNS, strict=True):
+                row[column] = float(rng.normal(0, 0.01 * k**0.5)) if k <= row["length"] else float("nan")
         artifacts.write_step_records(run, step, artifacts.clip_records_frame(rows))
     (run / "final").mkdir(parents=True)
     (run / "final" / "summary.json").write_text("{}")
@@ -377,6 +380,8 @@ def test_aggregate_writes_intervals_and_differences_against_the_reference(tmp_pa
     assert summary[["lo", "hi"]].notna().all().all()
     groups = pd.read_csv(out["fairness"])
     assert groups[["spread_lo", "spread_hi", "lre_lo", "lre_hi"]].notna().all().all()
+    within = ["s_exponent_within", "s_exponent_within_lo", "s_exponent_within_hi"]
+    assert groups[within].notna().all().all() and (groups.n_rungs == 3).all()  # rungs 8, 16, 32
     first = {name: path.read_bytes() for name, path in out.items()}
     assert cli.main([*args, "--reference", "ppo", "--resamples", "20", "--bootstrap-seed", "3"]) == 0
     assert {name: path.read_bytes() for name, path in out.items()} == first  # byte for byte

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipbench import fairness
+from clipbench import artifacts, fairness
 
 
 def records(method, lengths_and_flags):
@@ -131,8 +131,12 @@ def test_groups_share_edges_and_shares_sum_to_one():
         "lre",
         "s_exponent",
         "n_bins",
+        "s_exponent_within",
+        "n_rungs",
     ]
     assert summary["s_exponent"].isna().all()  # records without S
+    # ... nor prefix sums (records written before they existed): a_w NaN, fitted on no rung
+    assert summary["s_exponent_within"].isna().all() and (summary["n_rungs"] == 0).all()
 
 
 def test_s_growth_exponent_recovers_the_power_of_length():
@@ -192,3 +196,92 @@ def test_the_first_update_of_a_step_is_left_out():
     assert by_bin["seq_out"].tolist() == [0.5, 1.0]
     assert by_bin["abs_s_median"].tolist() == [2.0, 8.0]
     assert summary.iloc[0]["s_exponent"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- prefix sums in the records
+
+
+def test_record_prefix_sums_by_hand():
+    # The trainer's layout: row 0 has 3 prompt positions (off the mask, NaN there: ignored), then
+    # 20 response tokens l_t = 0.1 t (t = 1 .. 20): S_8 = 0.1 * 36 = 3.6, S_16 = 0.1 * 136 = 13.6,
+    # no S_32. Row 1: 7 tokens, shorter than every rung: all NaN. Row 2: 16 tokens, l_t = (-1)^t 0.5
+    # from t = 1, every pair sums to 0 (S_8 = S_16 = 0), and a gap in its mask (position 5 off:
+    # the prefix counts response tokens, not positions).
+    width = 24
+    log_ratio = np.full((3, width), np.nan)
+    mask = np.zeros((3, width), dtype=bool)
+    log_ratio[0, 3:23] = 0.1 * np.arange(1, 21)
+    mask[0, 3:23] = True
+    log_ratio[1, :7] = 1.0
+    mask[1, :7] = True
+    positions = [p for p in range(width) if p != 5][:16]
+    log_ratio[2, positions] = 0.5 * (-1.0) ** np.arange(1, 17)
+    mask[2, positions] = True
+    rows = fairness.record_prefix_sums(log_ratio, mask)
+    assert [list(row) for row in rows] == [list(artifacts.PREFIX_COLUMNS)] * 3  # the records' column order
+    assert rows[0]["S_8"] == pytest.approx(3.6, abs=1e-12) and rows[0]["S_16"] == pytest.approx(
+        13.6, abs=1e-12
+    )
+    assert all(math.isnan(rows[0][c]) for c in artifacts.PREFIX_COLUMNS[2:])  # L = 20 < 32
+    assert all(math.isnan(v) for v in rows[1].values())  # L = 7 < 8
+    assert rows[2]["S_8"] == pytest.approx(0.0, abs=1e-12) and rows[2]["S_16"] == pytest.approx(
+        0.0, abs=1e-12
+    )
+    # S_k is the masked cumulative sum of l_t at the k-th response token, for every rung up to L.
+    values = np.where(mask, log_ratio, 0.0)
+    for i, row in enumerate(rows):
+        response = values[i, mask[i]]
+        for k, column in zip(artifacts.RECORD_PREFIX_LADDER, artifacts.PREFIX_COLUMNS, strict=True):
+            want = np.cumsum(response)[k - 1] if k <= len(response) else np.nan
+            assert row[column] == pytest.approx(want, abs=1e-12, nan_ok=True), (i, k)
+
+
+def test_rungs_need_eight_records_and_come_from_the_records_columns():
+    assert fairness.reached_rungs((8, 16, 32), [20, 8, 7], 20) == (8, 16)
+    assert fairness.reached_rungs((8, 16, 32), [3, 3, 2], 3) == (8, 16)  # fewer than 8: all must reach
+    assert fairness.reached_rungs((8, 16), [0, 0], 0) == ()  # no records: no rung
+    frame = pd.DataFrame({"update": [0] * 9 + [1] * 9, "S_8": [1.0] * 18, "S_16": [1.0] * 9 + [np.nan] * 9})
+    assert fairness.record_rungs(frame) == (8,)  # the 9 on-policy records reaching 16 do not count
+    assert fairness.record_rungs(frame.drop(columns=["S_8", "S_16"])) == ()  # records without prefix sums
+
+
+def power_law_records(gamma, copies=2):
+    """Off-policy records whose median |S_k| is 2 k^gamma exactly on every rung: lengths 16, 64 and
+    256, each with the scales 1, 2, 3 (`copies` records each): whichever lengths reach a rung, its
+    median scale is 2. S_k = +-scale k^gamma where k <= L, NaN beyond; one on-policy record (S = 0)
+    per length that must be left out."""
+    rows = []
+    for length in (16, 64, 256):
+        for scale in (1.0, 2.0, 3.0):
+            for copy in range(copies):
+                sign = (-1.0) ** copy
+                prefix = {
+                    c: (sign * scale * k**gamma if k <= length else np.nan)
+                    for k, c in zip(artifacts.RECORD_PREFIX_LADDER, artifacts.PREFIX_COLUMNS, strict=True)
+                }
+                rows.append(
+                    {"method": "m", "update": 1, "length": length, "seq_out": 0.0, "seq_clip": 0.0}
+                    | {"S": prefix[artifacts.prefix_column(length)]}
+                    | prefix
+                )
+        rows.append({**rows[-1], "update": 0, "S": 0.0} | {c: 0.0 for c in artifacts.PREFIX_COLUMNS[:3]})
+    return pd.DataFrame(rows)
+
+
+def test_the_within_sequence_exponent_of_records_with_a_known_exponent():
+    for gamma in (0.25, 0.5, 1.0):
+        records = power_law_records(gamma)
+        ks = fairness.record_rungs(records)
+        assert ks == (8, 16, 32, 64)  # 18 records reach 8 and 16, 12 reach 32 and 64, 6 reach 128 and 256
+        _, summary = fairness.fairness_summary(records, edges=np.array([16, 64, 256]))
+        row = summary.iloc[0]
+        assert row["s_exponent_within"] == pytest.approx(gamma, abs=1e-12) and row["n_rungs"] == 4
+    # Every rung, 128 and 256 included (6 records each): still 2 k^gamma.
+    within = fairness.within_sequence_summary(power_law_records(0.75), artifacts.RECORD_PREFIX_LADDER[:6])
+    assert within["s_exponent_within"].iloc[0] == pytest.approx(0.75, abs=1e-12)
+    assert within["n_rungs"].iloc[0] == 6  # 512 ... 32768: no record, left out
+    # By hand: medians |S_8| = 1 (of 1, -1, 3) and |S_16| = 4 -> a_w = log 4 / log 2 = 2.
+    frame = pd.DataFrame({"method": "m", "S_8": [1.0, -1.0, 3.0], "S_16": [4.0, np.nan, -4.0]})
+    assert fairness.within_sequence_summary(frame, (8, 16))["s_exponent_within"].iloc[0] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match=r"records lack columns \['S_32'\]"):
+        fairness.within_sequence_summary(frame, (8, 32))

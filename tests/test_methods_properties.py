@@ -343,3 +343,8 @@ def test_every_rule_reports_the_s_and_l_it_saw(name):
     assert out.seq_log_ratio.tolist() == pytest.approx(expected_s, abs=1e-12)
     assert out.lengths.tolist() == mask.sum(-1).tolist()
     assert not out.seq_log_ratio.requires_grad
+    # ... and the per-token l_t those sums are made of (0 off the mask, NaN never), with the mask:
+    # the clip records' prefix sums come from them.
+    assert torch.equal(out.mask, mask.bool()) and not out.log_ratio.requires_grad
+    assert torch.equal(out.log_ratio, torch.where(mask.bool(), logp - old, torch.zeros(())))
+    assert out.log_ratio.sum(-1).tolist() == pytest.approx(out.seq_log_ratio.tolist(), abs=1e-12)

@@ -6,6 +6,7 @@ holding a single one-token row). A rule that normalises by its micro-batch's own
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -107,7 +108,7 @@ def assert_same(got: tuple[LossOutput, torch.Tensor], want: tuple[LossOutput, to
     close = {"rtol": 1e-6, "atol": 1e-12}
     torch.testing.assert_close(out.loss.detach(), ref.loss.detach(), **close)
     torch.testing.assert_close(torch.nan_to_num(grad), torch.nan_to_num(ref_grad), **close)
-    for name in ("seq_clip", "seq_out", "seq_log_ratio", "lengths"):
+    for name in ("seq_clip", "seq_out", "seq_log_ratio", "lengths", "log_ratio", "mask"):
         torch.testing.assert_close(getattr(out, name), getattr(ref, name), **close, msg=name)
     assert out.metrics.keys() == ref.metrics.keys()
     for key, value in ref.metrics.items():
@@ -192,6 +193,20 @@ def test_combining_outputs():
     assert both.seq_clip.tolist() == [0.5, 0.0, 1.0] and both.seq_out.tolist() == [1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="different metrics"):
         combine_outputs([one, LossOutput(torch.tensor(0.0), one.seq_clip, one.seq_out, {"n": 1.0})])
+    # The per-token l_t and masks of micro-batches of different widths: padded on the right (l_t 0,
+    # mask false), so every row keeps its tokens in order; absent from one part: absent.
+    assert both.log_ratio is None and both.mask is None
+    narrow = dataclasses.replace(
+        one, log_ratio=torch.tensor([[0.5, 0.25]]), mask=torch.tensor([[True, True]])
+    )
+    wide = dataclasses.replace(
+        two,
+        log_ratio=torch.tensor([[1.0, 2.0, 3.0], [0.0, 4.0, 0.0]]),
+        mask=torch.tensor([[1, 1, 1], [0, 1, 0]]).bool(),
+    )
+    joined = combine_outputs([narrow, wide])
+    assert joined.log_ratio.tolist() == [[0.5, 0.25, 0.0], [1.0, 2.0, 3.0], [0.0, 4.0, 0.0]]
+    assert joined.mask.tolist() == [[True, True, False], [True, True, True], [False, True, False]]
 
 
 # --------------------------------------------------------------------------- the trainer's split
@@ -281,10 +296,13 @@ def test_a_step_split_into_microbatches_is_the_unsplit_step(
     if kl_beta:
         assert want["kl_ref"] > 0
     records = [artifacts.read_clip_records(trainer.run_dir) for trainer in (whole, split_run)]
+    sums = ["S", *artifacts.PREFIX_COLUMNS]  # S and its prefix sums: float32 sums of l_t, rounded differently
     pd.testing.assert_frame_equal(
-        records[0].drop(columns="S"), records[1].drop(columns="S"), check_exact=False, rtol=1e-4, atol=1e-6
+        records[0].drop(columns=sums), records[1].drop(columns=sums), check_exact=False, rtol=1e-4, atol=1e-6
     )
-    assert (records[0]["S"] - records[1]["S"]).abs().max() < 1e-4
+    for column in sums:
+        assert records[0][column].isna().equals(records[1][column].isna()), column
+        assert not ((records[0][column] - records[1][column]).abs() >= 1e-4).any(), column
     # Gradients, update by update, as clipping saw them (the two runs round differently in float32,
     # and later updates start from weights that differ by as much through AdamW).
     for update, (a, b) in enumerate(zip(grads[None], grads[40], strict=True)):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from eval_files import write_eval
 
-from clipbench import fairness, report, stats
+from clipbench import artifacts, fairness, report, stats
 
 # summary.csv's pooled avg@k rows, by hand: method -> (value, low, high); the differences against
 # grpo (diff, low, high). fspo's interval (0.50-0.70) overlaps ppo's (0.45-0.62): a tie at the top;
@@ -72,14 +72,21 @@ def summary_rows(accuracy=None, differences=None):
 
 def fairness_rows():
     # fairness.csv: one pooled row per method (what main_table reads) and one per method and seed.
-    values = {  # (value, low, high) of clip_rate, spread, lre, s_exponent
+    values = {  # (value, low, high) of clip_rate, spread, lre, s_exponent, s_exponent_within
         "ppo": [(0.005, 0.004, 0.007), (0.90, 0.80, 1.10), (0.0010, 0.0008, 0.0013), (2.5, 2.0, 3.0)],
         "grpo": [(0.006, 0.004, 0.008), (0.95, 0.85, 1.20), (0.0012, 0.0009, 0.0016), (2.4, 2.1, 2.8)],
         # sequence rules: gspo's spread interval lies below fspo's; their LRE intervals overlap
         "fspo": [(0.170, 0.150, 0.190), (1.40, 1.30, 1.55), (0.0800, 0.0600, 0.1000), (2.7, 2.2, 3.1)],
         "gspo": [(0.160, 0.140, 0.180), (1.10, 1.00, 1.20), (0.0600, 0.0500, 0.0700), (2.8, 2.5, 3.0)],
     }
-    names = ("clip_rate", "spread", "lre", "s_exponent")
+    within = {
+        "ppo": (0.55, 0.48, 0.61),
+        "grpo": (0.52, 0.47, 0.6),
+        "fspo": (0.6, 0.5, 0.7),
+        "gspo": (0.58, 0.5, 0.66),
+    }
+    values = {method: [*metrics, within[method]] for method, metrics in values.items()}
+    names = ("clip_rate", "spread", "lre", "s_exponent", "s_exponent_within")
     rows = []
     for method, metrics in values.items():
         for scope, seeds in (("pooled", [-1]), ("seed", [0, 1])):
@@ -118,15 +125,16 @@ def test_main_table_rows_levels_values_and_intervals():
     text = table()
     rows = rows_of(text)
     assert rows["method"].startswith(
-        "| method | level | synthetic_test (avg@4) | clip rate | clip spread | LRE | S growth a |"
+        "| method | level | synthetic_test (avg@4) | clip rate | clip spread | LRE | S growth a | S growth a_w |"
     )
     # The base model: its accuracy with its interval, no training metrics; below the tie: no mark.
-    assert rows["base"] == "| base | – | 0.330 [0.250, 0.400] | – | – | – | – |"
+    assert rows["base"] == "| base | – | 0.330 [0.250, 0.400] | – | – | – | – | – |"
     # fspo: the best accuracy, but its interval overlaps ppo's and grpo's: tied, not bold.
     assert rows["fspo"] == (
         "| fspo | sequence | 0.600 [0.500, 0.700] ≈ | 0.170 [0.150, 0.190] | 1.400 [1.300, 1.550] "
-        "| 0.0800 [0.0600, 0.1000] ≈ | 2.70 [2.20, 3.10] |"
+        "| 0.0800 [0.0600, 0.1000] ≈ | 2.70 [2.20, 3.10] | 0.60 [0.50, 0.70] |"
     )
+    assert "Within a_w: median |S_k| ~ k^a_w" in text
     assert rows["ppo"].startswith("| ppo | token | 0.550 [0.450, 0.620] ≈ | 0.005 [0.004, 0.007] |")
     assert rows["gspo"].startswith("| gspo | sequence | 0.370 [0.300, 0.440] |")  # below fspo's: not tied
     assert "95% percentile bootstrap interval" in text
@@ -194,7 +202,18 @@ def test_an_undefined_s_growth_exponent_shows_as_a_dash():
     fairness_table = fairness_rows()
     fairness_table.loc[fairness_table.method == "gspo", "s_exponent"] = float("nan")
     text = table(fairness_table=fairness_table)
-    assert rows_of(text)["gspo"].endswith("| 0.0600 [0.0500, 0.0700] ≈ | – |") and "nan" not in text
+    assert rows_of(text)["gspo"].endswith("| 0.0600 [0.0500, 0.0700] ≈ | – | 0.58 [0.50, 0.66] |")
+    assert "nan" not in text
+    # a_w: NaN for records without prefix sums; absent from a fairness.csv made before it existed
+    fairness_table.loc[fairness_table.method == "fspo", "s_exponent_within"] = float("nan")
+    text = table(fairness_table=fairness_table)
+    assert rows_of(text)["fspo"].endswith("| 2.70 [2.20, 3.10] | – |") and "nan" not in text
+    within = [f"s_exponent_within{end}" for end in ("", "_lo", "_hi")]
+    old = fairness_rows().drop(columns=within)
+    assert report.unmet_needs(summary_rows(), old) is None
+    rows = rows_of(table(fairness_table=old))
+    assert all(line.endswith("| – |") for m, line in rows.items() if m != "method")
+    assert rows["fspo"].endswith("| 2.70 [2.20, 3.10] | – |")
 
 
 def test_the_table_needs_the_interval_columns():
@@ -350,9 +369,11 @@ def test_collect_evals_refuses_a_summary_whose_samples_changed(tmp_path):
 
 
 def s_growth_records(steps=10):
+    """2000 records of two runs: S with sd proportional to L (a = 1), prefix sums S_k with sd
+    proportional to sqrt(k) where k <= L (a_w = 1/2; drawn after the other columns)."""
     rng = np.random.default_rng(0)
     lengths = rng.integers(4, 200, size=2000)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "method": "m",
             "seed": np.repeat([0, 1], 1000),
@@ -363,6 +384,9 @@ def s_growth_records(steps=10):
             "seq_clip": 0.0,
         }
     )
+    for k, column in zip(artifacts.RECORD_PREFIX_LADDER, artifacts.PREFIX_COLUMNS, strict=True):
+        frame[column] = np.where(lengths >= k, rng.normal(0.0, 0.01 * np.sqrt(k), size=2000), np.nan)
+    return frame
 
 
 def test_collect_fairness_carries_the_s_growth_exponent():
@@ -380,6 +404,46 @@ def test_collect_fairness_carries_the_s_growth_exponent():
     # One row per what each file describes: a group once, a (group, bin) once.
     assert not groups.duplicated(["scope", "method", "seed"]).any()
     assert not bins.duplicated(["scope", "method", "seed", "bin"]).any()
+
+
+def test_fairness_csv_carries_the_within_sequence_exponent_with_its_interval():
+    records = s_growth_records()
+    groups, _ = report.collect_fairness(records, n_bins=5, n_resamples=200)
+    columns = list(groups.columns)
+    at = columns.index("s_exponent_hi")
+    assert columns[at + 1 : at + 4] == ["s_exponent_within", "s_exponent_within_lo", "s_exponent_within_hi"]
+    assert columns[columns.index("n_bins") + 1] == "n_rungs"
+    # |S_k| ~ sqrt(k) on the rungs 8 ... 128 (lengths 4 ... 199), while |S| ~ L across sequences
+    assert (groups.n_rungs == 5).all()
+    for row in groups.itertuples():
+        assert row.s_exponent_within == pytest.approx(0.5, abs=0.05), row
+        assert row.s_exponent_within_lo < 0.5 < row.s_exponent_within_hi
+        assert row.s_exponent_within_hi - row.s_exponent_within_lo < 0.2
+        assert row.s_exponent_lo > row.s_exponent_within_hi  # a (about 1) above a_w: told apart
+    # The point: clipbench.fairness's a_w on the pooled rungs, per run.
+    ks = fairness.record_rungs(records)
+    within = fairness.within_sequence_summary(records, ks, by=("method", "seed"))
+    assert (
+        groups[groups.scope == "seed"]["s_exponent_within"].tolist() == within["s_exponent_within"].tolist()
+    )
+
+
+def test_records_without_prefix_sums_give_a_nan_within_sequence_exponent():
+    # Runs of an older clipbench: their records have no S_k columns (or all NaN, as
+    # artifacts.read_clip_records fills them): everything else as before, a_w NaN, no rung.
+    records = s_growth_records()
+    for old in (
+        records.drop(columns=list(artifacts.PREFIX_COLUMNS)),
+        records.assign(**{c: np.nan for c in artifacts.PREFIX_COLUMNS}),
+    ):
+        groups, bins = report.collect_fairness(old, n_bins=5, n_resamples=50)
+        new, new_bins = report.collect_fairness(records, n_bins=5, n_resamples=50)
+        assert list(groups.columns) == report.FAIRNESS_COLUMNS
+        within = ["s_exponent_within", "s_exponent_within_lo", "s_exponent_within_hi"]
+        assert groups[within].isna().all().all() and (groups.n_rungs == 0).all()
+        rest = [c for c in report.FAIRNESS_COLUMNS if c not in (*within, "n_rungs")]
+        pd.testing.assert_frame_equal(groups[rest], new[rest], check_exact=True)
+        pd.testing.assert_frame_equal(bins, new_bins, check_exact=True)
 
 
 def test_fairness_files_have_seeded_intervals_beside_unchanged_points():

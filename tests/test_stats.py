@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipbench import fairness, report, stats
+from clipbench import artifacts, fairness, report, stats
 
 # --------------------------------------------------------------------------- helpers
 
@@ -39,9 +39,11 @@ def verdict_frame(correct, method, seeds=None):
 
 def clip_records(rng, runs, steps=10, per_step=40, updates=3):
     """Clip records of ``runs`` ({(method, seed): clip probability}): ``per_step`` sequences per
-    step, each seen at ``updates`` updates (update 0 is on-policy and left out by the metrics)."""
+    step, each seen at ``updates`` updates (update 0 is on-policy and left out by the metrics), with
+    prefix sums S_k ~ N(0, (1e-3 k^0.6)^2) where k <= L (drawn from their own generator, so the
+    other columns are what they were before the records had prefix sums)."""
     frames = []
-    for (method, seed), p_clip in runs.items():
+    for run, ((method, seed), p_clip) in enumerate(runs.items()):
         n = steps * per_step
         lengths = rng.integers(5, 120, n)
         base = pd.DataFrame(
@@ -60,6 +62,10 @@ def clip_records(rng, runs, steps=10, per_step=40, updates=3):
             out = (rng.random(n) < p_clip * lengths / 60) & (update > 0)
             frame["seq_out"] = out.astype(float)
             frame["seq_clip"] = (out & (rng.random(n) < 0.5)).astype(float)
+            prefix_rng = np.random.default_rng([run, update, 17])
+            for k, column in zip(artifacts.RECORD_PREFIX_LADDER, artifacts.PREFIX_COLUMNS, strict=True):
+                draws = prefix_rng.normal(0.0, 1e-3 * k**0.6, n) * (update > 0)
+                frame[column] = np.where(lengths >= k, draws, np.nan)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -228,22 +234,30 @@ def test_a_resample_is_the_fairness_summary_of_the_records_it_draws():
     records = fairness.off_policy(four_runs(seed=5))
     run = records[(records.method == "fspo") & (records.seed == 1)]
     edges = fairness.length_bin_edges(records["length"])
-    sums = stats._StepSums(records, edges, "seq_out")
+    ks = fairness.record_rungs(records)
+    assert ks == (8, 16, 32, 64)  # lengths 5 ... 119
+    sums = stats._StepSums(records, edges, "seq_out", ks)
     [(_, units, sizes)] = [g for g in sums.groups("seed") if g[0] == ("fspo", 1)]
     counts = stats.nested_counts(sizes, 3, np.random.default_rng(0))
     per_bin = sums.resample(units, counts)
     for r in range(3):
         drawn = pd.concat([run[run.step == step] for step, c in enumerate(counts[r]) for _ in range(c)])
-        by_bin, summary = fairness.fairness_summary(drawn, edges=edges)
+        by_bin, summary = fairness.fairness_summary(drawn, edges=edges, ks=ks)
         full = per_bin["n"][r] > 0
         assert by_bin["bin"].tolist() == np.flatnonzero(full).tolist()
         assert per_bin["rate"][r, full] == pytest.approx(by_bin["seq_out"].to_numpy(), rel=1e-12)
         assert per_bin["median"][r, full] == pytest.approx(by_bin["abs_s_median"].to_numpy(), rel=1e-12)
+        drawn_off = fairness.off_policy(drawn)
+        for j, k in enumerate(sums.ks):  # each rung's median |S_k| over the drawn records reaching it
+            reached = drawn_off[artifacts.prefix_column(k)].dropna().abs()
+            assert per_bin["rung_median"][r, j] == pytest.approx(reached.median(), rel=1e-12)
         values = stats.group_metrics(
             per_bin["rate"][r, full],
             per_bin["share"][r, full],
             per_bin["log_length"][r, full],
             per_bin["median"][r, full],
+            per_bin["rung_median"][r],
+            sums.ks,
         )
         for metric in stats.FAIRNESS_METRICS:
             assert values[metric] == pytest.approx(summary[metric].iloc[0], rel=1e-9, abs=1e-12), metric
@@ -324,7 +338,10 @@ def test_a_groups_interval_does_not_depend_on_the_other_groups():
     both, _ = stats.fairness_intervals(records, n_resamples=100)
     # the same edges (they come from the pooled lengths), grpo's records alone
     edges = fairness.length_bin_edges(fairness.off_policy(records)["length"])
-    alone, _ = stats.fairness_intervals(records[records.method == "grpo"], n_resamples=100, edges=edges)
+    ks = fairness.record_rungs(records)  # and the same rungs
+    alone, _ = stats.fairness_intervals(
+        records[records.method == "grpo"], n_resamples=100, edges=edges, ks=ks
+    )
     pd.testing.assert_frame_equal(both[both.method == "grpo"].reset_index(drop=True), alone, check_exact=True)
 
 

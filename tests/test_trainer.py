@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -27,7 +28,7 @@ from clipbench.advantages import available_estimators, compute_advantages
 from clipbench.cli import _parse_sets
 from clipbench.config import ConfigError, exponent_numbers, load_config
 from clipbench.engines import Samples
-from clipbench.methods import available_methods
+from clipbench.methods import available_methods, combine_outputs, get_method
 from clipbench.models import load_model
 from clipbench.precision import compute_dtype
 from clipbench.trainer import Trainer, TrainingError, derive_seed, prompt_indices, training_prompts
@@ -511,6 +512,81 @@ def test_records_carry_each_sequence_entropy_consistent_with_the_step_metric(tmp
         first = records[(records.step == row["step"]) & (records.epoch == 0)]  # every sequence once
         weighted = (first["entropy"] * first["length"]).sum() / first["length"].sum()
         assert weighted == pytest.approx(row["entropy"], rel=1e-5)
+
+
+def expected_prefix_sums(call: dict) -> list[tuple[list[float], float]]:
+    """Per row of one loss call: S_k on the records' ladder and S_L, recomputed from the l_t the
+    rule saw (logp - old_logp in their dtype, as `prepare_batch` takes it) over the row's response
+    tokens in order: the cumulative sum at the k-th token, NaN when L < k."""
+    ratio = (call["logp"] - call["old_logp"]).double()
+    out = []
+    for i in range(ratio.shape[0]):
+        running = torch.cumsum(ratio[i][call["mask"][i].bool()], 0).tolist()
+        prefix = [running[k - 1] if k <= len(running) else math.nan for k in artifacts.RECORD_PREFIX_LADDER]
+        out.append((prefix, running[-1] if running else 0.0))
+    return out
+
+
+@pytest.mark.parametrize("budget", [None, 90], ids=["whole", "micro-batches"])
+def test_records_carry_the_prefix_sums_of_the_l_t_the_rule_saw(
+    tmp_path, base_model, parity, monkeypatch, budget
+):
+    # Every record's S_8, S_16, ... is the cumulative sum of that update's l_t over the sequence's
+    # first k response tokens (the prompt's positions before them do not count), NaN when it has
+    # fewer; S_L = S. Split into micro-batches of different widths (optim.max_tokens_per_microbatch),
+    # the rule's per-token outputs are joined (padded) and give the same.
+    optim = {"lr": 3e-3, "minibatches": 2, "epochs": 2, "max_tokens_per_microbatch": budget}
+    config = small_config(base_model, steps=1, optim=optim)
+    calls = spy_on_loss(monkeypatch, config)
+    Trainer(config, tmp_path / "run", progress=False).run()
+    _, records = read_run(tmp_path / "run")
+    if budget is not None:
+        assert len(calls) > 4  # split: more loss calls than the 4 updates
+    want = [row for call in calls for row in expected_prefix_sums(call)]  # the records' order: update, row
+    got = records[list(artifacts.PREFIX_COLUMNS)].to_numpy()
+    assert got.shape == (len(want), len(artifacts.PREFIX_COLUMNS))
+    assert got == pytest.approx(np.array([prefix for prefix, _ in want]), rel=1e-12, abs=1e-15, nan_ok=True)
+    assert records["S"].to_numpy() == pytest.approx([s for _, s in want], abs=1e-6)  # S_L = S (float32 sum)
+    reached = records["length"] >= 16
+    assert reached.any() and (records["length"] < 16).any()  # rungs 8 and 16 of <= 24-token responses
+    assert records.loc[reached, "S_16"].notna().all() and records.loc[~reached, "S_16"].isna().all()
+    assert records[records["update"] == 0]["S_8"].dropna().eq(0).all()  # on policy: l_t = 0
+    assert (records[records["update"] > 0]["S_8"].dropna() != 0).mean() > 0.9
+
+
+def test_clip_records_prefix_sums_by_hand_across_micro_batches():
+    # Two micro-batches of different widths, as `_update` joins their LossOutputs. Micro-batch A
+    # (width 12): row 0 has 2 prompt positions, then 9 response tokens with l_t = 0.25 -> S_8 = 2,
+    # no S_16; row 1 has 7 tokens -> no rung. Micro-batch B (width 20): 3 prompt positions, then 17
+    # tokens with l_t = 0.125 t (t = 1 .. 17) -> S_8 = 0.125 * 36 = 4.5, S_16 = 0.125 * 136 = 17.
+    # Values off the mask are NaN in logp (they must not leak).
+    rule = get_method("grpo")
+    mask_a = torch.zeros(2, 12, dtype=torch.bool)
+    mask_a[0, 2:11] = True
+    mask_a[1, 0:7] = True
+    old_a = torch.zeros(2, 12)
+    logp_a = torch.where(mask_a, torch.full((2, 12), 0.25), torch.full((2, 12), math.nan))
+    mask_b = torch.zeros(1, 20, dtype=torch.bool)
+    mask_b[0, 3:20] = True
+    old_b = torch.zeros(1, 20)
+    logp_b = torch.full((1, 20), math.nan)
+    logp_b[0, 3:20] = 0.125 * torch.arange(1, 18)
+    parts = [
+        rule.loss(logp, old, torch.ones(len(logp)), mask)
+        for logp, old, mask in ((logp_a, old_a, mask_a), (logp_b, old_b, mask_b))
+    ]
+    out = combine_outputs(parts)
+    assert out.log_ratio.shape == (3, 20) and out.mask.shape == (3, 20)
+    rows = trainer_module._clip_records(
+        0, 1, 0, 0, [5, 2, 7], out, torch.ones(3), torch.zeros(8), torch.zeros(8)
+    )
+    assert [list(r)[-len(artifacts.PREFIX_COLUMNS) :] for r in rows] == [list(artifacts.PREFIX_COLUMNS)] * 3
+    assert [r["length"] for r in rows] == [9, 7, 17]
+    assert rows[0]["S_8"] == 2.0 and math.isnan(rows[0]["S_16"])
+    assert all(math.isnan(rows[1][c]) for c in artifacts.PREFIX_COLUMNS)
+    assert (rows[2]["S_8"], rows[2]["S_16"]) == (4.5, 17.0) and math.isnan(rows[2]["S_32"])
+    assert rows[2]["S"] == pytest.approx(0.125 * 153)  # S = S_17: the whole response
+    artifacts.clip_records_frame(rows)  # the records' schema, exactly
 
 
 def test_real_verifier_rewards_on_the_tiny_model(tmp_path, base_model):

@@ -109,8 +109,50 @@ def test_same_loss_same_gradient_as_the_native_trainer(
         assert mine["length"] == theirs["length"] == COMPLETION_LENGTHS[mine["seq"]]
         assert mine["reward"] == SCORES[mine["seq"]]
         assert mine["entropy"] == pytest.approx(float(fixed["entropy"][mine["seq"]]), rel=1e-9)
-        for column in ("S", "advantage", "seq_clip", "seq_out"):
-            assert mine[column] == pytest.approx(theirs[column], rel=1e-6, abs=1e-12), column
+        for column in ("S", "advantage", "seq_clip", "seq_out", *artifacts.PREFIX_COLUMNS):
+            assert mine[column] == pytest.approx(theirs[column], rel=1e-6, abs=1e-12, nan_ok=True), column
+
+
+def test_the_backends_records_carry_the_same_prefix_sums():
+    """The same per-token l_t in TRL's layout (completion tokens from position 0) and the native
+    trainer's (after the prompt's positions): `microbatch_records` and the native `_clip_records`
+    give the same S_k, the cumulative sums over each sequence's first k tokens (the fixed batch
+    above is shorter than the first rung, 8)."""
+    from clipbench.trainer import _clip_records
+
+    lengths, prompts = [20, 7, 9], [3, 5, 2]
+    g = torch.Generator().manual_seed(0)
+    ratios = [0.1 * torch.randn(n, generator=g, dtype=torch.float64) for n in lengths]
+    layouts = {}
+    for name, starts in (("trl", [0, 0, 0]), ("native", prompts)):
+        width = max(s + n for s, n in zip(starts, lengths, strict=True))
+        logp = torch.full((3, width), float("nan"), dtype=torch.float64)
+        mask = torch.zeros(3, width, dtype=torch.bool)
+        for i, (start, ratio) in enumerate(zip(starts, ratios, strict=True)):
+            logp[i, start : start + len(ratio)] = ratio
+            mask[i, start : start + len(ratio)] = True
+        layouts[name] = (logp, torch.zeros_like(logp), mask)
+    advantages = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    rule = methods.get_method("gspo")
+    trl_out = rule.loss(*layouts["trl"][:2], advantages, layouts["trl"][2])
+    native_out = rule.loss(*layouts["native"][:2], advantages, layouts["native"][2])
+    inputs = {
+        backend.ROW_KEY: torch.tensor([0, 1, 2]),
+        "advantages": advantages,
+        backend.REWARD_KEY: torch.tensor([1.0, 0.0, 1.0]),
+        backend.ENTROPY_KEY: torch.zeros(3),
+    }
+    mine = backend.microbatch_records(backend.schedule_position(1, 2, 1, 1), inputs, trl_out)
+    theirs = _clip_records(
+        0, 1, 0, 1, [0, 1, 2], native_out, advantages, torch.tensor([1.0, 0.0, 1.0]), torch.zeros(3)
+    )
+    artifacts.clip_records_frame(mine)  # the records' schema, exactly
+    for row, other, ratio in zip(mine, theirs, ratios, strict=True):
+        for k, column in zip(artifacts.RECORD_PREFIX_LADDER, artifacts.PREFIX_COLUMNS, strict=True):
+            want = float(ratio[:k].sum()) if k <= len(ratio) else float("nan")
+            assert row[column] == pytest.approx(want, rel=1e-12, abs=1e-15, nan_ok=True), (row["seq"], k)
+            assert row[column] == pytest.approx(other[column], rel=1e-12, abs=1e-15, nan_ok=True)
+    assert not math.isnan(mine[0]["S_16"]) and math.isnan(mine[1]["S_8"]) and math.isnan(mine[2]["S_16"])
 
 
 def test_trls_fused_log_probs_give_the_same_update_to_float32_precision(

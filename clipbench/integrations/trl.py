@@ -65,7 +65,7 @@ from typing import Any
 
 import torch
 
-from clipbench import artifacts
+from clipbench import artifacts, fairness
 from clipbench.errors import UserError
 from clipbench.methods import BatchTotals, LossOutput, Method, prepare_batch, sum_statistics
 
@@ -168,7 +168,8 @@ def loss_mask(inputs: dict[str, Any]) -> torch.Tensor:
 
 def microbatch_records(position: Position, inputs: dict[str, Any], out: LossOutput) -> list[dict[str, Any]]:
     """The clip records (`clipbench.artifacts.CLIP_RECORD_COLUMNS`) of one micro-batch: one per row,
-    S and L as the rule saw them."""
+    S, L and the prefix sums S_k as the rule saw them (from its LossOutput, as the native trainer's)."""
+    prefix = fairness.record_prefix_sums(out.log_ratio.detach().double().cpu(), out.mask.cpu())
     columns = zip(
         inputs[ROW_KEY].tolist(),
         out.lengths.long().tolist(),
@@ -178,6 +179,7 @@ def microbatch_records(position: Position, inputs: dict[str, Any], out: LossOutp
         inputs[ENTROPY_KEY].tolist(),
         out.seq_clip.tolist(),
         out.seq_out.tolist(),
+        prefix,
         strict=True,
     )
     return [
@@ -194,8 +196,9 @@ def microbatch_records(position: Position, inputs: dict[str, Any], out: LossOutp
             "entropy": entropy,
             "seq_clip": clip,
             "seq_out": out_of_band,
+            **prefix_sums,
         }
-        for row, length, seq_s, adv, reward, entropy, clip, out_of_band in columns
+        for row, length, seq_s, adv, reward, entropy, clip, out_of_band, prefix_sums in columns
     ]
 
 

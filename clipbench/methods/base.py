@@ -235,6 +235,9 @@ class LossOutput:
     seq_log_ratio, lengths: (B,) S = sum_t l_t (detached) and L per sequence, exactly as the rule
               saw them; filled in by :meth:`Method.loss` (a rule's ``compute`` leaves them None),
               so the trainer's clip records need no second pass over the batch.
+    log_ratio, mask: (B, T) the per-token l_t (detached; exactly 0 off the mask) whose row sums are
+              `seq_log_ratio`, and the response mask (bool) that counts `lengths`: the tensors the
+              clip records' prefix sums S_k are taken from (filled in by :meth:`Method.loss` too).
     """
 
     loss: torch.Tensor
@@ -243,12 +246,27 @@ class LossOutput:
     metrics: dict[str, float]
     seq_log_ratio: torch.Tensor | None = None
     lengths: torch.Tensor | None = None
+    log_ratio: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+def _pad_cat(parts: list[torch.Tensor], fill: float | bool) -> torch.Tensor:
+    """(B, T) tensors of different widths T concatenated along rows, each padded on the right with
+    `fill` to the widest: a micro-batch is collated to its own longest sequence."""
+    width = max(part.shape[1] for part in parts)
+    out = parts[0].new_full((sum(part.shape[0] for part in parts), width), fill)
+    row = 0
+    for part in parts:
+        out[row : row + part.shape[0], : part.shape[1]] = part
+        row += part.shape[0]
+    return out
 
 
 def combine_outputs(outputs: list[LossOutput]) -> LossOutput:
     """One minibatch's output from its micro-batches' (in row order), each computed with the
     minibatch's totals: the loss (detached) and every metric summed, the per-sequence tensors
-    concatenated. A single output is returned as it is."""
+    concatenated (the (B, T) per-token ones padded on the right: l_t = 0 and mask false, so
+    sums and prefix sums over the mask are unchanged). A single output is returned as it is."""
     if len(outputs) == 1:
         return outputs[0]
     keys = list(outputs[0].metrics)
@@ -259,6 +277,10 @@ def combine_outputs(outputs: list[LossOutput]) -> LossOutput:
         parts = [getattr(out, name) for out in outputs]
         return None if any(part is None for part in parts) else torch.cat(parts)
 
+    def padded(name: str, fill: float | bool) -> torch.Tensor | None:
+        parts = [getattr(out, name) for out in outputs]
+        return None if any(part is None for part in parts) else _pad_cat(parts, fill)
+
     return LossOutput(
         loss=sum(out.loss.detach() for out in outputs),
         seq_clip=cat("seq_clip"),
@@ -266,6 +288,8 @@ def combine_outputs(outputs: list[LossOutput]) -> LossOutput:
         metrics={key: sum(out.metrics[key] for out in outputs) for key in keys},
         seq_log_ratio=cat("seq_log_ratio"),
         lengths=cat("lengths"),
+        log_ratio=padded("log_ratio", 0.0),
+        mask=padded("mask", False),
     )
 
 
@@ -666,7 +690,13 @@ class Method:
             own = dataclasses.replace(batch.totals, _statistics=self.minibatch_statistics(batch))
             batch = dataclasses.replace(batch, totals=own)
         out = self.compute(batch)
-        return dataclasses.replace(out, seq_log_ratio=batch.seq_log_ratio.detach(), lengths=batch.lengths)
+        return dataclasses.replace(
+            out,
+            seq_log_ratio=batch.seq_log_ratio.detach(),
+            lengths=batch.lengths,
+            log_ratio=batch.log_ratio.detach(),
+            mask=batch.mask,
+        )
 
     def compute(self, batch: RolloutBatch) -> LossOutput:
         raise NotImplementedError
