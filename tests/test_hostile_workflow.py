@@ -275,6 +275,7 @@ def copy_workflow(tmp_path: Path) -> Path:
         ),
     ],
 )
+@pytest.mark.dag
 def test_common_smk_checks_names_even_without_the_schema(tmp_path, changes, message):
     """The names are checked again where paths are built (workflows/rules/common.smk): with the
     schema's patterns removed (a copy of the workflow), the DAG still fails naming the key."""
@@ -305,6 +306,7 @@ def test_common_smk_checks_names_even_without_the_schema(tmp_path, changes, mess
         ),
     ],
 )
+@pytest.mark.dag
 def test_bad_training_data_fails_at_dag_construction(tmp_path, data, message):
     """The training set of every run is checked while the DAG is built, as the train job checks
     it (clipbench.config.check_run), not first inside a job: a split the benchmark lacks, a local

@@ -55,6 +55,7 @@ N_METHODS = len(available_methods())
         ),
     ],
 )
+@pytest.mark.dag
 def test_dry_runs(configfile, expected):
     # --forceall: the counts must not depend on results/ left by an earlier study in this checkout.
     args = ["-n", "--forceall", "--cores", "2"] + (["--configfile", configfile] if configfile else [])
@@ -75,6 +76,7 @@ def test_main_table_target_builds_only_what_it_needs():
 
 
 @pytest.mark.slow
+@pytest.mark.dag
 def test_slurm_profile_dry_runs():
     pytest.importorskip("snakemake_executor_plugin_slurm")
     result = snakemake("-n", "--profile", "profiles/slurm", "--configfile", "workflows/config/paper.yaml")
@@ -82,6 +84,7 @@ def test_slurm_profile_dry_runs():
 
 
 @pytest.mark.slow
+@pytest.mark.dag
 def test_gpu_profile_dry_runs():
     result = snakemake("-n", "--profile", "profiles/gpu", "--configfile", "workflows/config/paper.yaml")
     assert result.returncode == 0, result.stderr
@@ -148,6 +151,7 @@ def test_gpu_profile_dry_runs():
         ),
     ],
 )
+@pytest.mark.dag
 def test_bad_configs_fail_at_dag_construction_naming_the_key(tmp_path, override, message):
     study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
     study.update(override)
@@ -343,6 +347,7 @@ def test_every_rule_that_runs_code_resolves_its_conda_env_to_a_valid_file(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.dag
 def test_use_conda_dry_run():
     if not any(shutil.which(tool) for tool in ("conda", "mamba")):
         pytest.skip(
