@@ -42,7 +42,7 @@ SLOW: set[str] = set()
 # Commands run elsewhere: command -> ".ci/run" (which must hold it verbatim) or
 # "tests/FILE.py::test_name" (which must exist).
 RUN_ELSEWHERE = {
-    "python -m pytest -m slow -n 0": ".ci/run",
+    'python -m pytest -m "slow and dag" -n 2 && python -m pytest -m "slow and not dag" -n 0': ".ci/run",
 }
 
 INLINE_COMMAND = re.compile(r"^(clipbench|snakemake)(\s|$)|^python3? -m\s")
