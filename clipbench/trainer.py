@@ -1044,6 +1044,8 @@ class Trainer:
                 f.write(json.dumps(perf, sort_keys=True) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 self._save_checkpoint(step + 1)
+            if not self.progress:  # under Snakemake: a line per step in the job's log
+                print(step_line(step, cfg.steps, metrics, perf), flush=True)
             bar.update(1)
             bar.set_postfix(
                 reward=f"{metrics['reward_mean']:.3f}",
@@ -1078,6 +1080,16 @@ class Trainer:
         }
         atomic_write_json(final / artifacts.FINAL_SUMMARY_FILE, summary)
         return final
+
+
+def step_line(step: int, steps: int, metrics: dict[str, Any], perf: dict[str, Any]) -> str:
+    """The log line of one finished step (the progress bar's stand-in when it is off, as in a
+    study's train job): step, mean reward, accuracy, clip fraction, mean response length, seconds."""
+    return (
+        f"step {step + 1}/{steps}: reward {metrics['reward_mean']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+        f"clip_frac {metrics['clip_frac']:.4f}, response_length {metrics['response_length_mean']:.1f}, "
+        f"seconds {perf['step_s']:.2f}"
+    )
 
 
 def _with_defaults(saved: dict) -> str:

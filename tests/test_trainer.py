@@ -183,6 +183,22 @@ def test_chunked_log_probs_train_as_the_unchunked_ones(tmp_path, base_model, par
     pd.testing.assert_series_equal(whole["length"], parts["length"])
 
 
+def test_without_the_progress_bar_each_step_logs_one_line_of_its_metrics(tmp_path, base_model, capsys):
+    """Under Snakemake (--no-progress) the job's log gets a line per step, read from that step's
+    metrics.jsonl and perf.jsonl rows (the same numbers, rounded)."""
+    Trainer(small_config(base_model, steps=2), tmp_path / "run", progress=False).run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    perf = [json.loads(line) for line in (tmp_path / "run" / "perf.jsonl").read_text().splitlines()]
+    assert len(lines) == 2
+    for step, (line, m, p) in enumerate(zip(lines, metrics, perf, strict=True)):
+        assert line == (
+            f"step {step + 1}/2: reward {m['reward_mean']:.4f}, accuracy {m['accuracy']:.4f}, "
+            f"clip_frac {m['clip_frac']:.4f}, response_length {m['response_length_mean']:.1f}, "
+            f"seconds {p['step_s']:.2f}"
+        )
+
+
 def test_two_runs_with_the_same_seed_are_identical(tmp_path, base_model, parity):
     for name in ("a", "b"):
         Trainer(small_config(base_model), tmp_path / name, progress=False).run()
