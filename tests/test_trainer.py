@@ -183,10 +183,15 @@ def test_chunked_log_probs_train_as_the_unchunked_ones(tmp_path, base_model, par
     pd.testing.assert_series_equal(whole["length"], parts["length"])
 
 
-def test_without_the_progress_bar_each_step_logs_one_line_of_its_metrics(tmp_path, base_model, capsys):
+def test_without_the_progress_bar_each_step_logs_one_line_of_its_metrics(
+    tmp_path, base_model, parity, capsys
+):
     """Under Snakemake (--no-progress) the job's log gets a line per step, read from that step's
-    metrics.jsonl and perf.jsonl rows (the same numbers, rounded)."""
-    Trainer(small_config(base_model, steps=2), tmp_path / "run", progress=False).run()
+    metrics.jsonl and perf.jsonl rows (the same numbers, rounded). A narrow band and the parity
+    reward make the clip fraction differ from the out-of-band fraction, so a line printing the wrong
+    one fails (reward and accuracy are one number with 0/1 rewards: metrics.jsonl's definition)."""
+    config = small_config(base_model, steps=2, method_params={"c_low": 0.002, "c_high": 0.002})
+    Trainer(config, tmp_path / "run", progress=False).run()
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     perf = [json.loads(line) for line in (tmp_path / "run" / "perf.jsonl").read_text().splitlines()]
@@ -197,6 +202,7 @@ def test_without_the_progress_bar_each_step_logs_one_line_of_its_metrics(tmp_pat
             f"clip_frac {m['clip_frac']:.4f}, response_length {m['response_length_mean']:.1f}, "
             f"seconds {p['step_s']:.2f}"
         )
+    assert any(m["clip_frac"] != m["out_frac"] for m in metrics)
 
 
 def test_two_runs_with_the_same_seed_are_identical(tmp_path, base_model, parity):
