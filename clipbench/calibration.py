@@ -142,9 +142,9 @@ def out_of_band_rate(rule: methods.Method, tensors: tuple[torch.Tensor, torch.Te
 def measurement_tensors(m) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(l_t, mask, advantages) of a `clipbench.probe.Measurement`, as the probe gives them to the rules."""
     return (
-        torch.from_numpy(np.asarray(m.log_ratio, dtype=np.float64)),
-        torch.from_numpy(np.asarray(m.mask)),
-        torch.from_numpy(np.asarray(m.advantages, dtype=np.float64)),
+        torch.tensor(np.asarray(m.log_ratio), dtype=torch.float64),
+        torch.tensor(np.asarray(m.mask), dtype=torch.bool),
+        torch.tensor(np.asarray(m.advantages), dtype=torch.float64),
     )
 
 

@@ -57,7 +57,8 @@ Outputs (`write_outputs`; names in `clipbench.artifacts`): probe.json (the confi
 timings, every number above with its interval, the recommendation), sequences.parquet (one row
 per measured sequence: `SEQUENCE_COLUMNS`, with the provenance in the file's metadata) and
 probe.png (median |S| per bin and median |S_k| per rung against length, log axes, with L^(1/2)
-and L^1 guides).
+and L^1 guides). `read_measurement` gives the file's log-ratios back as the `Measurement` they were
+analysed as: the study's calibrate step (clipbench.calibration) sets the rules' bands on them.
 """
 
 from __future__ import annotations

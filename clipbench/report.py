@@ -397,8 +397,11 @@ def main_table(
     return "\n".join(lines) + "\n"
 
 
-def _band_text(values: Mapping[str, float]) -> str:
-    """``c_low = c_high = 0.041`` for equal values, else ``eps_low = 0.005, eps_high = 0.01``."""
+def _band_text(values: Mapping[str, float], order: list[str] | None = None) -> str:
+    """``c_low = c_high = 0.041`` for equal values, else ``eps_low = 0.005, eps_high = 0.01``; the
+    fields in `order` (the rule's band_fields: calibration.json's keys are sorted), then the others."""
+    rank = {name: i for i, name in enumerate(order or [])}
+    values = dict(sorted(values.items(), key=lambda kv: rank.get(kv[0], len(rank))))  # stable
     if len(set(values.values())) == 1 and len(values) > 1:
         return " = ".join(values) + f" = {next(iter(values.values())):g}"
     return ", ".join(f"{k} = {v:g}" for k, v in values.items())
@@ -421,13 +424,15 @@ def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None
         f"Clip budgets matched on the base model's probe ([probe.png]({link}); `calibration.json`): "
         f"{probe['responses']} responses to {probe['groups']} prompts (the measured half of {probe['prompts']} "
         f"prompts × {probe['samples']} samples, seed {probe['seed']}), target out-of-band rate "
-        f"{calibration['target_rate']:g} (± {calibration['tolerance']:g}; `clipbench/calibration.py`)."
+        f"{calibration['target_rate']:g} on these responses (± {calibration['tolerance']:g}; "
+        "`clipbench/calibration.py`); the rates below are on them, the clip-rate column is training's."
     ]
     if groups["calibrated"]:
         parts.append(
             "Calibrated: "
             + "; ".join(
-                f"{n} {_band_text(r['calibrated'])} (rate {r['rate']:.3f})" for n, r in groups["calibrated"]
+                f"{n} {_band_text(r['calibrated'], r.get('band_fields'))} (rate {r['rate']:.3f})"
+                for n, r in groups["calibrated"]
             )
             + "."
         )
@@ -435,7 +440,8 @@ def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None
         parts.append(
             "Calibrated with part of the band set by hand: "
             + "; ".join(
-                f"{n} {_band_text(r['calibrated'])}, by hand {_band_text(r['hand'])} (rate {r['rate']:.3f})"
+                f"{n} {_band_text(r['calibrated'], r.get('band_fields'))}, by hand "
+                f"{_band_text(r['hand'], r.get('band_fields'))} (rate {r['rate']:.3f})"
                 for n, r in groups["partly hand"]
             )
             + "."
@@ -444,7 +450,8 @@ def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None
         parts.append(
             "Set by hand (method_params), not calibrated: "
             + "; ".join(
-                f"{n} {_band_text(r['hand'])} (rate {r['rate']:.3f} on the probe)" for n, r in groups["hand"]
+                f"{n} {_band_text(r['hand'], r.get('band_fields'))} (rate {r['rate']:.3f})"
+                for n, r in groups["hand"]
             )
             + "."
         )
