@@ -39,15 +39,16 @@ rule main_table:
     params:
         name=config["name"],
         hash=CONFIG_HASH,
-        calibration=["--calibration", artifacts.CALIBRATION_JSON] if CALIBRATED else [],
     log:
         artifacts.MAIN_TABLE_LOG,
     conda:
         "../envs/report.yaml"
+    # The command of an uncalibrated study is the one it always was (no new parameter): no rerun.
     shell:
         "python -m clipbench.cli report --summary {input.summary:q} --fairness {input.fairness:q} "
-        "--config-name {params.name:q} --config-hash {params.hash:q} {params.calibration:q} --table {output:q} "
-        "> {log:q} 2>&1"
+        "--config-name {params.name:q} --config-hash {params.hash:q} "
+        + ("--calibration {input.calibration:q} " if CALIBRATED else "")
+        + "--table {output:q} > {log:q} 2>&1"
 
 
 rule plot:
