@@ -1,6 +1,7 @@
 # clipbench study: base model -> train {method} x {seed} -> evaluate every model on every
 # benchmark -> summary.csv, fairness.csv, fairness_bins.csv -> results/tables/main.md and one
-# results/plots/{name}.png per plot registered in clipbench/plots.py.
+# results/plots/{name}.png per plot registered in clipbench/plots.py. Optional: the probe of the
+# base model (probe: section) and the bands calibrated on it before training (calibration: section).
 #
 #   snakemake --cores all                                   the default study (offline, CPU)
 #   snakemake results/tables/main.md                        just the main table (and what it needs)
@@ -29,6 +30,7 @@ validate(config, "workflows/config/schema.yaml")
 
 include: "workflows/rules/common.smk"
 include: "workflows/rules/base.smk"
+include: "workflows/rules/probe.smk"
 include: "workflows/rules/train.smk"
 include: "workflows/rules/evaluate.smk"
 include: "workflows/rules/report.smk"
@@ -39,3 +41,4 @@ rule all:
     input:
         artifacts.MAIN_TABLE,
         [artifacts.plot_path(name) for name in plots.PLOTS],
+        [artifacts.PROBE_PLOT] if PROBE else [],

@@ -24,6 +24,10 @@ Layout of a study, relative to the directory Snakemake runs in (the repository r
     results/fairness_bins.csv                    clip rate and median |S| per length bin
     results/tables/main.md                       the main table (clipbench.report)
     results/plots/{plot}.png                     one per registered plot (clipbench.plots)
+    results/probe/                               the probe of the base model, with a probe: section
+        probe.json, sequences.parquet, probe.png (owner: clipbench.probe)
+    results/calibration.json                     the matched clip budgets, with a calibration:
+                                                 section (owner: clipbench.calibration)
     results/logs/...                             one log per job
 
 ``{model}`` is ``base`` or a run's model name; names (methods, benchmark keys) are
@@ -382,6 +386,16 @@ def model_wildcard(methods: list[str]) -> str:
 
 #: `clipbench probe`'s outputs in its --out folder (owner: clipbench.probe).
 PROBE_FILES = {"summary": "probe.json", "sequences": "sequences.parquet", "plot": "probe.png"}
+#: The study's probe of its base model (the probe rule, with a ``probe:`` section): its --out folder.
+PROBE_DIR = f"{RESULTS}/probe"
+PROBE_SUMMARY = f"{PROBE_DIR}/{PROBE_FILES['summary']}"
+PROBE_SEQUENCES = f"{PROBE_DIR}/{PROBE_FILES['sequences']}"
+PROBE_PLOT = f"{PROBE_DIR}/{PROBE_FILES['plot']}"
+PROBE_LOG = f"{LOGS_DIR}/probe.log"
+#: The matched clip budgets (the calibrate rule, with a ``calibration:`` section; owner:
+#: clipbench.calibration): each calibrated rule's band, read by every train job.
+CALIBRATION_JSON = f"{RESULTS}/calibration.json"
+CALIBRATION_LOG = f"{LOGS_DIR}/calibrate.log"
 
 
 def probe_paths(out_dir: str | Path) -> dict[str, Path]:

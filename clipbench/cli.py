@@ -166,6 +166,46 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from clipbench import calibration, probe
+    from clipbench.settings import ConfigError
+
+    try:
+        method_params = _parse_method_sets(args.set)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for flag, value in (("--target-rate", args.target_rate), ("--tolerance", args.tolerance)):
+        if not 0 < value < 1:
+            raise ConfigError(f"{flag}: must be in (0, 1), got {value}")
+    # Every option is checked before anything is read.
+    names = calibration.check_rules(args.methods or [], method_params)
+    sequences = artifacts.probe_paths(args.probe)["sequences"]
+    if not sequences.is_file():
+        raise ValueError(
+            f"--probe {args.probe}: no {sequences.name} (give the --out folder of `clipbench probe`)"
+        )
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out}: is a directory; give the calibration.json file to write")
+    measurement, provenance = probe.read_measurement(sequences)
+    rules = calibration.calibrate(measurement, args.target_rate, names, method_params, args.tolerance)
+    data = calibration.document(
+        rules,
+        target=args.target_rate,
+        tolerance=args.tolerance,
+        probe_file=sequences,
+        measurement=measurement,
+        probe_provenance=provenance,
+    )
+    calibration.write_calibration(args.out, data)
+    n = len(measurement.lengths)
+    print(f"target out-of-band rate {args.target_rate:g} on the probe's {n} responses ({sequences}):")
+    for name, rule in rules.items():
+        values = ", ".join(f"{k} = {v:g}" for k, v in {**rule.calibrated, **rule.hand}.items())
+        print(f"  {name}: {values} ({rule.source}): rate {rule.rate:.4f}")
+    print(f"calibration: {args.out}")
+    return 0
+
+
 def _train_source(args: argparse.Namespace) -> dict | Path:
     """The config `clipbench train` was given: --config's file or --config-json's object."""
     from clipbench.config import ConfigError
@@ -298,9 +338,12 @@ def _report_problems(args: argparse.Namespace) -> list[str]:
             ("--fairness", args.fairness),
             ("--fairness-bins", args.fairness_bins),
             ("--study-config", args.study_config),
+            ("--calibration", args.calibration),
         )
         if path is not None and not path.is_file()
     ]
+    if args.calibration is not None and not args.table:
+        problems.append("--calibration goes in the main table's footer: give --table too")
     for need in _needed_inputs(args):
         users = _users(args, names, need)
         if not (args.runs if need == "metrics" else getattr(args, need)):
@@ -376,6 +419,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             problems.append(f"--plots: the {name} plot needs {need}")
     if problems:
         raise ValueError("; ".join(problems))
+    calibrated = None
+    if args.calibration is not None:
+        from clipbench.calibration import read_calibration
+
+        calibrated = read_calibration(args.calibration)
     if args.table:
         summary = frames["summary"]
         seeds = sorted(int(s) for s in summary.seed.unique() if s >= 0)
@@ -386,6 +434,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             config_hash=args.config_hash or config_hash(study),
             seeds=seeds,
             commit=git_commit(),
+            calibration=calibrated,
+            table_dir=args.table.parent,
         )
         atomic_write_text(args.table, text)
     options = {name: getattr(args, name) for name in plots.OPTIONS}
@@ -599,6 +649,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(
+        "calibrate",
+        help="matched clip budgets: each sequence rule's band set to a target out-of-band rate on a probe",
+        description="Read a probe's measured log-ratios (the sequences.parquet of `clipbench probe --out DIR`) "
+        "and, for each sequence-level rule (--methods; default every registered one, each declaring its band "
+        "fields), set its band fields not given by --set to the one value whose out-of-band rate on those "
+        "responses (the mean of the rule's seq_out, through the simulation's rule_outputs) is closest to "
+        "--target-rate; hyperparameters given by --set stay. Fails when a rule's rate is further than "
+        "--tolerance from the target. Writes calibration.json (docs/probe.md).",
+    )
+    p.add_argument(
+        "--probe", type=Path, required=True, help="the probe's output folder (--out of clipbench probe)"
+    )
+    p.add_argument(
+        "--target-rate", type=float, required=True, help="the out-of-band rate to match, in (0, 1), e.g. 0.15"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="the largest allowed distance of a rule's achieved rate from the target (default 0.02)",
+    )
+    p.add_argument(
+        "--methods", nargs="*", help="the sequence-level rules to calibrate (default: every registered one)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.FIELD=VALUE",
+        help="a rule's hyperparameter set by hand, e.g. gspo.eps_low=0.005 (repeatable; values read as YAML): "
+        "a band field set here is not calibrated",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the calibration file to write (calibration.json)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
         "sft",
         help="build the tiny base model and warm it up on synthetic worked solutions",
         description="Build a tiny Qwen2 model with a local tokenizer and train it on synthetic worked solutions "
@@ -792,6 +878,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=option.default,
             help=f"{option.help} (default {option.default}; the study config's report.{name})",
         )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="with --table: the study's calibration.json (the footer gives the target and each rule's achieved "
+        "rate, and which bands were calibrated or set by hand)",
+    )
     p.add_argument("--study-config", type=Path, help="the study config (its name and hash go in the footer)")
     p.add_argument("--config-name")
     p.add_argument("--config-hash")

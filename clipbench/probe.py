@@ -57,7 +57,8 @@ Outputs (`write_outputs`; names in `clipbench.artifacts`): probe.json (the confi
 timings, every number above with its interval, the recommendation), sequences.parquet (one row
 per measured sequence: `SEQUENCE_COLUMNS`, with the provenance in the file's metadata) and
 probe.png (median |S| per bin and median |S_k| per rung against length, log axes, with L^(1/2)
-and L^1 guides).
+and L^1 guides). `read_measurement` gives the file's log-ratios back as the `Measurement` they were
+analysed as: the study's calibrate step (clipbench.calibration) sets the rules' bands on them.
 """
 
 from __future__ import annotations
@@ -217,11 +218,12 @@ def option_message(message: str) -> str:
     return message
 
 
-def load_probe_config(data: Mapping[str, Any]) -> tuple[ProbeConfig, TrainConfig]:
+def load_probe_config(data: Mapping[str, Any], *, here: bool = True) -> tuple[ProbeConfig, TrainConfig]:
     """The probe's config and the TrainConfig its updates run under, both checked before any
     compute; ConfigError naming the option otherwise (`option_message`): every field's type and
     range, --methods sequence-level rules, each --set naming a rule in use and building it, and the
-    update's config (the benchmark's split and local file, the update rule)."""
+    update's config (the benchmark's split and local file, the update rule); with `here`, that the
+    device exists on this machine (not when a study's DAG is built, maybe on another machine)."""
     try:
         config = from_dict(ProbeConfig, dict(data))
     except ConfigError as err:
@@ -247,7 +249,8 @@ def load_probe_config(data: Mapping[str, Any]) -> tuple[ProbeConfig, TrainConfig
 
     try:
         carrier = validate(_carrier(config), schedule=False)
-        check_device(carrier.device)
+        if here:
+            check_device(carrier.device)
     except ConfigError as err:
         raise ConfigError(option_message(str(err))) from None
     return config, carrier
@@ -1006,6 +1009,21 @@ def read_sequences(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if b"clipbench_provenance" not in meta:
         raise ValueError(f"{path}: not a clipbench probe file (no clipbench_provenance metadata)")
     return table.to_pandas(), json.loads(meta[b"clipbench_provenance"])
+
+
+def read_measurement(path: str | Path) -> tuple[Measurement, dict[str, Any]]:
+    """The measured log-ratios of a probe's per-sequence file (`read_sequences`) as the
+    `Measurement` its numbers were computed from (each row's l_t, prompt group and advantage), and
+    the file's provenance: what clipbench.calibration reads, so that calibrating reuses the probe's
+    measurement instead of sampling again. ValueError naming the file when it lacks those columns."""
+    frame, prov = read_sequences(path)
+    missing = [c for c in ("log_ratio", "group", "advantage") if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: lacks the columns {missing}; not the sequences.parquet of `clipbench probe`"
+        )
+    sequences = [np.asarray(values, dtype=np.float64) for values in frame["log_ratio"]]
+    return Measurement.from_sequences(sequences, frame["group"], frame["advantage"]), prov
 
 
 def plot(summary: Mapping[str, Any], path: Path) -> Path:

@@ -299,6 +299,8 @@ def main_table(
     seeds: list[int],
     commit: str | None,
     date: str | None = None,
+    calibration: Mapping | None = None,
+    table_dir: str | Path | None = None,
 ) -> str:
     """Markdown: a row per method (plus base) with its clipping level, accuracy (avg@k) per
     benchmark, then clip rate, spread, LRE, the S-growth exponent a and the within-sequence exponent
@@ -307,7 +309,9 @@ def main_table(
     highest accuracy, and the lowest spread and LRE within each level, only where its interval
     separates from every other row's of that comparison (:func:`clipbench.stats.separated_best`);
     else :data:`TIE_MARK` marks the rows tied for best (:func:`clipbench.stats.tied_best`). Then a
-    block of paired differences of avg@k against the reference method, with their intervals."""
+    block of paired differences of avg@k against the reference method, with their intervals. With
+    `calibration` (calibration.json's content), a footer paragraph on the clip budgets
+    (:func:`calibration_footer`; `table_dir`: where the table goes, for the link to the probe's plot)."""
     pooled_acc = summary[(summary.scope == "pooled") & (summary.metric == "avg@k")]
     benches = sorted(pooled_acc.benchmark.unique())
     ks = {b: int(pooled_acc[pooled_acc.benchmark == b].k.iloc[0]) for b in benches}
@@ -393,6 +397,8 @@ def main_table(
         + "Definitions: `clipbench/fairness.py`, `clipbench/stats.py`.",
         f"Config `{config_name}` (hash {config_hash}), commit {commit}, {date}.",
     ]
+    if calibration is not None:
+        lines += ["", calibration_footer(calibration, table_dir)]
     mismatches = _hash_mismatches(summary)
     if mismatches:  # a paragraph of its own, so that it cannot be read past
         lines += [
@@ -403,6 +409,67 @@ def main_table(
             + ".",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _band_text(values: Mapping[str, float], order: list[str] | None = None) -> str:
+    """``c_low = c_high = 0.041`` for equal values, else ``eps_low = 0.005, eps_high = 0.01``; the
+    fields in `order` (the rule's band_fields: calibration.json's keys are sorted), then the others."""
+    rank = {name: i for i, name in enumerate(order or [])}
+    values = dict(sorted(values.items(), key=lambda kv: rank.get(kv[0], len(rank))))  # stable
+    if len(set(values.values())) == 1 and len(values) > 1:
+        return " = ".join(values) + f" = {next(iter(values.values())):g}"
+    return ", ".join(f"{k} = {v:g}" for k, v in values.items())
+
+
+def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None) -> str:
+    """The main table's paragraph on the clip budgets: the probe they were matched on (responses,
+    prompts x samples, seed; a link to its plot, relative to `table_dir`), the target and its
+    tolerance, each calibrated rule's band and achieved rate, and the bands set by hand (method_params)
+    with the rate they give on the same responses."""
+    import os
+
+    probe = calibration["probe"]
+    plot = Path(probe["sequences"]).parent / artifacts.PROBE_FILES["plot"]
+    link = os.path.relpath(plot, table_dir) if table_dir is not None else str(plot)
+    groups = {"calibrated": [], "partly hand": [], "hand": []}
+    for name, rule in calibration["rules"].items():
+        groups[rule["source"]].append((name, rule))
+    parts = [
+        f"Clip budgets matched on the base model's probe ([probe.png]({link}); `calibration.json`): "
+        f"{probe['responses']} responses to {probe['groups']} prompts (the measured half of {probe['prompts']} "
+        f"prompts × {probe['samples']} samples, seed {probe['seed']}), target out-of-band rate "
+        f"{calibration['target_rate']:g} on these responses (± {calibration['tolerance']:g}; "
+        "`clipbench/calibration.py`); the rates below are on them, the clip-rate column is training's."
+    ]
+    if groups["calibrated"]:
+        parts.append(
+            "Calibrated: "
+            + "; ".join(
+                f"{n} {_band_text(r['calibrated'], r.get('band_fields'))} (rate {r['rate']:.3f})"
+                for n, r in groups["calibrated"]
+            )
+            + "."
+        )
+    if groups["partly hand"]:
+        parts.append(
+            "Calibrated with part of the band set by hand: "
+            + "; ".join(
+                f"{n} {_band_text(r['calibrated'], r.get('band_fields'))}, by hand "
+                f"{_band_text(r['hand'], r.get('band_fields'))} (rate {r['rate']:.3f})"
+                for n, r in groups["partly hand"]
+            )
+            + "."
+        )
+    if groups["hand"]:
+        parts.append(
+            "Set by hand (method_params), not calibrated: "
+            + "; ".join(
+                f"{n} {_band_text(r['hand'], r.get('band_fields'))} (rate {r['rate']:.3f})"
+                for n, r in groups["hand"]
+            )
+            + "."
+        )
+    return " ".join(parts)
 
 
 def _difference_block(

@@ -3,8 +3,10 @@ generated from the declarations, and its check at DAG construction by the jobs' 
 
 Where each key is declared (type, default, valid values, meaning):
 
-* the study-level keys (name, methods, seeds, method_params, base, fairness, report, resources):
-  `Study` and its sections below;
+* the study-level keys (name, methods, seeds, method_params, base, fairness, report, calibration,
+  resources): `Study` and its sections below;
+* ``probe``: `clipbench.probe.ProbeConfig` less model and method_params (`PROBE_EXCLUDED`); the
+  fields of `PROBE_FROM_TRAIN` default to the train section's;
 * ``train``: `clipbench.config.TrainConfig` less the keys the study sets per run (model, method,
   method_params, seed);
 * ``base.sft``: `clipbench.sft.SFTConfig`;
@@ -22,8 +24,10 @@ benchmarks), each method's hyperparameters (its `hparam` declarations, through
 the train job validates it), that the train job fits its declared GPU (``resources.train.gpu_model``:
 `clipbench.plan.check_fits`, the numbers of `clipbench plan`), the SFT settings (`SFTConfig`), each
 evaluation's settings and local data (`clipbench.evaluate.check_settings` and `check_data`, as the
-evaluate job checks them), and that the reference method of the paired differences
-(report.reference) is one of the study's.
+evaluate job checks them), that the reference method of the paired differences
+(report.reference) is one of the study's, the probe's options (`clipbench.probe.load_probe_config`,
+as the probe job checks them) and the rules to calibrate (`clipbench.calibration.check_rules`: each a
+sequence-level rule of the study that declares its band; calibration needs the probe).
 Every error names the key: ``config train.data.split: synthetic has no split 'tset'; ...``.
 """
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from clipbench import artifacts, fairness, methods, plots, stats
+from clipbench import artifacts, calibration, fairness, methods, plots, stats
 from clipbench.config import TrainConfig, check_run
 from clipbench.evaluate import Settings, check_data, check_settings
 from clipbench.settings import ConfigError, Pattern, from_dict, object_schema, setting
@@ -111,6 +116,50 @@ class Report:
     )
 
 
+#: ProbeConfig fields a study's probe section cannot set: the model is the study's base model, and
+#: the update rule's hyperparameters are the study's method_params for it.
+PROBE_EXCLUDED = ("model", "method_params")
+#: Probe fields that default to the train section's (TrainConfig path), so that the probe samples
+#: and updates as the study trains; the section sets them to measure otherwise.
+PROBE_FROM_TRAIN = {
+    "benchmark": "data.benchmark",
+    "split": "data.split",
+    "data_dir": "data.data_dir",
+    "prompt_style": "data.prompt_style",
+    "samples": "rollout.samples_per_prompt",
+    "max_new_tokens": "rollout.max_new_tokens",
+    "temperature": "rollout.temperature",
+    "engine": "rollout.engine",
+    "lr": "optim.lr",
+    "estimator": "advantage.estimator",
+    "max_tokens_per_microbatch": "optim.max_tokens_per_microbatch",
+    "logprob_chunk_tokens": "optim.logprob_chunk_tokens",
+    "device": "device",
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    target_rate: float = setting(
+        help="the out-of-band rate every calibrated rule's band gives on the probe's responses (e.g. 0.15)",
+        gt=0,
+        lt=1,
+    )
+    methods: list[str] = setting(
+        default_factory=list,
+        help="the sequence-level rules of the study to calibrate; empty: every sequence-level rule of the study "
+        "(each must declare its band: Method.band_fields)",
+        item={"choices": methods.available_methods},
+        unique=True,
+    )
+    tolerance: float = setting(
+        calibration.DEFAULT_TOLERANCE,
+        help="the calibrate job fails when a rule's achieved rate is further than this from target_rate",
+        gt=0,
+        lt=1,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Study:
     name: str = setting(help="study name, printed in the table footer")
@@ -132,6 +181,17 @@ class Study:
     fairness: Fairness = setting(default_factory=Fairness, help="the clip-rate-by-length table")
     report: Report = setting(
         default_factory=Report, help="the intervals, the paired differences and the plots' options"
+    )
+    probe: dict[str, Any] | None = setting(
+        None,
+        help="the probe of the base model (`clipbench probe`, docs/probe.md): results/probe/ and its plot; "
+        "absent: no probe; {}: its defaults",
+    )
+    calibration: Calibration | None = setting(
+        None,
+        help="matched clip budgets: each calibrated rule's band set so that its out-of-band rate on the probe's "
+        "responses is target_rate (results/calibration.json, read by every train job; method_params set by hand "
+        "override it); needs the probe section; absent: the bands of method_params and the rules' defaults",
     )
     resources: dict[str, dict[str, Any]] = setting(
         default_factory=dict,
@@ -192,6 +252,8 @@ def schema() -> dict[str, Any]:
     props["report"] = _described(
         object_schema(Report, defaults=("resamples",)), props["report"]["description"]
     )
+    props["probe"] = _described(probe_schema(), props["probe"]["description"])
+    props["calibration"] = _described(object_schema(Calibration), props["calibration"]["description"])
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "description": DESCRIPTION,
@@ -200,6 +262,20 @@ def schema() -> dict[str, Any]:
         "required": study["required"],
         "properties": props,
     }
+
+
+def probe_schema() -> dict[str, Any]:
+    """The probe section's schema: ProbeConfig's fields less `PROBE_EXCLUDED`, none required, those
+    of `PROBE_FROM_TRAIN` described as defaulting to the train section's."""
+    from clipbench.probe import ProbeConfig
+
+    section = object_schema(ProbeConfig, exclude=PROBE_EXCLUDED)
+    section.pop("required", None)
+    for name, path in PROBE_FROM_TRAIN.items():
+        node = section["properties"][name]
+        meta = next(f.metadata for f in dataclasses.fields(ProbeConfig) if f.name == name)
+        node["description"] = f"{meta['help']} (default: train.{path})"
+    return section
 
 
 class _Dumper(yaml.SafeDumper):
@@ -235,15 +311,78 @@ def base_model_dir(config: dict[str, Any]) -> str:
     return base["path"] if base["kind"] == "path" else artifacts.BASE_MODEL_DIR
 
 
-def run_config(config: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
-    """The TrainConfig dict of one run (written to run.yaml; a change reruns that run)."""
+def run_config(
+    config: dict[str, Any], method: str, seed: int, calibrated: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The TrainConfig dict of one run (written to run.yaml; a change reruns that run). With
+    `calibrated` (calibration.json's content), the method's calibrated band values, with the
+    config's method_params for it over them (`clipbench.calibration.run_params`: hand wins)."""
+    hand = (config.get("method_params") or {}).get(method, {})
     return {
         **config["train"],
         "model": base_model_dir(config),
         "method": method,
-        "method_params": (config.get("method_params") or {}).get(method, {}),
+        "method_params": calibration.run_params(calibrated, method, hand),
         "seed": int(seed),
     }
+
+
+def probe_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The probe job's ProbeConfig fields (less `PROBE_EXCLUDED`): the probe section's, else for
+    `PROBE_FROM_TRAIN` the train section's (its TrainConfig, defaults filled in), else the probe's
+    own defaults (not listed)."""
+    section = dict(config.get("probe") or {})
+    train = from_dict(TrainConfig, {**config["train"], "model": base_model_dir(config)})
+    options = {}
+    for name, path in PROBE_FROM_TRAIN.items():
+        value = train
+        for part in path.split("."):
+            value = getattr(value, part)
+        options[name] = value
+    return {**options, **section}
+
+
+def probe_args(config: dict[str, Any]) -> list[str]:
+    """`clipbench probe`'s arguments for the study's probe (without --out), one list item per shell
+    word: the base model, each option of `probe_options` (None: not given), and the study's
+    method_params of the update rule as `--set`."""
+    from clipbench.probe import ProbeConfig
+
+    options = probe_options(config)
+    args = ["--model", base_model_dir(config)]
+    for f in dataclasses.fields(ProbeConfig):
+        value = options.get(f.name)
+        if f.name in PROBE_EXCLUDED or f.name == "methods" or value is None:
+            continue
+        args += [f"--{f.name.replace('_', '-')}", str(value)]
+    if options.get("methods"):
+        args += ["--methods", *options["methods"]]
+    method = options.get("method", ProbeConfig.__dataclass_fields__["method"].default)
+    for field, value in ((config.get("method_params") or {}).get(method) or {}).items():
+        args += ["--set", f"{method}.{field}={json.dumps(value)}"]
+    return args
+
+
+def calibrated_methods(config: dict[str, Any], study_methods: list[str]) -> list[str]:
+    """The rules the calibrate job calibrates: calibration.methods, or the study's sequence-level
+    rules; none without a calibration section."""
+    section = config.get("calibration")
+    if section is None:
+        return []
+    names = section.get("methods") or []
+    return list(names) or [m for m in study_methods if methods.get_method_class(m).level == "sequence"]
+
+
+def calibrate_args(config: dict[str, Any], names: list[str]) -> list[str]:
+    """`clipbench calibrate`'s arguments (without --probe and --out) for the rules `names`, one list
+    item per shell word: the target, the tolerance, the rules and their method_params as `--set`."""
+    section = config["calibration"]
+    tolerance = section.get("tolerance", calibration.DEFAULT_TOLERANCE)
+    args = ["--target-rate", str(section["target_rate"]), "--tolerance", str(tolerance), "--methods", *names]
+    for name in names:
+        for field, value in ((config.get("method_params") or {}).get(name) or {}).items():
+            args += ["--set", f"{name}.{field}={json.dumps(value)}"]
+    return args
 
 
 def train_launcher(run: dict[str, Any]) -> str:
@@ -318,12 +457,15 @@ def sft_args(config: dict[str, Any]) -> list[str]:
 @dataclass(frozen=True)
 class Grid:
     """What the study runs: methods x seeds, each model on every benchmark key; the method the
-    others are compared with (report.reference, resolved by :func:`check_study`)."""
+    others are compared with (report.reference, resolved by :func:`check_study`); whether it
+    probes the base model, and the rules whose band it calibrates (empty: no calibration)."""
 
     methods: list[str]
     seeds: list[int]
     benchmarks: list[str]
     reference: str = ""
+    probe: bool = False
+    calibrated: list[str] = dataclasses.field(default_factory=list)
 
 
 def _fail(key: str, err: Exception | str) -> StudyConfigError:
@@ -438,6 +580,92 @@ def _check_evaluate(config: dict[str, Any]) -> list[str]:
     return list(evaluate["benchmarks"])
 
 
+def _probe_key(config: dict[str, Any], message: str) -> str:
+    """A probe error's option (``--n-prompts: ...``, ``--set: ...``) as the study key it came from."""
+    flag, sep, rest = message.partition(": ")
+    if not sep or not flag.startswith("--"):
+        return f"probe: {message}"
+    name, bracket, index = flag[2:].partition("[")
+    name = name.replace("-", "_")
+    if name == "set":
+        from clipbench.probe import ProbeConfig
+
+        method = probe_options(config).get("method", ProbeConfig.__dataclass_fields__["method"].default)
+        return f"method_params.{method}: {rest}"
+    return f"probe.{name}{bracket}{index}: {rest}"
+
+
+def _check_probe(config: dict[str, Any]) -> bool:
+    """The probe job's options, as `clipbench probe` checks them (`probe.load_probe_config`), each
+    error naming its study key; whether the study has a probe."""
+    from clipbench import probe
+    from clipbench.probe import ProbeConfig
+
+    section = config.get("probe")
+    if section is None:
+        return False
+    if not isinstance(section, dict):
+        raise _fail("probe", f"expected a mapping (probe: {{}} for the probe's defaults), got {section!r}")
+    valid = [f.name for f in dataclasses.fields(ProbeConfig) if f.name not in PROBE_EXCLUDED]
+    for key in section:
+        if key not in valid:
+            raise _fail(f"probe.{key}", f"unknown field; valid: {', '.join(valid)}")
+    options = probe_options(config)
+    method = options.get("method", ProbeConfig.__dataclass_fields__["method"].default)
+    hand = (config.get("method_params") or {}).get(method)
+    data = {"model": base_model_dir(config), **options, **({"method_params": {method: hand}} if hand else {})}
+    try:
+        probe.load_probe_config(data, here=False)  # the device: where the job runs, not here
+    except ConfigError as err:
+        raise _fail("", _probe_key(config, str(err))) from None
+    return True
+
+
+def _check_calibration(config: dict[str, Any], grid: Grid) -> list[str]:
+    """The rules the calibrate job calibrates (`calibrated_methods`), each a method of the study,
+    sequence-level, declaring its band and building with its method_params
+    (`calibration.check_rules`); calibration needs the probe. None without a calibration section."""
+    section = config.get("calibration")
+    if section is None:
+        return []
+    if not grid.probe:
+        raise _fail(
+            "calibration",
+            "needs the probe of the base model, whose responses it is calibrated on: add a probe section "
+            "(probe: {} for the probe's defaults)",
+        )
+    given = section.get("methods") or []
+    for i, name in enumerate(given):
+        if name not in grid.methods:
+            raise _fail(
+                f"calibration.methods[{i}]",
+                f"{name!r} is not a method of this study ({', '.join(grid.methods)})",
+            )
+    names = calibrated_methods(config, grid.methods)
+    if not names:
+        raise _fail(
+            "calibration",
+            f"the study has no sequence-level rule to calibrate (methods: {', '.join(grid.methods)})",
+        )
+    hand = {m: p for m, p in (config.get("method_params") or {}).items() if m in names}
+    try:
+        calibration.check_rules(
+            names,
+            hand,
+            names_label="config calibration.methods",
+            params_label="config method_params",
+            listed=bool(given),
+        )
+    except calibration.CalibrationError as err:
+        if given:
+            raise StudyConfigError(str(err)) from None
+        raise StudyConfigError(
+            f"{err} (calibration.methods is empty: every sequence-level rule of the study is calibrated; "
+            "list the ones to calibrate there)"
+        ) from None
+    return names
+
+
 def check_study(config: dict[str, Any]) -> Grid:
     """Check a study config before any job runs; StudyConfigError (``config KEY: ...``) on the
     first problem. Returns the grid. The schema has run before (Snakefile): this repeats the
@@ -452,7 +680,8 @@ def check_study(config: dict[str, Any]) -> Grid:
     _check_train(config, grid)
     grid = dataclasses.replace(grid, reference=_check_reference(config, grid))
     _check_fits(config)
-    return dataclasses.replace(grid, benchmarks=_check_evaluate(config))
+    grid = dataclasses.replace(grid, benchmarks=_check_evaluate(config), probe=_check_probe(config))
+    return dataclasses.replace(grid, calibrated=_check_calibration(config, grid))
 
 
 # --------------------------------------------------------------------------- command line

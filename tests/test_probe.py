@@ -409,6 +409,33 @@ def test_the_probe_is_deterministic(eos_model, parity_probe, tmp_path, parity):
     pd.testing.assert_frame_equal(probe.read_sequences(artifacts.probe_paths(again)["sequences"])[0], frame)
 
 
+def test_calibrate_reads_the_probes_own_measurement(parity_probe, tmp_path, capsys):
+    """`clipbench calibrate` on the tiny probe's folder: the measurement it reads back is the one the
+    probe's numbers came from (S and each rule's seq_out as sequences.parquet holds them), and each
+    calibrated band's rate is its seq_out recomputed on those log-ratios."""
+    from clipbench import calibration
+
+    out, _ = parity_probe
+    sequences = artifacts.probe_paths(out)["sequences"]
+    m, prov = probe.read_measurement(sequences)
+    frame, _ = probe.read_sequences(sequences)
+    assert prov["config"]["n_prompts"] == 6 and len(m.lengths) == len(frame) == 12
+    np.testing.assert_allclose(m.seq_log_ratio, frame["S"], rtol=0, atol=1e-12)
+    tensors = calibration.measurement_tensors(m)
+    for name in probe.sequence_rules():  # at the bands the probe predicted (the defaults)
+        rate = calibration.out_of_band_rate(methods.get_method(name), tensors)
+        assert rate == pytest.approx(frame[f"seq_out_{name}"].mean(), abs=1e-12), name
+    calibration_file = tmp_path / "calibration.json"
+    argv = ["calibrate", "--probe", str(out), "--target-rate", "0.25", "--tolerance", "0.09"]
+    assert cli.main([*argv, "--methods", "fspo", "seq_ppo", "--out", str(calibration_file)]) == 0
+    data = json.loads(calibration_file.read_text())
+    assert data["probe"]["responses"] == 12 and data["probe"]["seed"] == 0
+    for name, rule in data["rules"].items():
+        assert abs(rule["rate"] - 0.25) <= 0.09
+        built = methods.get_method(name, **rule["calibrated"])
+        assert calibration.out_of_band_rate(built, tensors) == rule["rate"], name
+
+
 def test_probe_falls_back_to_random_signs_and_says_so(eos_model, tmp_path, capsys):
     # The random model never answers right: the real verifier gives every response 0.
     out = tmp_path / "probe"

@@ -1,6 +1,8 @@
 """The main table and the fairness files, built from hand-made tidy inputs."""
 
+import copy
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -256,6 +258,74 @@ def test_the_footer_names_the_clip_column_the_metrics_used():
     assert "clipped-gradient rate (`seq_clip`)" in text and "seq_out" not in text
     text = table(date="d")
     assert "out-of-band rate (`seq_out`)" in text and "seq_clip" not in text
+
+
+CALIBRATION = {  # calibration.json's content, as far as the footer reads it (tests/test_calibration.py: the file)
+    "target_rate": 0.15,
+    "tolerance": 0.02,
+    "probe": {
+        "sequences": "results/probe/sequences.parquet",
+        "responses": 64,
+        "groups": 8,
+        "prompts": 16,
+        "samples": 8,
+        "seed": 0,
+    },
+    "rules": {
+        "fspo": {
+            "source": "calibrated",
+            "calibrated": {"c_low": 0.04, "c_high": 0.04},
+            "hand": {},
+            "rate": 0.15625,
+        },
+        "powerband": {
+            "source": "partly hand",
+            "calibrated": {"c_high": 0.05},
+            "hand": {"c_low": 0.1},
+            "rate": 0.140625,
+        },
+        "gspo": {  # keys sorted, as the file has them: the band_fields give the order
+            "source": "hand",
+            "calibrated": {},
+            "hand": {"eps_high": 0.01, "eps_low": 0.005},
+            "band_fields": ["eps_low", "eps_high"],
+            "rate": 0.234375,
+        },
+    },
+}
+
+
+def test_the_footer_gives_the_clip_budgets_which_were_calibrated_and_which_set_by_hand(tmp_path):
+    text = table(date="d", calibration=CALIBRATION, table_dir="results/tables")
+    [paragraph] = [part.strip() for part in text.split("\n\n") if part.startswith("Clip budgets")]
+    assert paragraph == (
+        "Clip budgets matched on the base model's probe ([probe.png](../probe/probe.png); `calibration.json`): "
+        "64 responses to 8 prompts (the measured half of 16 prompts × 8 samples, seed 0), target out-of-band "
+        "rate 0.15 on these responses (± 0.02; `clipbench/calibration.py`); the rates below are on them, the "
+        "clip-rate column is training's. Calibrated: fspo c_low = c_high = 0.04 (rate 0.156). "
+        "Calibrated with part of the band set by hand: powerband c_high = 0.05, by hand c_low = 0.1 (rate 0.141). "
+        "Set by hand (method_params), not calibrated: gspo eps_low = 0.005, eps_high = 0.01 (rate 0.234)."
+    )
+    assert "Clip budgets" not in table(date="d")  # no calibration: no paragraph
+    # through the command: --calibration reads the file (its owner's reader)
+    from clipbench import calibration, cli
+
+    summary, fairness_csv = tmp_path / "summary.csv", tmp_path / "fairness.csv"
+    summary_rows().to_csv(summary, index=False)
+    fairness_rows().to_csv(fairness_csv, index=False)
+    data = copy.deepcopy(CALIBRATION) | {"format": calibration.FORMAT, "rate": "", "provenance": {}}
+    for rule in data["rules"].values():  # the keys the reader asks for, not read by the footer
+        for key, value in {"band_fields": [], "method_params": {}, "hparams": {}, "plateau": None}.items():
+            rule.setdefault(key, value)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "tables" / "main.md"
+    argv = ["report", "--summary", str(summary), "--fairness", str(fairness_csv), "--table", str(out)]
+    assert cli.main([*argv, "--calibration", str(path)]) == 0
+    link = os.path.relpath("results/probe/probe.png", out.parent)  # from the table's folder
+    assert paragraph.replace("../probe/probe.png", link) in out.read_text()
+    plots = ["--plots", str(tmp_path / "plots"), "--only", "accuracy"]
+    assert cli.main([*argv[:5], *plots, "--calibration", str(path)]) == 2  # the footer is the table's
 
 
 # --------------------------------------------------------------------------- summary.csv

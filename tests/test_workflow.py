@@ -45,9 +45,14 @@ N_METHODS = len(available_methods())
                 "aggregate": 1,
                 "main_table": 1,
                 "plot": 3,
+                "probe": None,  # no probe: section: no probe, no calibration (the lead's choice)
+                "calibrate": None,
             },
         ),
-        ("workflows/config/smoke.yaml", {"base_model_sft": 1, "train": 2, "evaluate": 3}),
+        (  # the probe of the base model and the bands calibrated on it (tests/test_calibration.py)
+            "workflows/config/smoke.yaml",
+            {"base_model_sft": 1, "train": 2, "evaluate": 3, "probe": 1, "calibrate": 1},
+        ),
         pytest.param(  # 3 seeds; one evaluate job for each run and the base model (3 benchmarks in it)
             "workflows/config/paper.yaml",
             {"train": 3 * N_METHODS, "evaluate": 3 * N_METHODS + 1},
@@ -371,6 +376,7 @@ class NarrowSeq(Method):
     """Sequence clip on S with half-width eps. Reference: FSPO, arXiv 2509.09177 (the fixed-band baseline)."""
 
     level = "sequence"
+    band_fields = ("eps",)  # the smoke study calibrates every sequence rule: its band, declared here
     eps: float = hparam(0.1, help="half-width of the band on exp(S)", gt=0, lt=1)
 
     def compute(self, batch: RolloutBatch) -> LossOutput:

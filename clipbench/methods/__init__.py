@@ -25,6 +25,7 @@ import inspect
 import pkgutil
 import re
 import sys
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -132,11 +133,29 @@ def _duplicate_message(name: str, existing: type, cls: type) -> str:
     return f"{text}: give one of them another name in @register(...)"
 
 
+def _check_band_fields(name: str, cls: type) -> None:
+    """TypeError unless each of `cls.band_fields` is one of its float hyperparameters, named once."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    band = cls.band_fields
+    if not isinstance(band, tuple) or len(set(band)) != len(band):
+        raise TypeError(
+            f"@register({name!r}): {cls.__qualname__}.band_fields must be a tuple of distinct names"
+        )
+    hints = typing.get_type_hints(cls)
+    for field in band:
+        if field not in fields or hints.get(field) is not float:
+            raise TypeError(
+                f"@register({name!r}): {cls.__qualname__}.band_fields names {field!r}, which is not one of "
+                f"its float hyperparameters ({', '.join(n for n in fields if hints.get(n) is float) or 'none'})"
+            )
+
+
 def register(name: str):
     """Class decorator: register a `Method` subclass under `name`.
 
     Raises ValueError on a name already taken by another class, TypeError when the class is not
-    a frozen dataclass subclass of `Method` or declares no valid `level`.
+    a frozen dataclass subclass of `Method`, declares no valid `level`, or its `band_fields` name
+    something other than its float hyperparameters.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
@@ -161,6 +180,7 @@ def register(name: str):
                 raise TypeError(
                     f"@register({name!r}): field {f.name!r} must be declared with clipbench.methods.hparam(...)"
                 )
+        _check_band_fields(name, cls)
         existing = _REGISTRY.get(name)
         # Re-importing the same module (e.g. importlib.reload) re-registers the same class: allowed.
         same = existing is not None and (existing.__module__, existing.__qualname__) == (

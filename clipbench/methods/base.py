@@ -640,6 +640,12 @@ class Method:
 
     name: ClassVar[str] = ""
     level: ClassVar[str] = ""
+    #: The hyperparameters that set the band's half-widths (float fields, each widening the band
+    #: as it grows, so the share of units outside the band never rises with it): what the study's
+    #: matched clip budgets set (`clipbench calibrate`, clipbench.calibration; all of them to one
+    #: value, a symmetric band). A sequence-level rule declares them to be calibrated; empty: the
+    #: rule cannot be calibrated (a calibration that names it is refused). `register` checks them.
+    band_fields: ClassVar[tuple[str, ...]] = ()
 
     @property
     def needs_minibatch_statistics(self) -> bool:
@@ -726,4 +732,6 @@ class Method:
         for f in dataclasses.fields(cls):
             meta = dict(f.metadata)
             lines.append(f"  {f.name} = {f.default!r} ({_range_text(meta)}): {meta.get('help', '')}")
+        if cls.band_fields:
+            lines.append(f"  band (set by `clipbench calibrate`): {', '.join(cls.band_fields)}")
         return "\n".join(lines)

@@ -33,6 +33,8 @@ class FSPO(Method):
     """
 
     level = "sequence"
+    # The band's half-widths per sqrt(token): what `clipbench calibrate` sets
+    band_fields = ("c_low", "c_high")
 
     c_low: float = hparam(
         0.03, help="lower half-width per sqrt(token): S >= mu L - c_low sqrt(L) (FSPO, sec. 4)", gt=0

@@ -26,6 +26,8 @@ class GSPO(Method):
     """
 
     level = "sequence"
+    # The band's half-widths on exp(S / L): what `clipbench calibrate` sets
+    band_fields = ("eps_low", "eps_high")
 
     eps_low: float = hparam(
         3e-4, help="lower half-width of the band on s = exp(S/L) (GSPO paper sec. 5.1: 3e-4)", gt=0, lt=1

@@ -53,6 +53,8 @@ class PowerBand(Method):
     """
 
     level = "sequence"
+    # The band's half-widths per W(L): what `clipbench calibrate` sets
+    band_fields = ("c_low", "c_high")
 
     c_low: float = hparam(
         0.03,

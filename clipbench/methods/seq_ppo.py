@@ -26,6 +26,8 @@ class SeqPPO(Method):
     """
 
     level = "sequence"
+    # The band's half-widths on exp(S): what `clipbench calibrate` sets
+    band_fields = ("eps_low", "eps_high")
 
     eps_low: float = hparam(
         0.2, help="lower half-width of the band on exp(S), exp(S) >= 1 - eps_low", gt=0, lt=1

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from clipbench import artifacts, fairness, plots, study
+from clipbench import artifacts, calibration, fairness, plots, study
 from clipbench.artifacts import RunId
 from clipbench.provenance import config_hash
 
@@ -15,6 +15,8 @@ METHODS = GRID.methods
 SEEDS = GRID.seeds
 BENCHES = GRID.benchmarks
 REFERENCE = GRID.reference  # report.reference, resolved and checked (clipbench.study.check_study)
+PROBE = GRID.probe  # a probe: section: the probe of the base model (workflows/rules/probe.smk)
+CALIBRATED = GRID.calibrated  # the rules the calibrate job calibrates (a calibration: section)
 RUNS = [RunId(m, s) for m in METHODS for s in SEEDS]
 MODELS = [artifacts.BASE] + [run.model for run in RUNS]
 CONFIG_HASH = config_hash(config)
@@ -40,9 +42,29 @@ def base_model_input():
     return f"{directory}/config.json" if config["base"]["kind"] == "path" else artifacts.BASE_MODEL_MARKER
 
 
-def run_config(method, seed):
-    """The TrainConfig dict of one run (written to run.yaml; a change reruns that run)."""
-    return study.run_config(config, method, seed)
+def calibration_input():
+    """The file the train jobs and the main table wait on with a calibration: section (else none)."""
+    return artifacts.CALIBRATION_JSON if CALIBRATED else []
+
+
+def run_config(method, seed, input=None):
+    """The TrainConfig dict of one run (written to run.yaml; a change reruns that run). Given the
+    train job's `input` in a calibrated study, with calibration.json's bands (hand-set method_params
+    over them: clipbench.study.run_config). Before the calibrate job has run the file is missing:
+    Snakemake then shows the value as <TBD> and evaluates it again when the job starts."""
+    calibrated = calibration.read_calibration(input.calibration) if CALIBRATED and input is not None else None
+    return study.run_config(config, method, seed, calibrated)
+
+
+def probe_args():
+    """`clipbench probe`'s arguments for the study's probe (clipbench.study.probe_args), one list item
+    per shell word."""
+    return study.probe_args(config)
+
+
+def calibrate_args():
+    """`clipbench calibrate`'s arguments (clipbench.study.calibrate_args), one list item per shell word."""
+    return study.calibrate_args(config, CALIBRATED)
 
 
 def model_dir(model):

@@ -2,7 +2,8 @@
 # aggregate job computes every interval and the paired differences against report.reference
 # (clipbench.stats); the table and the plots read them from summary.csv, fairness.csv and
 # fairness_bins.csv. A plot job gets the options its plot declares from the config's report
-# section (report.smoothing_window for the training curves: common.smk's plot_args).
+# section (report.smoothing_window for the training curves: common.smk's plot_args). In a calibrated
+# study the table's footer gives the clip budgets (calibration.json).
 
 
 rule aggregate:
@@ -32,6 +33,7 @@ rule main_table:
     input:
         summary=artifacts.SUMMARY_CSV,
         fairness=artifacts.FAIRNESS_CSV,
+        calibration=calibration_input(),
     output:
         report(artifacts.MAIN_TABLE, category="Tables"),
     params:
@@ -41,9 +43,12 @@ rule main_table:
         artifacts.MAIN_TABLE_LOG,
     conda:
         "../envs/report.yaml"
+    # The command of an uncalibrated study is the one it always was (no new parameter): no rerun.
     shell:
         "python -m clipbench.cli report --summary {input.summary:q} --fairness {input.fairness:q} "
-        "--config-name {params.name:q} --config-hash {params.hash:q} --table {output:q} > {log:q} 2>&1"
+        "--config-name {params.name:q} --config-hash {params.hash:q} "
+        + ("--calibration {input.calibration:q} " if CALIBRATED else "")
+        + "--table {output:q} > {log:q} 2>&1"
 
 
 rule plot:

@@ -2,16 +2,18 @@
 # (the run directory is not an output, so Snakemake never deletes it). The run's config travels as
 # a parameter: changing it reruns the run (the trainer then refuses the old run directory). A run
 # of several processes (train.backend: trl, train.processes: N) starts through torchrun
-# (clipbench.study.train_launcher), one thread per process.
+# (clipbench.study.train_launcher), one thread per process. In a calibrated study every run waits
+# on results/calibration.json and its config takes the calibrated bands (common.smk's run_config).
 
 
 rule train:
     input:
         base=base_model_input(),
+        calibration=calibration_input(),
     output:
         artifacts.RUN_FINAL_SUMMARY,
     params:
-        cfg=lambda w: json.dumps(run_config(w.method, w.seed), sort_keys=True),
+        cfg=lambda w, input: json.dumps(run_config(w.method, w.seed, input), sort_keys=True),
         run_dir=lambda w: RunId(w.method, int(w.seed)).run_dir,
         launch=lambda w: study.train_launcher(run_config(w.method, w.seed)),
     log:
