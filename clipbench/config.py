@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from clipbench import methods
+from clipbench import methods, tracking
 from clipbench.advantages import available_estimators
 from clipbench.precision import DTYPES
 from clipbench.settings import ConfigError, check, from_dict, setting
@@ -228,6 +228,12 @@ class TrainConfig:
         "started by accelerate launch --num_processes N)",
         ge=1,
     )
+    report_to: list[str] = setting(
+        default_factory=list,
+        help="experiment trackers each step's metrics also go to, written locally: tensorboard (event files in "
+        "the run directory), wandb (offline mode), trackio (its local database); each needs its package "
+        "(clipbench.tracking). Not part of the run's identity: a run resumes with other trackers",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -288,6 +294,10 @@ def check_run(config: TrainConfig, *, schedule: bool = True) -> TrainConfig:
             f"optim.minibatches: must divide the rollout batch prompts_per_step * samples_per_prompt = {batch}"
         )
     _check_backend(config)
+    try:
+        tracking.check_available(config.report_to)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return config
 
 

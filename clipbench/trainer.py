@@ -71,6 +71,7 @@ from clipbench.methods import BatchTotals, LossOutput, combine_outputs, prepare_
 from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
 from clipbench.precision import set_precision
 from clipbench.provenance import atomic_write_json, atomic_write_text, config_hash, provenance, replace_dir
+from clipbench.tracking import Trackers
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -491,6 +492,10 @@ def _perf(step: int, timing: dict[str, Phase], start: float) -> dict[str, Any]:
     return perf
 
 
+#: TrainConfig fields outside the run's identity (run_hash).
+NOT_IDENTITY = ("report_to",)
+
+
 class Trainer:
     """Trains one method from `config.model` into `run_dir` (resuming when it holds a checkpoint)."""
 
@@ -545,12 +550,12 @@ class Trainer:
             ) from None
         # Compared with the defaults of today's fields filled in: a run saved before a field was
         # added (at its default, which keeps the old behaviour) still resumes.
-        if _with_defaults(previous) != config_hash(self.config.to_dict()):
+        if _with_defaults(previous) != run_hash(self.config.to_dict()):
             raise ConfigError(
                 f"{self.run_dir} holds a run with another config (hash {_with_defaults(previous)} != "
-                f"{config_hash(self.config.to_dict())}); use a new run directory or delete it"
+                f"{run_hash(self.config.to_dict())}); use a new run directory or delete it"
             )
-        self._saved_config_hash = config_hash(previous)  # what its checkpoints recorded
+        self._saved_config_hash = run_hash(previous)  # what its checkpoints recorded
 
     def _remove_temporaries(self) -> None:
         """Remove what an interrupted atomic write left (checkpoints/.step_N.tmp-*, .final.tmp-*,
@@ -625,11 +630,11 @@ class Trainer:
 
     def _load_checkpoint_state(self, checkpoint: Path) -> int:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
-        known = (None, config_hash(self.config.to_dict()), getattr(self, "_saved_config_hash", None))
+        known = (None, run_hash(self.config.to_dict()), getattr(self, "_saved_config_hash", None))
         if state.get("config_hash") not in known:
             raise ConfigError(
                 f"{checkpoint} was written by a run with another config (hash {state['config_hash']} != "
-                f"{config_hash(self.config.to_dict())}); use a new run directory or delete it"
+                f"{run_hash(self.config.to_dict())}); use a new run directory or delete it"
             )
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True))
@@ -1002,7 +1007,7 @@ class Trainer:
             torch.save(torch.get_rng_state(), tmp / "rng.pt")
             atomic_write_json(
                 tmp / "trainer_state.json",
-                {"steps_done": done, "config_hash": config_hash(self.config.to_dict())},
+                {"steps_done": done, "config_hash": run_hash(self.config.to_dict())},
             )
             write_manifest(tmp)  # last: sizes and sha256 of everything above, verified on resume
             replace_dir(tmp, root / name)
@@ -1033,6 +1038,17 @@ class Trainer:
             desc=f"{self.method.name} seed {cfg.seed}",
             disable=not self.progress,
         )
+        trackers = Trackers(cfg.report_to, self.run_dir, f"{self.method.name}-seed{cfg.seed}", cfg.to_dict())
+        try:
+            self._steps(done, bar, trackers)
+        finally:
+            trackers.close()
+        bar.close()
+        return self._finish()
+
+    def _steps(self, done: int, bar: Any, trackers: Trackers) -> None:
+        """Steps `done`..steps-1, each written (records, metrics, perf, checkpoint) as it ends."""
+        cfg = self.config
         for step in range(done, cfg.steps):
             metrics, perf, records = self._train_step(step)
             self.engine.resume()  # awake (a sleeping vLLM) before its weights are replaced
@@ -1044,6 +1060,7 @@ class Trainer:
                 f.write(json.dumps(perf, sort_keys=True) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 self._save_checkpoint(step + 1)
+            trackers.log(step, metrics, perf)
             if not self.progress:  # under Snakemake: a line per step in the job's log
                 print(step_line(step, cfg.steps, metrics, perf), flush=True)
             bar.update(1)
@@ -1052,8 +1069,6 @@ class Trainer:
                 clip=f"{metrics['clip_frac']:.3f}",
                 tok_s=f"{perf.get('generate_tokens_per_s', 0):.0f}",
             )
-        bar.close()
-        return self._finish()
 
     def _finish(self) -> Path:
         final = self.run_dir / artifacts.FINAL_DIR
@@ -1092,13 +1107,20 @@ def step_line(step: int, steps: int, metrics: dict[str, Any], perf: dict[str, An
     )
 
 
+def run_hash(config: dict[str, Any]) -> str:
+    """The run's identity: the hash of its config without the fields that do not change what it
+    computes (`report_to`, where a copy of its metrics also goes), so that a run resumes with other
+    trackers. A config without such a field (written before it existed) hashes as it always did."""
+    return config_hash({name: value for name, value in config.items() if name not in NOT_IDENTITY})
+
+
 def _with_defaults(saved: dict) -> str:
     """The hash of a saved run config with every field this version has and the file lacks at its
     default (the raw hash when the file is not a valid config of this version)."""
     try:
-        return config_hash(load_config(saved).to_dict())
+        return run_hash(load_config(saved).to_dict())
     except ValueError:
-        return config_hash(saved)
+        return run_hash(saved)
 
 
 def train(config: TrainConfig | dict | str | Path, run_dir: str | Path, *, progress: bool = True) -> Path:

@@ -6,13 +6,15 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
 import time
+import types
 
 import pytest
 
 from clipbench import benchmarks
-from clipbench.benchmarks import Verdict, VerifierPool
+from clipbench.benchmarks import Verdict, VerifierPool, verifier
 
 pytest.importorskip("math_verify", reason="the verifier needs math-verify (the 'eval' extra)")
 
@@ -448,3 +450,37 @@ def test_default_worker_count(monkeypatch):
     assert benchmarks.verifier.default_workers() == 3
     with pytest.raises(ValueError, match="workers"):
         VerifierPool(workers=0)
+
+
+def _slow_python(tmp_path, sleep_s: float, times: int):
+    """A stand-in for sys.executable that sleeps `sleep_s` before exec-ing the real interpreter on
+    its first `times` starts (a start-up stalled by a loaded machine), then starts at once."""
+    counter = tmp_path / "starts"
+    script = tmp_path / "python"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'n=$(cat "{counter}" 2>/dev/null || echo 0); echo $((n + 1)) > "{counter}"\n'
+        f'if [ "$n" -lt {times} ]; then sleep {sleep_s}; fi\n'
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    script.chmod(0o755)
+    return script, counter
+
+
+def test_a_worker_that_misses_its_start_up_time_is_replaced_once(tmp_path, monkeypatch):
+    script, counter = _slow_python(tmp_path, sleep_s=60, times=1)
+    monkeypatch.setattr(verifier, "sys", types.SimpleNamespace(executable=str(script)))
+    monkeypatch.setattr(verifier, "_STARTUP_TIMEOUT_S", 8.0)
+    with VerifierPool(workers=1) as pool:
+        verdicts = pool.verify(["\\boxed{2}"], ["2"])
+        assert _outcomes(verdicts) == [("ok", True)]
+        assert pool.replaced == 1 and counter.read_text().strip() == "2"
+
+
+def test_two_workers_in_a_row_that_miss_their_start_up_time_fail_the_call(tmp_path, monkeypatch):
+    script, counter = _slow_python(tmp_path, sleep_s=60, times=5)
+    monkeypatch.setattr(verifier, "sys", types.SimpleNamespace(executable=str(script)))
+    monkeypatch.setattr(verifier, "_STARTUP_TIMEOUT_S", 1.0)
+    with VerifierPool(workers=1) as pool, pytest.raises(RuntimeError, match="2 verifier workers in a row"):
+        pool.verify(["\\boxed{2}"], ["2"])
+    assert counter.read_text().strip() == "2"

@@ -90,6 +90,20 @@ print(
     ps.loc[SEQUENCE].s_exponent_lo.min().round(2),
 )
 widths = ps.loc[SEQUENCE].eval("spread_hi - spread_lo")
+print("== within-sequence exponent a_w (prefix sums; issue 17): pooled (value, lo, hi), per-run range")
+print(first[["s_exponent_within", "s_exponent_within_lo", "s_exponent_within_hi", "n_rungs"]].round(2).to_string())
+print(
+    "a_w pooled lower ends >=",
+    first.s_exponent_within_lo.min().round(2),
+    "; per run",
+    ps.s_exponent_within.min().round(2),
+    "-",
+    ps.s_exponent_within.max().round(2),
+)
+overlap = (first[["s_exponent_lo", "s_exponent_within_lo"]].max(axis=1)) <= (
+    first[["s_exponent_hi", "s_exponent_within_hi"]].min(axis=1)
+)
+print("a and a_w intervals overlap for every rule:", bool(overlap.all()))
 print("sequence-rule runs' spread interval widths", widths.min().round(2), "-", widths.max().round(2))
 print("== by bin (pooled): seq_out [lo, hi], length_mean, abs_s_median, entropy_mean")
 for m, grp in bins[bins.scope == "pooled"].groupby("method"):
