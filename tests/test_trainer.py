@@ -265,10 +265,11 @@ def test_a_run_saved_before_a_field_existed_resumes(tmp_path, base_model, parity
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         Trainer(small_config(base_model), run, progress=False).run()
-    # What the previous version wrote: no optim.logprob_chunk_tokens, optim.gradient_checkpointing
-    # or dtype, hashes without them.
+    # What the previous version wrote: no optim.logprob_chunk_tokens, optim.gradient_checkpointing,
+    # dtype or report_to, hashes without them.
     old = yaml.safe_load((run / "config.yaml").read_text())
     del old["optim"]["logprob_chunk_tokens"], old["optim"]["gradient_checkpointing"], old["dtype"]
+    del old["report_to"]
     (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=True))
     checkpoint = run / "checkpoints" / "step_000002"
     state = json.loads((checkpoint / "trainer_state.json").read_text())
