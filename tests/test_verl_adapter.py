@@ -45,7 +45,7 @@ else:
 import pandas as pd  # noqa: E402
 from test_verl_parity import random_batch  # noqa: E402  (the same batches as the parity tests)
 
-from clipbench import artifacts, methods, report  # noqa: E402
+from clipbench import artifacts, fairness, methods, report  # noqa: E402
 from clipbench.integrations import verl as adapter  # noqa: E402
 
 N_BATCHES = 40
@@ -325,6 +325,9 @@ def native_records(rule, dp: int = 1) -> pd.DataFrame:
             epoch, minibatch = divmod(update, MINIBATCHES)
             idx = [row for rank in range(dp) for row in minibatch_rows(dp, rank, minibatch)]
             out = rule.loss(logps[update][idx], old[idx], adv[idx], mask[idx])
+            # the prefix sums from l_t = logp - old_logp on the response tokens, computed here
+            l_t = ((logps[update][idx] - old[idx]) * mask[idx]).double()
+            prefix = fairness.record_prefix_sums(l_t.detach(), mask[idx])
             for i, seq in enumerate(idx):
                 rows.append(
                     {
@@ -340,6 +343,7 @@ def native_records(rule, dp: int = 1) -> pd.DataFrame:
                         "entropy": float("nan"),
                         "seq_clip": float(out.seq_clip[i]),
                         "seq_out": float(out.seq_out[i]),
+                        **prefix[i],
                     }
                 )
     return artifacts.clip_records_frame(rows)

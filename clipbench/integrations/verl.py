@@ -80,7 +80,7 @@ from typing import Any
 
 import torch
 
-from clipbench import artifacts, methods
+from clipbench import artifacts, fairness, methods
 
 #: A rule's name in verl's policy-loss registry: PREFIX + the clipbench name.
 PREFIX = "clipbench_"
@@ -378,15 +378,18 @@ class RecordWriter:
             )
         epoch, minibatch = divmod(update, self.minibatches)
         first = self.rank * self.per_rank + minibatch * self.per_minibatch + offset
+        # the prefix sums S_k from the l_t and mask the rule saw, as the native trainer's records
+        prefix = fairness.record_prefix_sums(out.log_ratio.detach().double().cpu(), out.mask.cpu())
         columns = zip(
             out.lengths.long().tolist(),
             out.seq_log_ratio.double().tolist(),
             advantages.double().tolist(),
             out.seq_clip.double().tolist(),
             out.seq_out.double().tolist(),
+            prefix,
             strict=True,
         )
-        for i, (length, seq_s, adv, clip, out_of_band) in enumerate(columns):
+        for i, (length, seq_s, adv, clip, out_of_band, prefix_sums) in enumerate(columns):
             self.rows.append(
                 {
                     "step": self.step,
@@ -401,6 +404,7 @@ class RecordWriter:
                     "entropy": math.nan,
                     "seq_clip": clip,
                     "seq_out": out_of_band,
+                    **prefix_sums,
                 }
             )
         self.position += n
