@@ -311,6 +311,7 @@ def _check_backend(config: TrainConfig) -> None:
         return
     r, o = config.rollout, config.optim
     unsupported = {
+        "report_to": (config.report_to, []),  # TRL's own report_to is set to "none"
         "rollout.engine": (r.engine, "hf"),
         "optim.max_tokens_per_microbatch": (o.max_tokens_per_microbatch, None),
         "optim.logprob_chunk_tokens": (o.logprob_chunk_tokens, None),

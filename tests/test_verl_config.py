@@ -366,3 +366,16 @@ def test_compute_score_is_the_verifiers_verdict():
         compute_score("openai/gsm8k", "\\boxed{42}", "42")
     with pytest.raises(ValueError, match="unknown benchmark 'nosuch'"):
         compute_score("clipbench/nosuch", "\\boxed{42}", "42")
+
+
+def test_report_to_is_refused_not_dropped(tmp_path, monkeypatch, capsys):
+    """verl logs through its own trainer.logger: a run's report_to is refused, naming it, rather
+    than silently left out (the tracker's package need not be installed for the check)."""
+    from clipbench import tracking
+
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.chdir(tmp_path)
+    study = study_with(tmp_path, report_to=["tensorboard"])
+    assert run_cli(study, "fspo", "0") == 2
+    err = capsys.readouterr().err
+    assert re.search(r"report_to: \['tensorboard'\] is not mapped to verl's trainer.logger", err), err

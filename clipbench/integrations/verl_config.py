@@ -228,6 +228,10 @@ def check_mappable(cfg: TrainConfig, cluster: Cluster) -> None:
         raise ConfigError(
             "optim.grad_clip: 0 (no clipping) has no verl equivalent: verl always clips (optim.clip_grad)"
         )
+    if cfg.report_to:
+        raise ConfigError(
+            f"report_to: {cfg.report_to} is not mapped to verl's trainer.logger; set that in the overrides"
+        )
     advantage_settings(cfg)
     loss_settings(cfg)
     microbatch_settings(cfg, cluster)
