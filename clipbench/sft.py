@@ -18,7 +18,6 @@ import torch
 from clipbench import benchmarks
 from clipbench.benchmarks import synthetic
 from clipbench.logprobs import collate, token_logprobs
-from clipbench.models import build_tiny_model, build_tokenizer, save_model
 from clipbench.provenance import atomic_write_json, provenance
 from clipbench.settings import ConfigError, check, setting
 
@@ -118,6 +117,10 @@ def greedy_accuracy(
 
 def run_sft(config: SFTConfig, out_dir: str | Path, *, log=print) -> Path:
     """Build, warm up and save the base model; returns `out_dir`."""
+    # Imported here: the study imports this module for SFTConfig when Snakemake builds its DAG, and
+    # transformers (through clipbench.models) would add seconds to every DAG construction.
+    from clipbench.models import build_tiny_model, build_tokenizer, save_model
+
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"{out_dir}: exists and is not a directory; give a directory for the model")
     spec = benchmarks.get_spec("synthetic")
