@@ -41,6 +41,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipbench.errors import RunDirError
+
 #: The study's output folder, relative to where Snakemake runs.
 RESULTS = "results"
 #: The model name of the base model (every run starts from it).
@@ -402,3 +404,23 @@ def probe_paths(out_dir: str | Path) -> dict[str, Path]:
     """The paths of a probe's outputs in ``out_dir``: summary (probe.json: every number, the config
     and provenance), sequences (sequences.parquet: one row per measured sequence) and plot."""
     return {kind: Path(out_dir) / name for kind, name in PROBE_FILES.items()}
+
+
+def check_run_dir_path(run_dir: Path) -> None:
+    """RunDirError unless `run_dir` is (or can be created as) a writable directory; writes nothing.
+    Here, not in clipbench.trainer, so that `clipbench train` checks `--out` before it imports torch
+    and transformers."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(
+            f"{run_dir}: exists and is not a directory; the run directory (--out) must be a directory"
+        )
+    ancestor = run_dir
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirError(f"{run_dir}: cannot be created, {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        what = (
+            "cannot write into" if ancestor == run_dir else "cannot be created, no permission to write into"
+        )
+        raise RunDirError(f"{run_dir}: {what} {ancestor} (permission denied)")

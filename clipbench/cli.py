@@ -113,7 +113,6 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     from clipbench import probe
     from clipbench.settings import ConfigError
-    from clipbench.trainer import check_run_dir_path
 
     start = time.perf_counter()
     options = {
@@ -151,7 +150,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from None
     # Every option is checked (and --out) before the model is loaded or anything computed.
     config, carrier = probe.load_probe_config(options)
-    check_run_dir_path(args.out)
+    artifacts.check_run_dir_path(args.out)
     try:
         measured = probe.run(config, carrier, args.out)
     except ConfigError as err:  # the model does not load
@@ -233,15 +232,16 @@ def _train_source(args: argparse.Namespace) -> dict | Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from clipbench.config import load_config
-    from clipbench.trainer import check_run_dir_path, train
 
-    check_run_dir_path(args.out)  # before anything is read or loaded
+    artifacts.check_run_dir_path(args.out)  # before anything is read or loaded
     config = load_config(_train_source(args), overrides=_parse_sets(args.set))
     if config.backend == "trl":  # TRL's GRPOTrainer (clipbench.integrations.trl): needs the trl extra
         from clipbench.integrations.trl import train_trl
 
         final = train_trl(config, args.out)
     else:
+        from clipbench.trainer import train  # after the checks: it imports transformers (seconds)
+
         final = train(config, args.out, progress=not args.no_progress)
     print(f"final model: {final}")
     return 0

@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """An input the user can fix; the message names it and says how."""
+
+
+class RunDirError(UserError):
+    """A run directory that cannot be used as it is; the message says why and how to proceed."""

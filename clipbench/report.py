@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -367,7 +368,7 @@ def main_table(
                 f"**{text}**" if (m, key) in bold else f"{text} {TIE_MARK}" if (m, key) in tied else text
             )
         lines.append(f"| {m} | {level[m]} | " + " | ".join(row) + " |")
-    reference, delta = _difference_block(pooled_acc, names, benches)
+    reference, delta, n_delta = _difference_block(pooled_acc, names, benches)
     lines += ["", *delta] if delta else []
     date = date or _dt.date.today().isoformat()
     level_pct = f"{stats.DEFAULT_LEVEL:.0%}"
@@ -390,7 +391,11 @@ def main_table(
         "value's row and every row whose interval overlaps its interval. "
         + (
             f"Δ: avg@k minus {reference}'s, paired (the same seeds and problems, one draw for both; the base model "
-            f"against every seed of {reference}); * marks an interval that excludes 0. "
+            f"against every seed of {reference}); * marks an interval that excludes 0; of {n_delta} such intervals about "
+            f"{n_delta / 20:.1f} would exclude 0 by chance at 95% if no method differed from {reference}. Detectable: the "
+            "smallest true difference this design finds with probability 0.8 (its interval excluding 0), 2.8 standard "
+            "errors, the standard error read off each interval as its half-width over 1.96, the median over the trained "
+            "methods (`stats.detectable_difference`). "
             if delta
             else ""
         )
@@ -474,18 +479,21 @@ def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None
 
 def _difference_block(
     pooled_acc: pd.DataFrame, names: list[str], benches: list[str]
-) -> tuple[str, list[str]]:
-    """(the reference, the lines of the paired-difference table: a row per method, Δ avg@k with its
-    interval per benchmark, the reference's own cell "0 (reference)"); no lines without differences."""
+) -> tuple[str, list[str], int]:
+    """(the reference, the lines of the paired-difference table, the number of intervals in it):
+    a row per method, Δ avg@k with its interval per benchmark, the reference's own cell
+    "0 (reference)", then the design's detectable difference per benchmark; no lines without
+    differences."""
     with_diff = pooled_acc[pooled_acc["diff"].notna()]
     references = sorted(with_diff["reference"].dropna().astype(str).unique())
     if not references:
-        return "", []
+        return "", [], 0
     if len(references) > 1:
         raise ValueError(f"summary.csv: differences against several references {references}; expected one")
     [reference] = references
     diffs = with_diff.set_index(["method", "benchmark"])
     lines = [f"| Δ avg@k vs {reference} | " + " | ".join(benches) + " |", "|---|" + "---:|" * len(benches)]
+    n_intervals = 0
     for m in names:
         row = []
         for b in benches:
@@ -495,10 +503,29 @@ def _difference_block(
                 d = diffs.loc[(m, b)]
                 text = _with_interval(d["diff"], d["diff_lo"], d["diff_hi"], 3, sign=True)
                 row.append(text + (" *" if d["diff_lo"] > 0 or d["diff_hi"] < 0 else ""))
+                n_intervals += 1
             else:
                 row.append("–")
         lines.append(f"| {m} | " + " | ".join(row) + " |")
-    return reference, lines
+    lines.append(
+        "| detectable (80% power) | "
+        + " | ".join(_detectable_text(diffs, reference, b) for b in benches)
+        + " |"
+    )
+    return reference, lines, n_intervals
+
+
+def _detectable_text(diffs: pd.DataFrame, reference: str, benchmark: str) -> str:
+    """The design's power on one benchmark: ``stats.detectable_difference`` of each trained method's
+    paired interval against the reference (not the base model's: one run, another design), the
+    median over methods, as "±0.052"; "–" when there is none."""
+    values = [
+        stats.detectable_difference(d["diff_lo"], d["diff_hi"])
+        for (method, bench), d in diffs.iterrows()
+        if bench == benchmark and method not in (reference, BASE)
+    ]
+    values = [v for v in values if math.isfinite(v)]
+    return f"±{float(np.median(values)):.3f}" if values else "–"
 
 
 # --------------------------------------------------------------------------- what each output needs

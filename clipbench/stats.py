@@ -58,6 +58,11 @@ computed on each resample's per-bin values by ``clipbench.fairness``'s own funct
 ``fairness.summarize_bins`` does), never defined a second time, and :func:`fairness_intervals`
 raises if this path does not reproduce ``fairness.fairness_summary`` on the data as observed.
 
+:func:`detectable_difference` turns a paired difference's interval into the design's power: the
+smallest true difference that would be detected (its interval excluding 0) with probability 0.8, a
+normal approximation (the interval's half-width read as 1.96 standard errors): the statement to
+make when no pair of methods separates.
+
 :func:`separated_best` says which of several groups' intervals lies wholly beyond every other's;
 :func:`tied_best`, where none does, which groups are tied with the best point estimate.
 """
@@ -65,6 +70,8 @@ raises if this path does not reproduce ``fairness.fairness_summary`` on the data
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import warnings
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -358,6 +365,25 @@ def accuracy_differences(
                 row.update({f"{metric}_diff_lo": float(low), f"{metric}_diff_hi": float(high)})
             out.append(row)
     return pd.DataFrame(out)
+
+
+def detectable_difference(low: float, high: float, level: float = DEFAULT_LEVEL, power: float = 0.8) -> float:
+    """The smallest true paired difference that this design detects with probability ``power``
+    (two-sided, at ``level``), read off a bootstrap interval [low, high] of the difference: the
+    standard error is taken as the half-width over z = Φ⁻¹(1 - (1 - level) / 2) (1.96 at 95%), and
+    a difference of (z + Φ⁻¹(power)) standard errors puts the interval's near end beyond 0 with
+    probability ``power`` (normal approximation; 2.80 standard errors at 95% and 0.8). NaN when
+    the interval is not finite; 0 for a zero-width interval (a method against itself)."""
+    if not 0 < level < 1 or not 0 < power < 1:
+        raise ValueError(f"detectable_difference: level and power must be in (0, 1), got {level}, {power}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return math.nan
+    if high < low:
+        raise ValueError(f"detectable_difference: the interval [{low}, {high}] has high < low")
+    normal = statistics.NormalDist()
+    z = normal.inv_cdf(1 - (1 - level) / 2)
+    standard_error = (high - low) / (2 * z)
+    return (z + normal.inv_cdf(power)) * standard_error
 
 
 # --------------------------------------------------------------------------- fairness

@@ -65,7 +65,7 @@ from clipbench import artifacts, benchmarks, fairness
 from clipbench.advantages import compute_advantages
 from clipbench.config import ConfigError, DataConfig, TrainConfig, load_config, load_yaml, validate
 from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
-from clipbench.errors import UserError
+from clipbench.errors import RunDirError
 from clipbench.logprobs import TokenBatch, collate, enable_gradient_checkpointing, token_logprobs
 from clipbench.methods import BatchTotals, LossOutput, combine_outputs, prepare_batch, sum_statistics
 from clipbench.models import ModelLoadError, check_model_dir, file_sha256, load_model, save_model
@@ -82,10 +82,6 @@ STEP_DIR = re.compile(r"step_(\d{6,})")
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (non-finite loss or gradient); the message says where and why."""
-
-
-class RunDirError(UserError):
-    """A run directory that cannot be used as it is; the message says why and how to proceed."""
 
 
 class RunLockedError(RunDirError):
@@ -249,24 +245,6 @@ def check_device(device: str) -> None:
             )
     elif device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device: 'mps', but MPS is not available here; use device=cpu")
-
-
-def check_run_dir_path(run_dir: Path) -> None:
-    """RunDirError unless `run_dir` is (or can be created as) a writable directory; writes nothing."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(
-            f"{run_dir}: exists and is not a directory; the run directory (--out) must be a directory"
-        )
-    ancestor = run_dir
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise RunDirError(f"{run_dir}: cannot be created, {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        what = (
-            "cannot write into" if ancestor == run_dir else "cannot be created, no permission to write into"
-        )
-        raise RunDirError(f"{run_dir}: {what} {ancestor} (permission denied)")
 
 
 def _is_temporary(name: str) -> bool:
@@ -511,7 +489,7 @@ class Trainer:
         self.spec = benchmarks.get_spec(config.data.benchmark)
         # Checks that read only: a bad device or --out fails before anything is loaded or written.
         check_device(self.config.device)
-        check_run_dir_path(self.run_dir)
+        artifacts.check_run_dir_path(self.run_dir)
         self._lock = RunLock(self.run_dir)
         self._created_dir = False
 

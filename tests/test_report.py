@@ -188,6 +188,12 @@ def test_the_difference_block_shows_each_delta_against_the_reference():
     assert delta["fspo"] == "| fspo | +0.100 [-0.020, +0.210] |"
     assert delta["gspo"] == "| gspo | -0.130 [-0.200, +0.010] |"
     assert "avg@k minus grpo's, paired" in text
+    # the design's power: half-widths fspo 0.115, gspo 0.105, ppo 0.105 (base and grpo left out),
+    # median 0.105 = 1.96 standard errors, times 2.80: 0.150
+    assert delta["detectable (80% power)"] == "| detectable (80% power) | ±0.150 |"
+    assert "of 4 such intervals about 0.2 would exclude 0 by chance" in text
+    wide_base = summary_rows(differences=dict(DIFFERENCES, base=(-0.17, -0.60, 0.26)))  # another design
+    assert delta_rows(table(wide_base))["detectable (80% power)"] == "| detectable (80% power) | ±0.150 |"
     # without differences (a summary.csv whose reference had no evaluations): no block
     plain = summary_rows(differences={})
     assert "| Δ" not in table(plain) and "minus" not in table(plain)

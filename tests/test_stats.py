@@ -3,6 +3,7 @@ separation, and agreement with clipbench.fairness / clipbench.report on the poin
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -406,3 +407,27 @@ def test_tied_best():
     assert stats.tied_best({"a": (nan, nan), "b": (0.1, 0.2)}, {"a": 0.9, "b": 0.15}) == []
     with pytest.raises(ValueError, match="better"):
         stats.tied_best(intervals, points, "max")
+
+
+def test_the_detectable_difference_is_2_8_standard_errors_read_off_the_interval():
+    # [-0.196, +0.196] at 95%: a standard error of 0.196 / 1.95996 = 0.1000; (1.95996 + 0.84162) x 0.1
+    assert stats.detectable_difference(-0.196, 0.196) == pytest.approx(0.28016, abs=1e-4)
+    # it depends on the width only, not on where the interval sits
+    assert stats.detectable_difference(0.1, 0.492) == pytest.approx(0.28016, abs=1e-4)
+    assert stats.detectable_difference(0.0, 0.0) == 0.0  # a method against itself
+    assert math.isnan(stats.detectable_difference(math.nan, 0.1))
+    # a higher power asks for a larger difference, a lower level for a smaller one
+    assert stats.detectable_difference(-0.196, 0.196, power=0.9) > 0.28016
+    with pytest.raises(ValueError, match="high < low"):
+        stats.detectable_difference(0.2, 0.1)
+
+
+def test_a_true_difference_of_the_detectable_size_is_found_80_percent_of_the_time():
+    # Normal estimates d ~ N(delta, se^2) with their 95% intervals d +- 1.96 se: at delta = the
+    # detectable difference, the interval excludes 0 in 80% of 20,000 seeded repetitions.
+    rng = np.random.default_rng(0)
+    se = 0.03
+    delta = stats.detectable_difference(-1.959964 * se, 1.959964 * se)
+    estimates = rng.normal(delta, se, size=20_000)
+    found = np.mean((estimates - 1.959964 * se > 0) | (estimates + 1.959964 * se < 0))
+    assert found == pytest.approx(0.80, abs=0.01)

@@ -590,8 +590,8 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
     import shutil
 
     from clipbench.config import load_yaml
+    from clipbench.errors import RunDirError
     from clipbench.provenance import config_hash
-    from clipbench.trainer import RunDirError
 
     saved = run_dir / "config.yaml"
     if saved.exists():
