@@ -53,6 +53,10 @@ N_METHODS = len(available_methods())
             "workflows/config/smoke.yaml",
             {"base_model_sft": 1, "train": 2, "evaluate": 3, "probe": 1, "calibrate": 1},
         ),
+        (  # docs/cpu_long: four rules x five seeds, calibrated, one evaluate job per model
+            "workflows/config/cpu_long.yaml",
+            {"base_model_sft": 1, "train": 20, "evaluate": 21, "probe": 1, "calibrate": 1, "plot": 3},
+        ),
         pytest.param(  # 3 seeds; one evaluate job for each run and the base model (3 benchmarks in it)
             "workflows/config/paper.yaml",
             {"train": 3 * N_METHODS, "evaluate": 3 * N_METHODS + 1},
