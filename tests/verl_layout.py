@@ -5,13 +5,12 @@
 * a tiny random Qwen2 (from a config) wrapped in FSDP on CPU (gloo, world size 1), one AdamW step on
   random tokens, saved by verl's `FSDPCheckpointManager.save_checkpoint` into
   `RUN_DIR/verl/checkpoints/global_step_STEPS/actor/` (as `RayPPOTrainer._save_checkpoint` lays it out),
-  with the sums of the trained weights in `RUN_DIR/verl/reference.json`;
+  with the trained float32 weights in `RUN_DIR/verl/reference.safetensors`;
 * STEPS lines of per-step metrics through verl's `Tracking(default_backend=["file"])` with
   `VERL_FILE_LOGGER_PATH` = `RUN_DIR/verl/metrics.jsonl` (what the generated config sets);
 * `python -m verl.model_merger merge --backend fsdp` of that checkpoint into `RUN_DIR/verl/hf/`.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -32,6 +31,7 @@ def tokenizer(folder: Path):
 def main(run_dir: Path, steps: int) -> None:
     import torch
     import torch.distributed as dist
+    from safetensors.torch import save_file
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from transformers import AutoModelForCausalLM, Qwen2Config
     from verl.utils.checkpoint.fsdp_checkpoint_manager import FSDPCheckpointManager
@@ -66,8 +66,8 @@ def main(run_dir: Path, steps: int) -> None:
     actor = folder / "checkpoints" / f"global_step_{steps}" / "actor"
     manager.save_checkpoint(local_path=str(actor), global_step=steps)
     with FSDP.summon_full_params(fsdp):
-        sums = {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}
-    (folder / "reference.json").write_text(json.dumps(sums))
+        trained = {name: p.detach().clone().contiguous() for name, p in model.named_parameters()}
+    save_file(trained, folder / "reference.safetensors")  # the trained float32 weights
     dist.destroy_process_group()
 
     os.environ["VERL_FILE_LOGGER_PATH"] = str(folder / "metrics.jsonl")

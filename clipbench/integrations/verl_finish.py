@@ -14,7 +14,8 @@ clipbench's env) writes what the native trainer writes and `clipbench aggregate`
   written by verl's `file` logger, `verl.utils.tracking.FileLogger`: one `{"step": N, "data":
   {...}}` line per step, N counted from 1) through `METRIC_MAP` (`metrics_rows`);
 * `final/`: the merged model (its files hard-linked, else copied, so verl's folder stays whole) with
-  `clipbench_model.json`, then `final/summary.json` last (`artifacts.RUN_FINAL_SUMMARY`, the file the
+  `clipbench_model.json` (its dtype: verl 0.9.1's merger writes bfloat16, the float32 weights rounded;
+  tests/test_verl_finish.py), then `final/summary.json` last (`artifacts.RUN_FINAL_SUMMARY`, the file the
   study's DAG waits on).
 
 Each input is checked first, and nothing is written unless every check passes: verl's metric lines
@@ -221,6 +222,7 @@ def finish(cfg: TrainConfig, run_dir: str | Path) -> Path:
             "merged_from": str(files.actor_checkpoint(cfg.steps)),
             "method": rule.name,
             "steps_done": cfg.steps,
+            "dtype": json.loads((files.merged / "config.json").read_text()).get("dtype"),
             "versions": package_versions(),
         },
     )
