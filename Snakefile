@@ -31,7 +31,16 @@ validate(config, "workflows/config/schema.yaml")
 include: "workflows/rules/common.smk"
 include: "workflows/rules/base.smk"
 include: "workflows/rules/probe.smk"
-include: "workflows/rules/train.smk"
+# train.backend verl: each run is verl-config, verl's main_ppo and verl-finish (verl.smk); else train.smk.
+if VERL:
+
+    include: "workflows/rules/verl.smk"
+
+else:
+
+    include: "workflows/rules/train.smk"
+
+
 include: "workflows/rules/evaluate.smk"
 include: "workflows/rules/report.smk"
 

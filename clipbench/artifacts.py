@@ -69,6 +69,17 @@ FINAL_DIR = "final"
 RUN_FINAL_DIR = f"{RUN_DIR}/{FINAL_DIR}"
 FINAL_SUMMARY_FILE = "summary.json"
 RUN_FINAL_SUMMARY = f"{RUN_FINAL_DIR}/{FINAL_SUMMARY_FILE}"  # written last by a finished run
+#: A verl run's folder in its run directory (train.backend verl, workflows/rules/verl.smk; written by
+#: clipbench verl-config and verl, read by clipbench verl-finish: clipbench.integrations.verl_config):
+#: the Hydra config, verl's per-step metrics (its file logger) and the last checkpoint merged to HF.
+VERL_DIR = "verl"
+VERL_CONFIG_FILE = "config.yaml"
+VERL_METRICS_FILE = "metrics.jsonl"
+VERL_MERGED_DIR = "hf"
+RUN_VERL_DIR = f"{RUN_DIR}/{VERL_DIR}"
+RUN_VERL_CONFIG = f"{RUN_VERL_DIR}/{VERL_CONFIG_FILE}"
+RUN_VERL_METRICS = f"{RUN_VERL_DIR}/{VERL_METRICS_FILE}"
+RUN_VERL_MERGED_CONFIG = f"{RUN_VERL_DIR}/{VERL_MERGED_DIR}/config.json"
 EVAL_SUMMARY = f"{RESULTS}/evals/{{model}}/{{bench}}.json"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
 #: Per method (seeds pooled) and per run: clip rate, spread, slope, LRE, S-growth exponent.
@@ -81,6 +92,8 @@ PLOTS_DIR = f"{RESULTS}/plots"
 PLOT_PATH = f"{PLOTS_DIR}/{{plot}}.png"
 LOGS_DIR = f"{RESULTS}/logs"
 TRAIN_LOG = f"{LOGS_DIR}/train/{MODEL_NAME}.log"
+VERL_CONFIG_LOG = f"{LOGS_DIR}/verl_config/{MODEL_NAME}.log"
+VERL_FINISH_LOG = f"{LOGS_DIR}/verl_finish/{MODEL_NAME}.log"
 #: One evaluate job per model, every benchmark in it (clipbench.study.eval_plan).
 EVAL_LOG = f"{LOGS_DIR}/evaluate/{{model}}.log"
 BASE_MODEL_LOG = f"{LOGS_DIR}/base_model.log"

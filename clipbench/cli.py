@@ -231,10 +231,15 @@ def _train_source(args: argparse.Namespace) -> dict | Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from clipbench.config import load_config
+    from clipbench.config import ConfigError, load_config
 
     artifacts.check_run_dir_path(args.out)  # before anything is read or loaded
     config = load_config(_train_source(args), overrides=_parse_sets(args.set))
+    if config.backend == "verl":  # three jobs of a study, not one process (docs/training.md)
+        raise ConfigError(
+            "backend: 'verl' runs through a study (clipbench verl-config, verl's main_ppo, clipbench "
+            "verl-finish: workflows/rules/verl.smk), not clipbench train"
+        )
     if config.backend == "trl":  # TRL's GRPOTrainer (clipbench.integrations.trl): needs the trl extra
         from clipbench.integrations.trl import train_trl
 
@@ -471,10 +476,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verl_config(args: argparse.Namespace) -> int:
-    from clipbench.config import load_yaml
+def _verl_run(args: argparse.Namespace):
+    """(the run's TrainConfig, its model as verl gets it, GPUs per node, run directory) from a study
+    config, METHOD and SEED, or from --config-json (a study's verl-config job) with --run-dir."""
+    from clipbench.config import ConfigError, load_config, load_yaml
     from clipbench.integrations import verl_config
 
+    positional = [args.study_config, args.method, args.seed]
+    if args.config_json is not None:
+        if any(value is not None for value in positional):
+            raise ConfigError("give STUDY_CONFIG METHOD SEED or --config-json, not both")
+        if args.run_dir is None:
+            raise ConfigError("--config-json: needs --run-dir (the run directory the records go to)")
+        cfg = load_config(_train_source(argparse.Namespace(config_json=args.config_json, config=None)))
+        return cfg, verl_config.model_for_verl(cfg.model), args.gpus_per_node or 1, args.run_dir
+    if any(value is None for value in positional):
+        raise ConfigError("give STUDY_CONFIG METHOD SEED (or --config-json with --run-dir)")
     if not args.study_config.is_file():
         raise FileNotFoundError(f"{args.study_config}: no such study config")
     study = load_yaml(args.study_config.read_text())
@@ -484,7 +501,13 @@ def cmd_verl_config(args: argparse.Namespace) -> int:
     gpus = args.gpus_per_node
     if gpus is None:
         gpus = int(((study.get("resources") or {}).get("train") or {}).get("gpu") or 1)
-    run_dir = args.run_dir or Path(artifacts.RunId(args.method, args.seed).run_dir)
+    return cfg, model, gpus, args.run_dir or Path(artifacts.RunId(args.method, args.seed).run_dir)
+
+
+def cmd_verl_config(args: argparse.Namespace) -> int:
+    from clipbench.integrations import verl_config
+
+    cfg, model, gpus, run_dir = _verl_run(args)
     files = verl_config.write_run(
         cfg,
         model=model,
@@ -497,6 +520,16 @@ def cmd_verl_config(args: argparse.Namespace) -> int:
         print(f"{kind}: {getattr(files, kind)}")
     print(f"records: {artifacts.records_dir(Path(run_dir).resolve())}")
     print(f"start: {files.command()}")
+    return 0
+
+
+def cmd_verl_finish(args: argparse.Namespace) -> int:
+    from clipbench.integrations import verl_finish
+
+    artifacts.check_run_dir_path(args.run_dir)
+    cfg = verl_finish.load_run(_train_source(args))
+    final = verl_finish.finish(cfg, args.run_dir)
+    print(f"final model: {final}")
     return 0
 
 
@@ -776,9 +809,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the command that starts verl. What is mapped, what is not and what is refused: docs/training.md, "
         "'Training inside verl'.",
     )
-    p.add_argument("study_config", type=Path, help="a study config, e.g. workflows/config/default.yaml")
-    p.add_argument("method", help="one of the study's methods")
-    p.add_argument("seed", type=_nonnegative_int, help="one of the study's seeds")
+    p.add_argument(
+        "study_config", type=Path, nargs="?", help="a study config, e.g. workflows/config/default.yaml"
+    )
+    p.add_argument("method", nargs="?", help="one of the study's methods")
+    p.add_argument("seed", type=_nonnegative_int, nargs="?", help="one of the study's seeds")
+    p.add_argument(
+        "--config-json",
+        help="instead of STUDY_CONFIG METHOD SEED: the run's TrainConfig as JSON (a study's verl-config job, "
+        "workflows/rules/verl.smk; needs --run-dir)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -802,6 +842,21 @@ def build_parser() -> argparse.ArgumentParser:
         "prompt_style chat)",
     )
     p.set_defaults(func=cmd_verl_config)
+
+    p = sub.add_parser(
+        "verl-finish",
+        help="turn a finished verl run (backend verl) into clipbench's run directory",
+        description="After verl trained the run in RUN_DIR/verl/ and its last checkpoint was merged into "
+        "RUN_DIR/verl/hf/: check verl's per-step metrics, the clip records and the merged model, then write "
+        "config.yaml, provenance.json, metrics.jsonl (verl's metrics under the native keys), final/ (the model) "
+        "and final/summary.json, last. The mapping: docs/training.md, 'Training inside verl'.",
+    )
+    p.add_argument("--config", type=Path, help="the run's TrainConfig as a YAML file")
+    p.add_argument("--config-json", help="the run's TrainConfig as JSON (a study's verl_finish job)")
+    p.add_argument(
+        "--run-dir", type=Path, required=True, help="the run directory (results/runs/METHOD/seedSEED)"
+    )
+    p.set_defaults(func=cmd_verl_finish)
 
     from clipbench.evaluate import add_cli as add_evaluate
 

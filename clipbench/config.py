@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 ENGINES = ("hf", "vllm")
-BACKENDS = ("native", "trl")  # the trainer: clipbench.trainer, or TRL's (clipbench.integrations.trl)
+#: The trainer: clipbench.trainer, TRL's (clipbench.integrations.trl), or verl's (a study's three jobs:
+#: clipbench verl-config, verl's main_ppo, clipbench verl-finish; clipbench.integrations.verl_config).
+BACKENDS = ("native", "trl", "verl")
 PROMPT_STYLES = ("base", "chat")
 DEVICE = re.compile(r"cpu|mps|cuda(?::\d+)?")  # what `device` may be (torch device strings)
 # TrainConfig.build_method's methods, by config object (not in the object: its fields are its state).
@@ -218,8 +220,10 @@ class TrainConfig:
     )
     backend: str = setting(
         "native",
-        help="the trainer: native (clipbench.trainer) or trl (TRL's GRPOTrainer with the rule as its loss, "
-        "clipbench.integrations.trl; pip install -e '.[trl]'; no resume, hf sampling only)",
+        help="the trainer: native (clipbench.trainer), trl (TRL's GRPOTrainer with the rule as its loss, "
+        "clipbench.integrations.trl; pip install -e '.[trl]'; no resume, hf sampling only) or verl (a study "
+        "only: verl 0.9.1's main_ppo with the rule as its policy loss, in its own env, workflows/envs/verl.yaml; "
+        "vLLM sampling on GPUs, ranks from resources.train: nodes x gpu; clipbench.integrations.verl_config)",
         choices=BACKENDS,
     )
     processes: int = setting(
@@ -301,8 +305,38 @@ def check_run(config: TrainConfig, *, schedule: bool = True) -> TrainConfig:
     return config
 
 
+#: Native-trainer settings a verl run would silently ignore: refused away from their defaults under
+#: backend verl (field -> why). `device` and `rollout.engine` are not among them: verl always trains
+#: on its GPUs and samples with vLLM, whatever they say (clipbench.integrations.verl_config.NOT_MAPPED).
+VERL_REFUSED = {
+    "processes": "verl's ranks are resources.train.nodes x resources.train.gpu",
+    "report_to": "verl logs through its own trainer.logger (clipbench.integrations.verl_config)",
+    "optim.logprob_chunk_tokens": "verl computes log-probs its own way",
+    "rollout.vllm_weight_sync": "verl syncs the weights to vLLM itself",
+    "rollout.vllm_sleep_level": "verl frees vLLM's memory during updates itself (rollout.free_cache_engine)",
+}
+
+
+def _check_verl(config: TrainConfig) -> None:
+    """The native-only settings of `VERL_REFUSED` set under backend verl, named; what verl itself
+    cannot run is `clipbench.integrations.verl_config.check_mappable`'s (it needs the cluster)."""
+    defaults = TrainConfig()
+    for name, why in VERL_REFUSED.items():
+        value, default = config, defaults
+        for part in name.split("."):
+            value, default = getattr(value, part), getattr(default, part)
+        if value != default:
+            raise ConfigError(
+                f"{name}: {value!r} is not supported by backend verl ({why}); leave it at {default!r}"
+            )
+
+
 def _check_backend(config: TrainConfig) -> None:
-    """What the TRL backend does not take (clipbench.integrations.trl), and processes > 1 without it."""
+    """What the TRL backend does not take (clipbench.integrations.trl), what backend verl would ignore
+    (`_check_verl`), and processes > 1 without TRL."""
+    if config.backend == "verl":
+        _check_verl(config)
+        return
     if config.backend == "native":
         if config.processes != 1:
             raise ConfigError(

@@ -22,7 +22,9 @@ it, as Snakemake workflows do; a test fails when the committed file differs)::
 benchmarks), each method's hyperparameters (its `hparam` declarations, through
 `methods.get_method`, once per method), every run's TrainConfig (`clipbench.config.check_run`, as
 the train job validates it), that the train job fits its declared GPU (``resources.train.gpu_model``:
-`clipbench.plan.check_fits`, the numbers of `clipbench plan`), the SFT settings (`SFTConfig`), each
+`clipbench.plan.check_fits`, the numbers of `clipbench plan`), with ``train.backend: verl`` what
+verl cannot run on ``resources.train.nodes`` x ``gpu`` GPUs (`clipbench.integrations.verl_config.
+check_mappable`, as `clipbench verl-config` refuses it), the SFT settings (`SFTConfig`), each
 evaluation's settings and local data (`clipbench.evaluate.check_settings` and `check_data`, as the
 evaluate job checks them), that the reference method of the paired differences
 (report.reference) is one of the study's, the probe's options (`clipbench.probe.load_probe_config`,
@@ -197,7 +199,8 @@ class Study:
         default_factory=dict,
         help="per rule group: {gpu: N, threads: N, mem_mb: N, runtime: minutes}; train may declare gpu_model, "
         "a GPU kind of clipbench.plan.GPUS (e.g. h100-80gb): the train job's predicted peak memory must fit "
-        "one such GPU when the DAG is built (`clipbench plan`)",
+        "one such GPU when the DAG is built (`clipbench plan`); with train.backend verl, train's gpu is verl's "
+        "GPUs per node and nodes (default 1) its nodes (gpu_model refused: not planned)",
     )
 
 
@@ -397,6 +400,57 @@ def train_launcher(run: dict[str, Any]) -> str:
     return f"python -m torch.distributed.run --standalone --nproc_per_node {processes}"
 
 
+def train_backend(config: dict[str, Any]) -> str:
+    """The study's training backend (train.backend; default native)."""
+    return str((config.get("train") or {}).get("backend", "native"))
+
+
+def verl_cluster_args(config: dict[str, Any]) -> list[str]:
+    """`clipbench verl-config`'s --nodes and --gpus-per-node for the study's train jobs
+    (resources.train.nodes and gpu: `verl_config.study_cluster`), one list item per shell word."""
+    from clipbench.integrations import verl_config
+
+    cluster = verl_config.study_cluster(config)
+    return ["--nodes", str(cluster.nodes), "--gpus-per-node", str(cluster.gpus_per_node)]
+
+
+def verl_nodes(config: dict[str, Any]) -> int:
+    """The nodes of each verl train job (resources.train.nodes, default 1)."""
+    from clipbench.integrations import verl_config
+
+    return verl_config.study_cluster(config).nodes
+
+
+def verl_gpus(config: dict[str, Any]) -> int:
+    """The GPUs of each verl train job, all nodes together (its `gpu` resource: what a local GPU
+    limit counts and the SLURM executor asks for as --gpus)."""
+    from clipbench.integrations import verl_config
+
+    return verl_config.study_cluster(config).gpus
+
+
+def run_steps(run: dict[str, Any]) -> int:
+    """The RL steps of the TrainConfig dict `run` (its default when not set)."""
+    return int(run.get("steps", TrainConfig.__dataclass_fields__["steps"].default))
+
+
+#: The script that starts a Ray cluster over a SLURM allocation of several nodes and runs verl on it.
+VERL_RAY_SCRIPT = "workflows/scripts/verl_ray_slurm.sh"
+
+
+def verl_launcher(config: dict[str, Any]) -> str:
+    """What the verl train job puts before `python -m verl.trainer.main_ppo`: nothing on one node
+    (main_ppo starts a local Ray), else `bash VERL_RAY_SCRIPT NODES GPUS_PER_NODE` (Ray's head on the
+    allocation's first node, a worker on each other, then the command on the head). Constants and
+    validated integers: the rule writes them unquoted."""
+    from clipbench.integrations import verl_config
+
+    cluster = verl_config.study_cluster(config)
+    if cluster.nodes == 1:
+        return ""
+    return f"bash {VERL_RAY_SCRIPT} {cluster.nodes} {cluster.gpus_per_node} "
+
+
 def train_threads(run: dict[str, Any]) -> int:
     """The train job's threads: one per process (each process runs torch on one thread)."""
     return int(run.get("processes", 1))
@@ -516,12 +570,23 @@ def _check_base(study: Study) -> None:
 
 
 def _check_train(config: dict[str, Any], grid: Grid) -> None:
-    """Every run's TrainConfig, as the train job validates it (its method was checked once)."""
+    """Every run's TrainConfig, as the train job validates it (its method was checked once); with
+    backend verl also what verl cannot run on the study's GPUs, as `clipbench verl-config` refuses it."""
     where = {"model": "base.path", "seed": "seeds"}
+    cluster = None
+    if train_backend(config) == "verl":
+        from clipbench.integrations import verl_config
+
+        try:
+            cluster = verl_config.study_cluster(config)
+        except ConfigError as err:
+            raise _fail("", err) from None
     for method in grid.methods:
         for seed in grid.seeds:
             try:
-                check_run(from_dict(TrainConfig, run_config(config, method, seed)))
+                run = check_run(from_dict(TrainConfig, run_config(config, method, seed)))
+                if cluster is not None:
+                    verl_config.check_mappable(run, cluster)
             except ConfigError as err:
                 field = str(err).split(":", 1)[0].split(".")[0].split("[")[0]
                 raise _fail(where[field], err) if field in where else _fail("", f"train.{err}") from None
@@ -549,6 +614,14 @@ def _check_fits(config: dict[str, Any]) -> None:
     GPU of that kind (`clipbench.plan.check_fits`); without it (the CPU studies) nothing is checked."""
     from clipbench import plan
 
+    if train_backend(config) == "verl" and "gpu_model" in (
+        (config.get("resources") or {}).get("train") or {}
+    ):
+        raise _fail(
+            "resources.train.gpu_model",
+            "plans the native trainer on one GPU; a verl run (train.backend: verl) shards over resources.train"
+            ".nodes x gpu GPUs with FSDP, which clipbench plan does not model: leave it out",
+        )
     try:
         plan.check_fits(config)
     except plan.PlanError as err:

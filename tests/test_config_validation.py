@@ -187,7 +187,16 @@ def test_a_generated_training_set_is_capped_before_any_work():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"backend": "verl"}, "backend: unknown backend 'verl'; available: native, trl"),
+        ({"backend": "deepspeed"}, "backend: unknown backend 'deepspeed'; available: native, trl, verl"),
+        (
+            {"backend": "verl", "processes": 2},
+            r"processes: 2 is not supported by backend verl \(verl's ranks are resources.train.nodes x "
+            r"resources.train.gpu\); leave it at 1",
+        ),
+        (
+            {"backend": "verl", "rollout": {"vllm_weight_sync": "disk"}},
+            r"rollout.vllm_weight_sync: 'disk' is not supported by backend verl .*; leave it at 'memory'",
+        ),
         ({"processes": 0}, "processes: must be >= 1, got 0"),
         ({"processes": 2}, r"processes: 2, but the native trainer runs one process \(backend: trl\)"),
         (

@@ -144,7 +144,14 @@ def test_verl_config_of_the_default_study_maps_the_run(default_fspo):
     assert trainer["default_local_dir"] == str(folder / "checkpoints")
     assert data["max_response_length"] == 128 and data["truncation"] == "error" and data["shuffle"] is False
     env = config["ray_kwargs"]["ray_init"]["runtime_env"]["env_vars"]
-    assert env == {"CLIPBENCH_VERL_RUN": str(folder / "clipbench.json"), "PYTHONPATH": str(ROOT)}
+    assert env == {
+        "CLIPBENCH_VERL_RUN": str(folder / "clipbench.json"),
+        "VERL_FILE_LOGGER_PATH": str(
+            folder / "metrics.jsonl"
+        ),  # verl's FileLogger: clipbench verl-finish reads it
+        "PYTHONPATH": str(ROOT),
+    }
+    assert trainer["logger"] == ["console", "file"]
 
     settings = json.loads((folder / "clipbench.json").read_text())
     assert settings == {
@@ -237,7 +244,7 @@ REFUSED = [
     ({"advantage__eps": 1e-5}, ["fspo", "0"], r"advantage.eps: 1e-05; verl's grpo divides by std \+ 1e-06"),
     ({}, ["fspo", "0", "--gpus-per-node", "3"], "a minibatch of 8 sequences does not split over 3 GPUs"),
     ({}, ["powerband", "0", "--gpus-per-node", "2"], "powerband .* reads a statistic of the whole minibatch"),
-    ({"backend": "trl"}, ["fspo", "0"], "backend: 'trl'; verl-config maps a native run's settings"),
+    ({"backend": "trl"}, ["fspo", "0"], "backend: 'trl'; verl-config maps a native or verl run's settings"),
     (
         {},
         ["nosuch", "0"],
@@ -379,3 +386,121 @@ def test_report_to_is_refused_not_dropped(tmp_path, monkeypatch, capsys):
     assert run_cli(study, "fspo", "0") == 2
     err = capsys.readouterr().err
     assert re.search(r"report_to: \['tensorboard'\] is not mapped to verl's trainer.logger", err), err
+
+
+# --------------------------------------------------------------------------- train.backend verl in a study
+
+
+def verl_study(**changes) -> dict:
+    """The default study with train.backend verl and `changes` (train__x__y: a train field; else top level)."""
+    study = load_yaml(DEFAULT.read_text())
+    study["train"]["backend"] = "verl"
+    for key, value in changes.items():
+        if key.startswith("train__"):
+            node = study["train"]
+            *parents, leaf = key.split("__")[1:]
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        else:
+            study[key] = value
+    return study
+
+
+def test_a_verl_study_passes_the_dag_check():
+    from clipbench.study import check_study, verl_cluster_args, verl_launcher
+
+    study = verl_study()
+    assert check_study(study).methods == methods.available_methods()
+    assert (verl_cluster_args(study), verl_launcher(study)) == (["--nodes", "1", "--gpus-per-node", "1"], "")
+    two = verl_study(resources={"train": {"gpu": 4, "nodes": 2}}, methods=["fspo", "grpo"])
+    check_study(two)  # 8 sequences per minibatch over 8 GPUs
+    assert verl_launcher(two) == "bash workflows/scripts/verl_ray_slurm.sh 2 4 "
+
+
+VERL_STUDY_REFUSED = [
+    ({"train__processes": 2}, r"config train\.processes: 2 is not supported by backend verl \(verl's ranks"),
+    (
+        {"train__report_to": ["tensorboard"]},
+        r"config train\.report_to: \['tensorboard'\] is not supported by backend verl",
+    ),
+    (
+        {"train__optim__logprob_chunk_tokens": 64},
+        r"config train\.optim\.logprob_chunk_tokens: 64 is not supported",
+    ),
+    (
+        {"resources": {"train": {"gpu": 3}}},
+        r"config train\.optim\.minibatches: a minibatch of 8 sequences does not split over 3 GPUs",
+    ),
+    (
+        {"resources": {"train": {"gpu": 2}}, "methods": ["grpo", "powerband"]},
+        r"config train\.method_params: powerband .* reads a statistic of the whole minibatch",
+    ),
+    (
+        {"resources": {"train": {"nodes": 0}}},
+        r"config resources\.train\.nodes: 0; verl needs a positive integer",
+    ),
+    (
+        {"resources": {"train": {"gpu_model": "h100-80gb"}}},
+        r"config resources\.train\.gpu_model: plans the native trainer on one GPU",
+    ),
+    (
+        {"train__optim__grad_clip": 0},
+        r"config train\.optim\.grad_clip: 0 \(no clipping\) has no verl equivalent",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"), VERL_STUDY_REFUSED, ids=[m[:40] for _, m in VERL_STUDY_REFUSED]
+)
+def test_a_verl_study_that_verl_cannot_run_fails_the_dag_check_naming_the_key(changes, message):
+    from clipbench.study import StudyConfigError, check_study
+
+    with pytest.raises(StudyConfigError, match=message):
+        check_study(verl_study(**changes))
+
+
+def test_the_same_settings_pass_with_the_native_backend():
+    # what backend verl refuses is not refused natively (the native path is unchanged)
+    from clipbench.study import check_study
+
+    study = verl_study(train__optim__logprob_chunk_tokens=64, resources={"train": {"gpu": 3}})
+    study["train"]["backend"] = "native"
+    check_study(study)
+
+
+def test_clipbench_train_refuses_backend_verl(tmp_path, capsys):
+    fields = {"model": "m", "method": "fspo", "backend": "verl", "optim": {"minibatches": 2}}
+    assert cli.main(["train", "--config-json", json.dumps(fields), "--out", str(tmp_path / "run")]) == 2
+    assert "backend: 'verl' runs through a study" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_verl_config_of_a_run_config_json_is_the_study_commands(tmp_path, monkeypatch):
+    """The study's verl_config job (--config-json, --run-dir) writes what STUDY METHOD SEED writes."""
+    from clipbench.study import run_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "base" / "model").mkdir(parents=True)  # the job's input: the base model
+    study = load_yaml(DEFAULT.read_text())
+    assert run_cli(DEFAULT, "grpo", 1, "--out", tmp_path / "a" / "config.yaml") == 0
+    fields = {**run_config(study, "grpo", 1), "backend": "verl"}
+    args = [
+        "--config-json",
+        json.dumps(fields),
+        "--run-dir",
+        "results/runs/grpo/seed1",
+        "--out",
+        tmp_path / "b" / "config.yaml",
+    ]
+    assert cli.main(["verl-config", *map(str, args)]) == 0
+    a, b = (yaml.safe_load((tmp_path / x / "config.yaml").read_text()) for x in "ab")
+    for name in ("clipbench.json",):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    assert pd.read_parquet(tmp_path / "a" / "train.parquet").equals(
+        pd.read_parquet(tmp_path / "b" / "train.parquet")
+    )
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("data", "trainer", "ray_kwargs")}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a["data"]["train_batch_size"] == b["data"]["train_batch_size"] == 4

@@ -219,6 +219,93 @@ def test_a_trl_study_starts_each_train_job_on_its_processes(tmp_path):
     assert len(re.findall(launch, result.stdout)) == len(study["methods"]), result.stdout[-3000:]
 
 
+@pytest.mark.dag
+def test_a_verl_study_runs_verl_config_verl_and_verl_finish(tmp_path):
+    """train.backend: verl: each run is verl_config (clipbench), verl_train (verl's main_ppo, then its
+    merger, in the verl env) and verl_finish (clipbench), in that order; no train job."""
+    study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    study["train"]["backend"] = "verl"
+    for section in ("probe", "calibration"):  # the run config is then known at DAG time (no <TBD>)
+        study.pop(section)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = snakemake("-n", "-p", "--forceall", "--cores", "2", "--configfile", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert (counts["verl_config"], counts["verl_train"], counts["verl_finish"]) == (2, 2, 2), counts
+    assert "train" not in counts and counts["evaluate"] == 3
+    folder = ROOT / "results" / "runs" / "fspo" / "seed0" / "verl"
+    lines = [line.removeprefix("Shell command: ") for line in result.stdout.splitlines()]
+    [config] = [line for line in lines if "verl-config" in line and "fspo" in line]
+    assert config.startswith("python -m clipbench.cli verl-config --config-json ")
+    assert config.endswith(
+        "--run-dir results/runs/fspo/seed0 --nodes 1 --gpus-per-node 1 > "
+        "results/logs/verl_config/fspo-seed0.log 2>&1"
+    )
+    assert '"backend": "verl"' in config
+    [train] = [line for line in lines if "verl.trainer.main_ppo" in line and "/fspo/" in line]
+    assert train == (
+        f"rm -rf results/runs/fspo/seed0/records {folder}/checkpoints {folder}/hf && "
+        f"python -m verl.trainer.main_ppo --config-path {folder} --config-name config "
+        "> results/logs/train/fspo-seed0.log 2>&1 && "
+        f"python -m verl.model_merger merge --backend fsdp --local_dir {folder}/checkpoints/global_step_3/actor "
+        f"--target_dir {folder}/hf >> results/logs/train/fspo-seed0.log 2>&1"
+    )
+    [finish] = [line for line in lines if "verl-finish" in line and "fspo" in line]
+    assert finish.startswith("python -m clipbench.cli verl-finish --config-json ")
+    assert finish.endswith("--run-dir results/runs/fspo/seed0 > results/logs/verl_finish/fspo-seed0.log 2>&1")
+    # the same run config for verl-config and verl-finish (the calibrated bands included)
+    assert (
+        config.split("--config-json ")[1].split(" --run-dir")[0]
+        == finish.split("--config-json ")[1].split(" --run-dir")[0]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.dag
+def test_paper_verl_dry_runs_through_the_slurm_profile():
+    """workflows/config/paper_verl.yaml: 9 rules x 3 seeds through verl on 2 nodes x 8 GPUs, the SLURM
+    profile's resources; the shell lines of its three jobs."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    args = [
+        "-n",
+        "-p",
+        "--forceall",
+        "--profile",
+        "profiles/slurm",
+        "--configfile",
+        "workflows/config/paper_verl.yaml",
+    ]
+    result = snakemake(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert (counts["verl_config"], counts["verl_train"], counts["verl_finish"], counts["evaluate"]) == (
+        27,
+        27,
+        27,
+        28,
+    )
+    folder = ROOT / "results" / "runs" / "gspo" / "seed2" / "verl"
+    assert (
+        f"bash workflows/scripts/verl_ray_slurm.sh 2 8 python -m verl.trainer.main_ppo --config-path {folder} "
+        "--config-name config > results/logs/train/gspo-seed2.log 2>&1 && python -m verl.model_merger merge "
+        f"--backend fsdp --local_dir {folder}/checkpoints/global_step_500/actor --target_dir {folder}/hf"
+    ) in result.stdout
+    assert "--run-dir results/runs/gspo/seed2 --nodes 2 --gpus-per-node 8 >" in result.stdout
+    assert "verl-finish --config-json " in result.stdout
+    assert re.search(r"rule verl_train:.*?resources: [^\n]*gpu=16[^\n]*nodes=2", result.stdout, re.S)
+
+
+def test_the_ray_script_is_valid_bash_and_refuses_bad_arguments():
+    script = ROOT / "workflows" / "scripts" / "verl_ray_slurm.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    result = subprocess.run(["bash", str(script), "2", "x8", "true"], capture_output=True, text=True)
+    assert result.returncode == 2 and "must be positive integers" in result.stderr
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_NODELIST"}
+    result = subprocess.run(["bash", str(script), "2", "8", "true"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "not inside a SLURM job" in result.stderr
+
+
 def test_a_study_config_may_write_numbers_with_an_exponent(tmp_path):
     # Snakemake's YAML 1.1 loader gives `lr: 1e-5` as text; the Snakefile reads it as a number.
     text = (ROOT / "workflows" / "config" / "smoke.yaml").read_text()
@@ -244,6 +331,8 @@ def test_conda_envs_name_the_dependencies_of_pyproject():
     core = _requirement_names(project["dependencies"]) - {"snakemake", "jsonschema"}
     pins = {r.split("==")[0].lower(): r for r in project["dependencies"] if "==" in r}
     for env_file in sorted((ROOT / "workflows" / "envs").glob("*.yaml")):
+        if env_file.stem == "verl":  # verl's own pins: test_the_verl_env_pins_verl_apart_from_clipbench
+            continue
         env = yaml.safe_load(env_file.read_text())
         pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
         names = _requirement_names(pip)
@@ -260,6 +349,30 @@ def test_conda_envs_name_the_dependencies_of_pyproject():
     evaluate = yaml.safe_load((ROOT / "workflows" / "envs" / "evaluate.yaml").read_text())
     eval_pip = next(d["pip"] for d in evaluate["dependencies"] if isinstance(d, dict))
     assert set(project["optional-dependencies"]["eval"]) <= set(eval_pip)
+
+
+def test_the_verl_env_pins_verl_apart_from_clipbench():
+    # verl 0.9.1 needs transformers < 5.11 while clipbench pins 5.19.0: verl's env must not carry
+    # clipbench's pin, and holds only verl, its torch, the verifier and what clipbench's adapter and
+    # reward import on verl's workers (clipbench comes from the checkout, on their PYTHONPATH).
+    env = yaml.safe_load((ROOT / "workflows" / "envs" / "verl.yaml").read_text())
+    assert env["channels"] == ["conda-forge"] and "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    for pin in ("torch==2.13.0", "verl[verl-core]==0.9.1", "math-verify==0.9.0"):
+        assert pin in pip, pin
+    [transformers] = [r for r in pip if r.startswith("transformers")]
+    assert transformers.startswith("transformers==5.10."), transformers  # verl 0.9.1: < 5.11
+    assert _requirement_names(pip) == {
+        "torch",
+        "verl",
+        "transformers",
+        "math-verify",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "pyyaml",
+    }
+    assert not any(r.startswith(("-e", ".", "/")) for r in pip)
 
 
 def test_the_smollm2_env_brings_what_the_conversion_needs():
@@ -325,16 +438,28 @@ def test_every_rule_that_runs_code_resolves_its_conda_env_to_a_valid_file(tmp_pa
     # What `--use-conda` needs before conda itself: each rule names an env file that exists where
     # Snakemake looks for it and is a conda environment (channels, a pinned python, pip packages).
     # Creating the envs needs conda: test_use_conda_dry_run.
+    # Two studies: smoke's with a smollm2 base, and smoke's with train.backend verl (verl.smk's rules).
     study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
-    study["base"] = {"kind": "smollm2"}
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    result = subprocess.run(
-        [sys.executable, "-c", RULE_ENVS, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    envs = json.loads(result.stdout.strip().splitlines()[-1])
+    envs = {}
+    for name, change in (("smollm2", {"base": {"kind": "smollm2"}}), ("verl", {})):
+        variant = {
+            **study,
+            **change,
+            "train": {**study["train"], **({"backend": "verl"} if name == "verl" else {})},
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(variant))
+        result = subprocess.run(
+            [sys.executable, "-c", RULE_ENVS, str(path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        envs.update(json.loads(result.stdout.strip().splitlines()[-1]))
     assert {"base_model_sft", "base_model_smollm2", "train", "evaluate", "aggregate"} <= set(envs)
+    assert {"verl_config", "verl_train", "verl_finish"} <= set(envs)
     used = set()
     for rule, info in envs.items():
         if not info["runs_code"]:

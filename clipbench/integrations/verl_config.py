@@ -15,6 +15,13 @@ folder (default `RUN_DIR/verl/`, `RunFiles`):
 * `clipbench.json`: the adapter's settings (`clipbench.integrations.verl.Settings`): the rule's
   hyperparameters, the run directory for the clip records, the update schedule.
 
+verl's own outputs go into the same folder: its checkpoints (`checkpoints/global_step_N/actor/`,
+`trainer.default_local_dir`) and its per-step metrics, `metrics.jsonl` (verl's `file` logger,
+`verl.utils.tracking.FileLogger`, named by `VERL_FILE_LOGGER_PATH` in every Ray worker's
+environment); a study's train job merges the last checkpoint into `hf/` with verl's model merger
+(`RunFiles.merged`), and `clipbench verl-finish` (`clipbench.integrations.verl_finish`) turns them into
+the run directory clipbench reads.
+
 What is mapped (`hydra_config`), TrainConfig field -> verl key:
 
   model                      actor_rollout_ref.model.path (absolute where it is a local folder)
@@ -54,7 +61,7 @@ groups where the native trainer draws a seeded permutation of rows; vLLM samples
 vllm`, one GPU per engine); no resume (`trainer.resume_mode: disable`: the clip records count
 steps from the process's start); no validation; rollout correction off (verl's default).
 
-Refused (ConfigError naming the field): `backend` other than native; `optim.minibatches` not
+Refused (ConfigError naming the field): `backend` trl; `optim.minibatches` not
 dividing `rollout.prompts_per_step`; a minibatch that does not split evenly over the GPUs;
 `optim.grad_clip: 0` (verl always clips); a grpo `advantage.eps` other than verl's 1e-6, or an
 estimator verl lacks; a rule that reads minibatch statistics (FSPO `drift: kl`, powerband's fit)
@@ -76,12 +83,17 @@ from clipbench.integrations import verl as adapter
 from clipbench.integrations.verl_reward import source_of
 
 #: Where `clipbench verl-config` writes a run's files by default, inside its run directory.
-VERL_DIR = "verl"
-CONFIG_FILE = "config.yaml"
+VERL_DIR = artifacts.VERL_DIR
+CONFIG_FILE = artifacts.VERL_CONFIG_FILE
 SETTINGS_FILE = "clipbench.json"
 TRAIN_FILE = "train.parquet"
 VAL_FILE = "val.parquet"
 CHECKPOINT_DIR = "checkpoints"
+#: verl's per-step metrics (its file logger, trainer.logger: file) and the merged final model, in the folder.
+METRICS_FILE = artifacts.VERL_METRICS_FILE
+MERGED_DIR = artifacts.VERL_MERGED_DIR
+#: The environment variable verl's FileLogger (verl/utils/tracking.py) writes to when set.
+FILE_LOGGER_ENV = "VERL_FILE_LOGGER_PATH"
 #: The module verl's workers import (actor_rollout_ref.model.external_lib): it registers the rules.
 PLUGIN = "clipbench.integrations.verl_plugin"
 #: The reward function (reward.custom_reward_function).
@@ -131,9 +143,32 @@ class RunFiles:
     def checkpoints(self) -> Path:
         return self.folder / CHECKPOINT_DIR
 
+    @property
+    def metrics(self) -> Path:
+        """verl's per-step metrics: one `{"step": N, "data": {...}}` line per step (FileLogger)."""
+        return self.folder / METRICS_FILE
+
+    @property
+    def merged(self) -> Path:
+        """The final model in HF format, as verl's model merger writes it from the last checkpoint."""
+        return self.folder / MERGED_DIR
+
+    def actor_checkpoint(self, step: int) -> Path:
+        """verl's FSDP checkpoint of the actor after step `step` (counted from 1, as verl counts):
+        `global_step_N/actor/` (verl.trainer.ppo.ray_trainer._save_checkpoint) with the shards
+        `model_world_size_W_rank_R.pt`, `fsdp_config.json` and `huggingface/` (config, tokenizer)."""
+        return self.checkpoints / f"global_step_{step}" / "actor"
+
     def command(self) -> str:
         """The line that starts verl on this config."""
         return f"python -m verl.trainer.main_ppo --config-path {self.folder} --config-name {self.config.stem}"
+
+    def merge_command(self, step: int) -> str:
+        """The line that merges the actor checkpoint of step `step` into `merged` (verl's merger)."""
+        return (
+            f"python -m verl.model_merger merge --backend fsdp --local_dir {self.actor_checkpoint(step)} "
+            f"--target_dir {self.merged}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +257,8 @@ def microbatch_settings(cfg: TrainConfig, cluster: Cluster) -> tuple[dict[str, A
 def check_mappable(cfg: TrainConfig, cluster: Cluster) -> None:
     """ConfigError naming the field for what verl cannot run as the run `cfg` asks (module
     docstring, "Refused"), before any data is read."""
-    if cfg.backend != "native":
-        raise ConfigError(f"backend: {cfg.backend!r}; verl-config maps a native run's settings")
+    if cfg.backend not in ("native", "verl"):
+        raise ConfigError(f"backend: {cfg.backend!r}; verl-config maps a native or verl run's settings")
     if cfg.optim.grad_clip == 0:
         raise ConfigError(
             "optim.grad_clip: 0 (no clipping) has no verl equivalent: verl always clips (optim.clip_grad)"
@@ -330,7 +365,7 @@ def hydra_config(
             "val_before_train": False,
             "resume_mode": "disable",
             "balance_batch": False,
-            "logger": ["console"],
+            "logger": ["console", "file"],
             "project_name": "clipbench",
             "experiment_name": artifacts.RunId(cfg.method, cfg.seed).model,
             "default_local_dir": str(files.checkpoints),
@@ -338,7 +373,11 @@ def hydra_config(
         "ray_kwargs": {
             "ray_init": {
                 "runtime_env": {
-                    "env_vars": {adapter.SETTINGS_ENV: str(files.settings), "PYTHONPATH": str(repo_root)}
+                    "env_vars": {
+                        adapter.SETTINGS_ENV: str(files.settings),
+                        FILE_LOGGER_ENV: str(files.metrics),
+                        "PYTHONPATH": str(repo_root),
+                    }
                 }
             }
         },
@@ -458,6 +497,26 @@ def write_run(
     return files
 
 
+def model_for_verl(model: str) -> str:
+    """The run's base model as verl gets it: an existing local folder made absolute (verl's workers
+    start elsewhere), anything else (a hub id) as it is."""
+    local = Path(model)
+    return str(local.resolve()) if local.exists() else model
+
+
+def study_cluster(config: dict[str, Any]) -> Cluster:
+    """verl's ranks for a study's train jobs: `resources.train.nodes` (default 1) x
+    `resources.train.gpu` GPUs per node (default 1); ConfigError naming the key otherwise."""
+    train = (config.get("resources") or {}).get("train") or {}
+    sizes = {}
+    for key, field in (("nodes", "nodes"), ("gpu", "gpus_per_node")):
+        value = train.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"resources.train.{key}: {value!r}; verl needs a positive integer here")
+        sizes[field] = value
+    return Cluster(**sizes)
+
+
 def study_run(config: dict[str, Any], method: str, seed: int) -> tuple[TrainConfig, str]:
     """(the run's TrainConfig, validated; its base model as verl gets it) for `method` and `seed` of a
     study config (checked as the DAG check does); StudyConfigError for a run outside its grid."""
@@ -487,6 +546,9 @@ __all__ = [
     "REWARD_PATH",
     "SETTINGS_FILE",
     "VERL_DIR",
+    "FILE_LOGGER_ENV",
+    "MERGED_DIR",
+    "METRICS_FILE",
     "Cluster",
     "RunFiles",
     "adapter_settings",
@@ -498,6 +560,8 @@ __all__ = [
     "loss_settings",
     "microbatch_settings",
     "minibatch_rows_per_gpu",
+    "model_for_verl",
+    "study_cluster",
     "study_run",
     "write_run",
 ]

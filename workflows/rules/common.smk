@@ -17,6 +17,7 @@ BENCHES = GRID.benchmarks
 REFERENCE = GRID.reference  # report.reference, resolved and checked (clipbench.study.check_study)
 PROBE = GRID.probe  # a probe: section: the probe of the base model (workflows/rules/probe.smk)
 CALIBRATED = GRID.calibrated  # the rules the calibrate job calibrates (a calibration: section)
+VERL = study.train_backend(config) == "verl"  # train.backend verl: workflows/rules/verl.smk trains
 RUNS = [RunId(m, s) for m in METHODS for s in SEEDS]
 MODELS = [artifacts.BASE] + [run.model for run in RUNS]
 CONFIG_HASH = config_hash(config)
