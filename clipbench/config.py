@@ -31,6 +31,7 @@ __all__ = [
     "RolloutConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_device",
     "check_run",
     "exponent_numbers",
     "from_dict",
@@ -429,3 +430,23 @@ def load_config(source: str | Path | dict, overrides: dict[str, Any] | None = No
         )
     data = apply_overrides(data, overrides or {})
     return validate(from_dict(TrainConfig, data))
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless `device` (already a valid name) exists on this machine. Here, not in the
+    trainer, so that checking a config (the probe's, a study's at DAG construction) does not import
+    transformers."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ConfigError(f"device: {device!r}, but CUDA is not available here ({why}); use device=cpu")
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(
+                f"device: {device!r}, but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}"
+            )
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: 'mps', but MPS is not available here; use device=cpu")

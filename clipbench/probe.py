@@ -79,7 +79,7 @@ import torch
 
 from clipbench import artifacts, fairness, methods, stats
 from clipbench.advantages import available_estimators
-from clipbench.config import DEVICE, ENGINES, PROMPT_STYLES, TrainConfig, validate
+from clipbench.config import DEVICE, ENGINES, PROMPT_STYLES, TrainConfig, check_device, validate
 from clipbench.settings import ConfigError, from_dict, setting
 
 #: The rule the flattest-band search runs (its band W(L) = L^b with fit=false).
@@ -245,8 +245,6 @@ def load_probe_config(data: Mapping[str, Any], *, here: bool = True) -> tuple[Pr
         config.build_rules()
     except ValueError as err:
         raise ConfigError(f"--set: {err}") from None
-    from clipbench.trainer import check_device
-
     try:
         carrier = validate(_carrier(config), schedule=False)
         if here:

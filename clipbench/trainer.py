@@ -63,7 +63,15 @@ import yaml
 
 from clipbench import artifacts, benchmarks, fairness
 from clipbench.advantages import compute_advantages
-from clipbench.config import ConfigError, DataConfig, TrainConfig, load_config, load_yaml, validate
+from clipbench.config import (
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    check_device,
+    load_config,
+    load_yaml,
+    validate,
+)
 from clipbench.engines import HFEngine, Samples, VLLMEngine, derive_seed
 from clipbench.errors import RunDirError
 from clipbench.logprobs import TokenBatch, collate, enable_gradient_checkpointing, token_logprobs
@@ -229,22 +237,6 @@ def checkpoint_problem(directory: Path) -> str | None:
         if file_sha256(path) != expected["sha256"]:
             return f"{name}: content differs from the manifest (sha256)"
     return None
-
-
-def check_device(device: str) -> None:
-    """ConfigError unless `device` (already a valid name) exists on this machine."""
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
-            raise ConfigError(f"device: {device!r}, but CUDA is not available here ({why}); use device=cpu")
-        index = int(device.partition(":")[2] or 0)
-        count = torch.cuda.device_count()
-        if index >= count:
-            raise ConfigError(
-                f"device: {device!r}, but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}"
-            )
-    elif device == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device: 'mps', but MPS is not available here; use device=cpu")
 
 
 def _is_temporary(name: str) -> bool:
