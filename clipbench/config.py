@@ -229,8 +229,8 @@ class TrainConfig:
     )
     processes: int = setting(
         1,
-        help="training processes (data parallel, the minibatch split evenly over them; backend trl only, "
-        "started by accelerate launch --num_processes N)",
+        help="training processes (data parallel, the minibatch split evenly over them; backend trl only; a study "
+        "starts them by accelerate launch --num_processes N with its launch.accelerate_config)",
         ge=1,
     )
     report_to: list[str] = setting(

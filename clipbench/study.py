@@ -4,7 +4,7 @@ generated from the declarations, and its check at DAG construction by the jobs' 
 Where each key is declared (type, default, valid values, meaning):
 
 * the study-level keys (name, methods, seeds, method_params, base, fairness, report, calibration,
-  resources): `Study` and its sections below;
+  resources, launch): `Study` and its sections below;
 * ``probe``: `clipbench.probe.ProbeConfig` less model and method_params (`PROBE_EXCLUDED`); the
   fields of `PROBE_FROM_TRAIN` default to the train section's;
 * ``train``: `clipbench.config.TrainConfig` less the keys the study sets per run (model, method,
@@ -29,7 +29,9 @@ evaluation's settings and local data (`clipbench.evaluate.check_settings` and `c
 evaluate job checks them), that the reference method of the paired differences
 (report.reference) is one of the study's, the probe's options (`clipbench.probe.load_probe_config`,
 as the probe job checks them) and the rules to calibrate (`clipbench.calibration.check_rules`: each a
-sequence-level rule of the study that declares its band; calibration needs the probe).
+sequence-level rule of the study that declares its band; calibration needs the probe), and the
+accelerate config the train jobs start with (`clipbench.launch.check_accelerate_config`: it exists,
+starts the run's processes, and its mixed precision is train.dtype's).
 Every error names the key: ``config train.data.split: synthetic has no split 'tset'; ...``.
 """
 
@@ -45,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from clipbench import artifacts, calibration, fairness, methods, plots, stats
+from clipbench import artifacts, calibration, fairness, launch, methods, plots, stats
 from clipbench.config import TrainConfig, check_run
 from clipbench.evaluate import Settings, check_data, check_settings
 from clipbench.settings import ConfigError, Pattern, from_dict, object_schema, setting
@@ -162,6 +164,17 @@ class Calibration:
     )
 
 
+@dataclass(frozen=True)
+class Launch:
+    accelerate_config: str = setting(
+        help="an accelerate config file (accelerate's default_config.yaml format; workflows/accelerate/ has one "
+        "per setup; a relative path is read from the working directory): each train job starts as `accelerate "
+        "launch --config_file FILE --num_processes <train.processes>` (clipbench.launch). Backend trl only; its "
+        "mixed_precision must be train.dtype's (no for float32, bf16 for bfloat16) and its use_cpu train.device's. "
+        "Not part of a run's config (run.yaml) or identity: it says how the processes start, not what they compute",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Study:
     name: str = setting(help="study name, printed in the table footer")
@@ -201,6 +214,11 @@ class Study:
         "a GPU kind of clipbench.plan.GPUS (e.g. h100-80gb): the train job's predicted peak memory must fit "
         "one such GPU when the DAG is built (`clipbench plan`); with train.backend verl, train's gpu is verl's "
         "GPUs per node and nodes (default 1) its nodes (gpu_model refused: not planned)",
+    )
+    launch: Launch | None = setting(
+        None,
+        help="how each train job starts its processes; required with train.processes > 1 (backend trl); "
+        "absent: one `python` process per train job",
     )
 
 
@@ -257,6 +275,7 @@ def schema() -> dict[str, Any]:
     )
     props["probe"] = _described(probe_schema(), props["probe"]["description"])
     props["calibration"] = _described(object_schema(Calibration), props["calibration"]["description"])
+    props["launch"] = _described(object_schema(Launch), props["launch"]["description"])
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "description": DESCRIPTION,
@@ -388,16 +407,18 @@ def calibrate_args(config: dict[str, Any], names: list[str]) -> list[str]:
     return args
 
 
-def train_launcher(run: dict[str, Any]) -> str:
-    """How the train job starts `python -m clipbench.cli train` for the TrainConfig dict `run`: with
-    `python` (one process), or, for a run of `processes: N > 1` (backend trl), with torchrun
-    starting N processes on this machine (`--standalone`: a free port for each job, so train jobs
-    running side by side do not collide; on a CPU the processes talk through gloo). The words are
-    constants and a validated integer: the rule writes them unquoted."""
-    processes = int(run.get("processes", 1))
-    if processes == 1:
-        return "python"
-    return f"python -m torch.distributed.run --standalone --nproc_per_node {processes}"
+def accelerate_config(config: dict[str, Any]) -> str | None:
+    """The study's launch.accelerate_config (None without one)."""
+    return (config.get("launch") or {}).get("accelerate_config")
+
+
+def train_launcher(config: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """The shell words that start `-m clipbench.cli train` for the TrainConfig dict `run` of the
+    study `config`: `python` (one process, no launch section), or `accelerate launch` with the
+    study's launch.accelerate_config and `--num_processes` the run's processes (backend trl;
+    `clipbench.launch.launch_words`: a free port per job, so train jobs side by side do not
+    collide). One list item per shell word: the rule quotes them (the config path is user text)."""
+    return launch.launch_words(int(run.get("processes", 1)), accelerate_config(config))
 
 
 def train_backend(config: dict[str, Any]) -> str:
@@ -609,6 +630,33 @@ def _check_reference(config: dict[str, Any], grid: Grid) -> str:
     return given
 
 
+def _check_launch(config: dict[str, Any], grid: Grid) -> None:
+    """launch.accelerate_config: required with train.processes > 1, refused for backend native, and
+    the file checked for the runs' dtype and device (`clipbench.launch.check_accelerate_config`).
+    The runs' TrainConfig was checked before (_check_train); its launch fields are the same for every run."""
+    train = from_dict(TrainConfig, run_config(config, grid.methods[0], grid.seeds[0]))
+    path = accelerate_config(config)
+    if path is None:
+        if train.processes > 1:
+            raise _fail(
+                "launch.accelerate_config",
+                f"required with train.processes: {train.processes} (backend trl starts its processes through "
+                "accelerate launch): e.g. workflows/accelerate/cpu.yaml on a CPU, "
+                "workflows/accelerate/ddp_bf16.yaml on the GPUs of one node",
+            )
+        return
+    if train.backend != "trl":
+        raise _fail(
+            "launch.accelerate_config",
+            f"train.backend {train.backend} trains in one process without accelerate; set train.backend: trl "
+            "or remove the launch section",
+        )
+    try:
+        launch.check_accelerate_config(path, dtype=train.dtype, device=train.device)
+    except ConfigError as err:
+        raise _fail("launch.accelerate_config", err) from None
+
+
 def _check_fits(config: dict[str, Any]) -> None:
     """With resources.train.gpu_model declared, the train job's predicted peak memory must fit one
     GPU of that kind (`clipbench.plan.check_fits`); without it (the CPU studies) nothing is checked."""
@@ -751,6 +799,7 @@ def check_study(config: dict[str, Any]) -> Grid:
     grid = Grid(_check_methods(config), list(study.seeds), [])
     _check_base(study)
     _check_train(config, grid)
+    _check_launch(config, grid)
     grid = dataclasses.replace(grid, reference=_check_reference(config, grid))
     _check_fits(config)
     grid = dataclasses.replace(grid, benchmarks=_check_evaluate(config), probe=_check_probe(config))

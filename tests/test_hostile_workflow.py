@@ -79,16 +79,10 @@ def injected(tmp_path: Path) -> list[str]:
     return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("INJECTED*") if p.is_file())
 
 
-def test_config_strings_on_shell_lines_are_one_argument_and_inject_nothing(tmp_path):
-    """Runs the real study jobs (not a dry run) for the evaluate job of the base model and the
-    train job of fspo, in a scratch working directory, with `python` on the jobs' PATH replaced
-    by a stub that records its argv and writes the job's output (so the shell line runs exactly
-    as Snakemake builds it, `set -euo pipefail` included, in seconds instead of minutes). The base
-    path and data_dir carry `;touch ...` and `$(touch ...)` and spaces: no INJECTED file may
-    appear, and each value must reach the program as one argument, unchanged.
-    test_a_hostile_path_study_evaluates_for_real runs the real program on such paths."""
-    base, data_dir = hostile_values(tmp_path)
-    config = write_study(tmp_path, base, data_dir)
+def run_stubbed(tmp_path: Path, config: Path, *targets: str) -> list[list[str]]:
+    """Snakemake builds `targets` of the study `config` for real in a scratch working directory,
+    with `python` on the jobs' PATH replaced by STUB_PYTHON; returns each call's argv. Fails when
+    an injected command ran or Snakemake failed."""
     bin_dir, record = tmp_path / "bin", tmp_path / "argv"
     bin_dir.mkdir()
     record.mkdir()
@@ -98,8 +92,7 @@ def test_config_strings_on_shell_lines_are_one_argument_and_inject_nothing(tmp_p
     result = subprocess.run(
         [
             *SNAKEMAKE,
-            "results/evals/base/t.json",
-            "results/runs/fspo/seed0/final/summary.json",
+            *targets,
             "--snakefile",
             str(ROOT / "Snakefile"),
             "--directory",
@@ -117,13 +110,51 @@ def test_config_strings_on_shell_lines_are_one_argument_and_inject_nothing(tmp_p
     )
     assert not injected(tmp_path), f"injected commands ran: {injected(tmp_path)}\n{result.stdout[-3000:]}"
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    calls = [json.loads(p.read_text()) for p in sorted(record.iterdir())]
+    return [json.loads(p.read_text()) for p in sorted(record.iterdir())]
+
+
+def test_config_strings_on_shell_lines_are_one_argument_and_inject_nothing(tmp_path):
+    """Runs the real study jobs (not a dry run) for the evaluate job of the base model and the
+    train job of fspo, in a scratch working directory, with `python` on the jobs' PATH replaced
+    by a stub that records its argv and writes the job's output (so the shell line runs exactly
+    as Snakemake builds it, `set -euo pipefail` included, in seconds instead of minutes). The base
+    path and data_dir carry `;touch ...` and `$(touch ...)` and spaces: no INJECTED file may
+    appear, and each value must reach the program as one argument, unchanged.
+    test_a_hostile_path_study_evaluates_for_real runs the real program on such paths."""
+    base, data_dir = hostile_values(tmp_path)
+    config = write_study(tmp_path, base, data_dir)
+    calls = run_stubbed(
+        tmp_path, config, "results/evals/base/t.json", "results/runs/fspo/seed0/final/summary.json"
+    )
     evaluate = next(c for c in calls if "evaluate" in c)
     train = next(c for c in calls if "train" in c)
     assert evaluate[evaluate.index("--model") + 1] == base
     (plan,) = json.loads(evaluate[evaluate.index("--plan-json") + 1])
     assert plan["data_dir"] == data_dir and plan["out"] == "results/evals/base/t.json"
     assert json.loads(train[train.index("--config-json") + 1])["model"] == base
+    assert train[train.index("--out") + 1] == "results/runs/fspo/seed0"
+
+
+def test_the_accelerate_config_path_reaches_the_launcher_as_one_argument(tmp_path):
+    """The train job of a trl study on 2 processes, whose launch.accelerate_config (a real copy of
+    workflows/accelerate/cpu.yaml, since the DAG check reads it) sits under a folder named with
+    spaces, `--help;touch ...` and `$(touch ...)` (unquoted, the stub would exit 0 on --help and the
+    touches run, as hostile_values explains): the stubbed `python` gets `-m accelerate.commands.launch
+    --config_file PATH` with PATH as one argument, unchanged, and nothing is injected."""
+    folder = (
+        f"{tmp_path}/my launch --help;touch {tmp_path}/INJECTED_LAUNCH;:/$(touch {tmp_path}/INJECTED_SUB)"
+    )
+    path = Path(folder) / "cpu config.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text((ROOT / "workflows" / "accelerate" / "cpu.yaml").read_text())
+    config = write_study(tmp_path, f"{tmp_path}/base", f"{tmp_path}/data")
+    study = yaml.safe_load(config.read_text())
+    study["train"].update(backend="trl", processes=2)
+    study["launch"] = {"accelerate_config": str(path)}
+    config.write_text(yaml.safe_dump(study))
+    (train,) = run_stubbed(tmp_path, config, "results/runs/fspo/seed0/final/summary.json")
+    assert train[:4] == ["-m", "accelerate.commands.launch", "--config_file", str(path)]
+    assert train[4:9] == ["--num_processes", "2", "--main_process_port", "0", "-m"]
     assert train[train.index("--out") + 1] == "results/runs/fspo/seed0"
 
 

@@ -69,8 +69,9 @@ def test_the_only_defaults_snakemake_inserts_are_the_study_level_ones():
     }
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "paper"])
-def test_every_shipped_study_passes_the_schema_and_the_check(name):
+@pytest.mark.parametrize("name", ["default", "smoke", "paper", "paper_trl"])
+def test_every_shipped_study_passes_the_schema_and_the_check(name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # paper_trl's launch.accelerate_config is relative to the working directory
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     jsonschema.validate(config, yaml.safe_load(SCHEMA.read_text()))
     grid = study.check_study(config)

@@ -277,21 +277,32 @@ def test_same_loss_same_gradient_on_two_processes(base_model, tmp_path):
 
 @pytest.mark.slow
 def test_two_methods_train_on_two_processes_and_aggregate_like_native_runs(base_model, tmp_path):
-    """The smoke study's train settings with backend trl on 2 processes (torchrun, gloo), two methods
-    for 2 steps each (tests/trl_smoke_run.py): every step has a non-empty records file per rank, S is
-    not 0 after the first update, and `clipbench aggregate` and `report` read the runs as native ones."""
+    """The smoke study's train settings with backend trl on 2 processes, started as a study's train
+    job starts them (`accelerate launch --config_file workflows/accelerate/cpu.yaml --num_processes 2`,
+    clipbench.launch: torchrun underneath, gloo), two methods for 2 steps each
+    (tests/trl_smoke_run.py): the run records accelerate's MULTI_CPU on 2 processes, every step has a
+    non-empty records file per rank, S is not 0 after the first update, and `clipbench aggregate` and
+    `report` read the runs as native ones."""
     from eval_files import write_eval
 
-    from clipbench import cli
+    from clipbench import cli, launch
 
     here = Path(__file__).resolve().parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]), "OMP_NUM_THREADS": "1"}
+    words = launch.launch_words(2, str(here.parent / "workflows" / "accelerate" / "cpu.yaml"))
+    assert words[0] == "python"  # the job's interpreter: here, this one
     runs = {method: tmp_path / "runs" / method / "seed0" for method in ("grpo", "fspo")}
     for method, run in runs.items():
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-        command += [str(here / "trl_smoke_run.py"), base_model, str(run), method]
+        command = [sys.executable, *words[1:], str(here / "trl_smoke_run.py"), base_model, str(run), method]
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.stdout.count("process group after the run: False") == 2, result.stdout[-3000:]
+        backend = json.loads((run / "provenance.json").read_text())["backend"]
+        assert (backend["processes"], backend["distributed_type"], backend["mixed_precision"]) == (
+            2,
+            "MULTI_CPU",
+            "no",
+        )
         for step in (0, 1):
             for rank in (0, 1):
                 path = artifacts.step_records_path(run, step, rank)

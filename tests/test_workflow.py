@@ -86,10 +86,45 @@ def test_main_table_target_builds_only_what_it_needs():
 
 @pytest.mark.slow
 @pytest.mark.dag
-def test_slurm_profile_dry_runs():
+@pytest.mark.parametrize("configfile", ["workflows/config/paper.yaml", "workflows/config/paper_trl.yaml"])
+def test_slurm_profile_dry_runs(configfile):
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    result = snakemake("-n", "--profile", "profiles/slurm", "--configfile", "workflows/config/paper.yaml")
+    result = snakemake("-n", "--profile", "profiles/slurm", "--configfile", configfile)
     assert result.returncode == 0, result.stderr
+
+
+class _Resources(dict):
+    """A job's resources as the SLURM plugin reads them (`.get` and attributes)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class _Job:
+    def __init__(self, **resources):
+        self.resources = _Resources(resources)
+
+
+def test_the_slurm_profile_asks_for_gpus_through_each_rules_gpu_resource():
+    """snakemake-executor-plugin-slurm 2.8 refuses --gres and --gpus inside slurm_extra (at
+    submission, not in a dry run) and turns a job's `gpu` resource into --gpus=N: a train job of
+    paper_trl.yaml (gpu: 8) asks for 8 GPUs, one of paper.yaml (gpu: 1) for 1."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    groups = {"default": profile["default-resources"], **profile["set-resources"]}
+    for name, resources in groups.items():
+        validate_slurm_extra(_Job(**resources))  # raises WorkflowError on a forbidden option
+        assert "slurm_extra" not in resources or "gpu" not in resources["slurm_extra"], name
+    for configfile, gpus in (("paper.yaml", 1), ("paper_trl.yaml", 8)):
+        study = yaml.safe_load((ROOT / "workflows" / "config" / configfile).read_text())
+        train = {**profile["set-resources"]["train"], "gpu": study["resources"]["train"]["gpu"]}
+        assert set_gres_string(_Job(**train)) == f" --gpus={gpus}"
 
 
 @pytest.mark.slow
@@ -201,20 +236,19 @@ def test_the_training_curves_job_gets_the_configured_smoothing_window(tmp_path):
 
 
 def test_a_trl_study_starts_each_train_job_on_its_processes(tmp_path):
-    """train.backend: trl with train.processes: 2: each train job runs `clipbench train` under
-    torchrun on 2 processes, and takes 2 threads; a run of one process stays plain python."""
-    from clipbench import study as study_module
-
-    assert study_module.train_launcher({"backend": "trl"}) == "python"
+    """train.backend: trl with train.processes: 2 and launch.accelerate_config: each train job runs
+    `clipbench train` under `accelerate launch` with that config on 2 processes (a free port each),
+    and takes 2 threads; a run of one process stays plain python (tests/test_launch.py)."""
     study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
     study["train"].update(backend="trl", processes=2)
+    study["launch"] = {"accelerate_config": "workflows/accelerate/cpu.yaml"}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     result = snakemake("-n", "-p", "--forceall", "--cores", "4", "--configfile", str(path))
     assert result.returncode == 0, result.stderr[-2000:]
     launch = (
-        r"    threads: 2\n    resources: [^\n]*\nShell command: OMP_NUM_THREADS=1 python -m "
-        r"torch\.distributed\.run --standalone --nproc_per_node 2 -m clipbench\.cli train "
+        r"    threads: 2\n    resources: [^\n]*\nShell command: OMP_NUM_THREADS=1 python -m accelerate\.commands\.launch "
+        r"--config_file workflows/accelerate/cpu\.yaml --num_processes 2 --main_process_port 0 -m clipbench\.cli train "
     )
     assert len(re.findall(launch, result.stdout)) == len(study["methods"]), result.stdout[-3000:]
 
@@ -259,6 +293,19 @@ def test_a_verl_study_runs_verl_config_verl_and_verl_finish(tmp_path):
         config.split("--config-json ")[1].split(" --run-dir")[0]
         == finish.split("--config-json ")[1].split(" --run-dir")[0]
     )
+
+
+@pytest.mark.dag
+def test_a_missing_accelerate_config_fails_at_dag_construction_naming_the_field(tmp_path):
+    study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    study["train"].update(backend="trl", processes=2)
+    study["launch"] = {"accelerate_config": "workflows/accelerate/gpu.yaml"}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = snakemake("-n", "--configfile", str(path))
+    assert result.returncode != 0
+    message = "config launch.accelerate_config: workflows/accelerate/gpu.yaml: no such file"
+    assert message in result.stdout + result.stderr, result.stdout[-2000:] + result.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -306,6 +353,25 @@ def test_the_ray_script_is_valid_bash_and_refuses_bad_arguments():
     assert result.returncode == 2 and "not inside a SLURM job" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.dag
+def test_the_paper_trl_study_trains_every_run_through_accelerate_on_8_gpus():
+    """workflows/config/paper_trl.yaml: 3 seeds x every rule, each train job `accelerate launch`
+    with the DDP bf16 config on 8 processes, 8 threads and 8 GPUs."""
+    result = snakemake(
+        "-n", "-p", "--forceall", "--cores", "8", "--configfile", "workflows/config/paper_trl.yaml"
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    counts = job_counts(result.stdout)
+    assert (counts["train"], counts["evaluate"]) == (3 * N_METHODS, 3 * N_METHODS + 1)
+    launch = (
+        r"    threads: 8\n    resources: [^\n]*\bgpu=8\b[^\n]*\nShell command: OMP_NUM_THREADS=1 python -m "
+        r"accelerate\.commands\.launch --config_file workflows/accelerate/ddp_bf16\.yaml --num_processes 8 "
+        r"--main_process_port 0 -m clipbench\.cli train "
+    )
+    assert len(re.findall(launch, result.stdout)) == 3 * N_METHODS, result.stdout[-3000:]
+
+
 def test_a_study_config_may_write_numbers_with_an_exponent(tmp_path):
     # Snakemake's YAML 1.1 loader gives `lr: 1e-5` as text; the Snakefile reads it as a number.
     text = (ROOT / "workflows" / "config" / "smoke.yaml").read_text()
@@ -337,7 +403,8 @@ def test_conda_envs_name_the_dependencies_of_pyproject():
         pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
         names = _requirement_names(pip)
         assert core <= names, f"{env_file.name} lacks {sorted(core - names)}"
-        allowed = project["optional-dependencies"]["smollm2" if env_file.stem == "smollm2" else "eval"]
+        extra_of = {"smollm2": "smollm2", "trl": "trl"}  # the extra each env adds; evaluate: eval
+        allowed = project["optional-dependencies"][extra_of.get(env_file.stem, "eval")]
         extra = names - core - _requirement_names(allowed)
         assert not extra, f"{env_file.name} names packages pyproject does not: {sorted(extra)}"
         for name, pin in pins.items():
@@ -346,9 +413,10 @@ def test_conda_envs_name_the_dependencies_of_pyproject():
         assert not any(r.startswith(("-e", ".", "/")) for r in pip), (
             "no relative or local pip paths in env files"
         )
-    evaluate = yaml.safe_load((ROOT / "workflows" / "envs" / "evaluate.yaml").read_text())
-    eval_pip = next(d["pip"] for d in evaluate["dependencies"] if isinstance(d, dict))
-    assert set(project["optional-dependencies"]["eval"]) <= set(eval_pip)
+    for stem, extra in (("evaluate", "eval"), ("trl", "trl")):
+        env = yaml.safe_load((ROOT / "workflows" / "envs" / f"{stem}.yaml").read_text())
+        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+        assert set(project["optional-dependencies"][extra]) <= set(pip), stem
 
 
 def test_the_verl_env_pins_verl_apart_from_clipbench():
@@ -437,18 +505,24 @@ print(json.dumps(envs))
 def test_every_rule_that_runs_code_resolves_its_conda_env_to_a_valid_file(tmp_path):
     # What `--use-conda` needs before conda itself: each rule names an env file that exists where
     # Snakemake looks for it and is a conda environment (channels, a pinned python, pip packages).
+    # The train rule's env follows train.backend (train.yaml, or trl.yaml for trl: the trl extra);
+    # backend verl has verl.smk's three rules instead (verl_train in verl.yaml, verl's own env).
+    # Three studies, smoke's with a smollm2 base: native, trl on two processes, verl.
     # Creating the envs needs conda: test_use_conda_dry_run.
-    # Two studies: smoke's with a smollm2 base, and smoke's with train.backend verl (verl.smk's rules).
     study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
-    envs = {}
-    for name, change in (("smollm2", {"base": {"kind": "smollm2"}}), ("verl", {})):
-        variant = {
-            **study,
-            **change,
-            "train": {**study["train"], **({"backend": "verl"} if name == "verl" else {})},
-        }
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(variant))
+    study["base"] = {"kind": "smollm2"}
+    variants = {
+        "native": {},
+        "trl": {
+            "train": {**study["train"], "backend": "trl", "processes": 2},
+            "launch": {"accelerate_config": "workflows/accelerate/cpu.yaml"},
+        },
+        "verl": {"train": {**study["train"], "backend": "verl"}},
+    }
+    used = set()
+    for backend, change in variants.items():
+        path = tmp_path / f"study_{backend}.yaml"
+        path.write_text(yaml.safe_dump({**study, **change}))
         result = subprocess.run(
             [sys.executable, "-c", RULE_ENVS, str(path)],
             cwd=ROOT,
@@ -457,38 +531,51 @@ def test_every_rule_that_runs_code_resolves_its_conda_env_to_a_valid_file(tmp_pa
             timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        envs.update(json.loads(result.stdout.strip().splitlines()[-1]))
-    assert {"base_model_sft", "base_model_smollm2", "train", "evaluate", "aggregate"} <= set(envs)
-    assert {"verl_config", "verl_train", "verl_finish"} <= set(envs)
-    used = set()
-    for rule, info in envs.items():
-        if not info["runs_code"]:
-            continue
-        assert info["conda"], f"rule {rule} runs code but has no conda env"
-        env_file = Path(info["conda"]).resolve()
-        assert env_file.is_file(), f"rule {rule}: conda env {info['conda']} does not exist"
-        assert env_file.parent == ROOT / "workflows" / "envs", (
-            f"rule {rule}: {env_file} is not in workflows/envs"
-        )
-        env = yaml.safe_load(env_file.read_text())
-        assert env["channels"] == ["conda-forge"], env_file.name
-        deps = env["dependencies"]
-        assert any(re.fullmatch(r"python=3\.1[1-9]", str(d)) for d in deps), f"{env_file.name}: no python pin"
-        pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-        assert "pip" in deps and pip and all(isinstance(r, str) for r in pip), env_file.name
-        used.add(env_file.name)
+        envs = json.loads(result.stdout.strip().splitlines()[-1])
+        assert {"base_model_sft", "base_model_smollm2", "evaluate", "aggregate"} <= set(envs)
+        if backend == "verl":
+            assert "train" not in envs and {"verl_config", "verl_train", "verl_finish"} <= set(envs)
+            assert Path(envs["verl_train"]["conda"]).name == "verl.yaml", envs["verl_train"]
+        else:
+            expected = {"native": "train.yaml", "trl": "trl.yaml"}[backend]
+            assert Path(envs["train"]["conda"]).name == expected, (backend, envs["train"])
+        for rule, info in envs.items():
+            if not info["runs_code"]:
+                continue
+            assert info["conda"], f"rule {rule} runs code but has no conda env"
+            env_file = Path(info["conda"]).resolve()
+            assert env_file.is_file(), f"rule {rule}: conda env {info['conda']} does not exist"
+            assert env_file.parent == ROOT / "workflows" / "envs", (
+                f"rule {rule}: {env_file} is not in workflows/envs"
+            )
+            env = yaml.safe_load(env_file.read_text())
+            assert env["channels"] == ["conda-forge"], env_file.name
+            deps = env["dependencies"]
+            assert any(re.fullmatch(r"python=3\.1[1-9]", str(d)) for d in deps), (
+                f"{env_file.name}: no python pin"
+            )
+            pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+            assert "pip" in deps and pip and all(isinstance(r, str) for r in pip), env_file.name
+            used.add(env_file.name)
     assert used == {p.name for p in (ROOT / "workflows" / "envs").glob("*.yaml")}, "an env file no rule uses"
 
 
 @pytest.mark.slow
 @pytest.mark.dag
-def test_use_conda_dry_run():
+@pytest.mark.parametrize("backend", ["native", "trl"])
+def test_use_conda_dry_run(backend, tmp_path):
     if not any(shutil.which(tool) for tool in ("conda", "mamba")):
         pytest.skip(
             "conda is not installed here: `snakemake --use-conda` cannot run (the env files are "
             "checked by test_every_rule_that_runs_code_resolves_its_conda_env_to_a_valid_file)"
         )
-    result = snakemake("-n", "--forceall", "--use-conda", "--configfile", "workflows/config/smoke.yaml")
+    study = yaml.safe_load((ROOT / "workflows" / "config" / "smoke.yaml").read_text())
+    if backend == "trl":  # the train jobs in workflows/envs/trl.yaml
+        study["train"].update(backend="trl", processes=2)
+        study["launch"] = {"accelerate_config": "workflows/accelerate/cpu.yaml"}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    result = snakemake("-n", "--forceall", "--use-conda", "--configfile", str(path))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 

@@ -1,9 +1,11 @@
-"""One TRL-backend run (tests/test_trl_backend.py starts it under torchrun, 2 processes): the smoke
-study's train settings with `backend: trl`, `processes: 2`, from a random tiny base model, with a
-reward a random model can earn (1 when the completion text has even length, as the native tests'
-`parity` fixture) in place of the verifier's 0 everywhere.
+"""One TRL-backend run (tests/test_trl_backend.py starts it as a study's train job starts its
+processes: accelerate launch with workflows/accelerate/cpu.yaml, 2 processes): the smoke study's train
+settings with `backend: trl`, `processes: 2`, from a random tiny base model, with a reward a random
+model can earn (1 when the completion text has even length, as the native tests' `parity` fixture) in
+place of the verifier's 0 everywhere.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/trl_smoke_run.py MODEL RUN_DIR METHOD
+    python -m accelerate.commands.launch --config_file workflows/accelerate/cpu.yaml --num_processes 2 \
+        --main_process_port 0 tests/trl_smoke_run.py MODEL RUN_DIR METHOD
 """
 
 from __future__ import annotations
@@ -41,3 +43,4 @@ if __name__ == "__main__":
     }
     config["optim"] = {**config["optim"], "lr": 3e-3}  # moves a random model within two steps
     print("final model:", train_trl(config, run_dir, reward=parity))
+    print("process group after the run:", torch.distributed.is_initialized(), flush=True)

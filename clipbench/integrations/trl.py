@@ -616,7 +616,7 @@ def train_trl(
 ) -> Path:
     """Train one clipbench run (`config`: a TrainConfig with `backend: trl`, a dict or a YAML path)
     with TRL's GRPOTrainer into `run_dir`, as each of the `processes` processes `accelerate launch`
-    starts (one: this process alone); returns `run_dir/final`. An interrupted run starts over
+    starts (one: this process alone), then end their process group; returns `run_dir/final`. An interrupted run starts over
     (`prepare_run_dir`). `reward(completions, answers)`: the rewards of a batch (default: 1 for
     what the verifier accepts, else 0)."""
     require_trl()
@@ -641,8 +641,8 @@ def train_trl(
     if state.num_processes != cfg.processes:
         raise ConfigError(
             f"processes: {cfg.processes}, but {state.num_processes} process(es) were started; start it with "
-            f"accelerate launch --multi_gpu --num_processes {cfg.processes} -m clipbench.cli train ... "
-            "(--multi_gpu starts the processes with torchrun; on a CPU they use gloo)"
+            f"accelerate launch --config_file workflows/accelerate/cpu.yaml --num_processes {cfg.processes} "
+            "-m clipbench.cli train ... (or another config of workflows/accelerate/; --cpu starts one process)"
         )
     if state.is_main_process:
         prepare_run_dir(run_dir, cfg.to_dict())
@@ -684,12 +684,20 @@ def train_trl(
         record["backend"] = {
             "name": "trl",
             "processes": state.num_processes,
+            # how accelerate started the processes (the study's launch.accelerate_config, clipbench.launch)
+            "distributed_type": str(trainer.accelerator.distributed_type.value),
+            "mixed_precision": str(trainer.accelerator.mixed_precision),
             "versions": package_versions(("trl", "accelerate")),
         }
         atomic_write_json(run_dir / "provenance.json", record)
     state.wait_for_everyone()
     trainer.train()
-    return trainer.finish(tokenizer, cfg.steps)
+    final = trainer.finish(tokenizer, cfg.steps)
+    # End the process group (gloo or NCCL) before the process exits: left to the interpreter's exit,
+    # gloo's threads sometimes abort it ("terminate called without an active exception", SIGABRT),
+    # which fails a finished train job (seen once in 18 two-process launches here).
+    state.destroy_process_group()
+    return final
 
 
 __all__ = [
