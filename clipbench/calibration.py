@@ -1,5 +1,6 @@
 """Matched clip budgets: each sequence-level rule's band set so that it puts the same share of one
-probe's responses out of band (the study's `calibrate` rule; `clipbench calibrate`).
+probe's responses out of band (the study's `calibrate` rule; `clipbench calibrate`), and, when
+listed, a token-level rule's band so that it puts that share of the responses' tokens out of band.
 
 Why: rules compared at their papers' or hand-picked bands differ in how much they clip, so their
 accuracies mix the band's shape (how it grows with length) with its width. Calibrated, every rule
@@ -9,6 +10,11 @@ the shape: accuracy compared at equal clip budgets (the FSPO reviewers' "limited
 The measurement is the probe's (`clipbench probe`, clipbench.probe): per-token log-ratios l_t of
 the base model's responses after K updates on other prompts, read from its sequences.parquet by
 `probe.read_measurement`. Nothing is sampled here.
+
+Token rules (ppo, grpo, dapo, gmpo: eps_low, eps_high; cispo: eps_high; sapo's soft gates have no
+band) are calibrated only when listed (`--methods`, a study's `calibration.methods`): their seq_out is
+the share of a response's tokens outside the band, so their rate, like the clip rate the table gives
+them, counts tokens, and a token rule and a sequence rule at the same target clip different units.
 
 Per rule (`calibrate_rule`): the rule declares which hyperparameters set its band's half-widths
 (`Method.band_fields`: fspo and powerband c_low, c_high; gspo and seq_ppo eps_low, eps_high). Every
@@ -79,13 +85,8 @@ def sequence_rules() -> list[str]:
 
 def band_fields(name: str) -> tuple[str, ...]:
     """The band fields rule `name` declares (`Method.band_fields`); CalibrationError naming its file
-    when it is not a sequence-level rule or declares none."""
+    when it declares none."""
     cls = methods.get_method_class(name)
-    if cls.level != "sequence":
-        raise CalibrationError(
-            f"{name} is a {cls.level}-level rule; only sequence-level rules are calibrated "
-            f"({', '.join(sequence_rules())})"
-        )
     if not cls.band_fields:
         raise CalibrationError(
             f"{name} ({methods._source_file(cls)}) declares no band: add `band_fields = (...)` to "
@@ -102,8 +103,8 @@ def check_rules(
     params_label: str = "--set",
     listed: bool | None = None,
 ) -> list[str]:
-    """The rules to calibrate (`names`, or every registered sequence-level rule when empty), each a
-    sequence-level rule that declares its band and builds with its hand-set `method_params`;
+    """The rules to calibrate (`names`, token rules too, or every registered sequence-level rule when
+    empty), each a rule that declares its band and builds with its hand-set `method_params`;
     CalibrationError naming `names_label` (with the rule's index when the names were `listed` by
     the user; default: when `names` is not empty) or `params_label` otherwise. Nothing is computed."""
     chosen = list(names) or sequence_rules()
@@ -112,7 +113,7 @@ def check_rules(
         where = f"{names_label}[{i}]" if listed else names_label
         try:
             band_fields(name)
-        except ValueError as err:  # an unknown name, a token rule, no band
+        except ValueError as err:  # an unknown name, no band
             raise CalibrationError(f"{where}: {err}") from None
     unused = sorted(set(method_params) - set(chosen))
     if unused:

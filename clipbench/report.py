@@ -426,6 +426,11 @@ def _band_text(values: Mapping[str, float], order: list[str] | None = None) -> s
     return ", ".join(f"{k} = {v:g}" for k, v in values.items())
 
 
+def _rate_text(name: str, rule: Mapping) -> str:
+    """"rate 0.148", with " of tokens" for a token-level rule (its rate counts tokens)."""
+    return f"rate {rule['rate']:.3f}" + (" of tokens" if _level(name) == "token" else "")
+
+
 def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None) -> str:
     """The main table's paragraph on the clip budgets: the probe they were matched on (responses,
     prompts x samples, seed; a link to its plot, relative to `table_dir`), the target and its
@@ -450,7 +455,7 @@ def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None
         parts.append(
             "Calibrated: "
             + "; ".join(
-                f"{n} {_band_text(r['calibrated'], r.get('band_fields'))} (rate {r['rate']:.3f})"
+                f"{n} {_band_text(r['calibrated'], r.get('band_fields'))} ({_rate_text(n, r)})"
                 for n, r in groups["calibrated"]
             )
             + "."
@@ -460,7 +465,7 @@ def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None
             "Calibrated with part of the band set by hand: "
             + "; ".join(
                 f"{n} {_band_text(r['calibrated'], r.get('band_fields'))}, by hand "
-                f"{_band_text(r['hand'], r.get('band_fields'))} (rate {r['rate']:.3f})"
+                f"{_band_text(r['hand'], r.get('band_fields'))} ({_rate_text(n, r)})"
                 for n, r in groups["partly hand"]
             )
             + "."
@@ -469,7 +474,7 @@ def calibration_footer(calibration: Mapping, table_dir: str | Path | None = None
         parts.append(
             "Set by hand (method_params), not calibrated: "
             + "; ".join(
-                f"{n} {_band_text(r['hand'], r.get('band_fields'))} (rate {r['rate']:.3f})"
+                f"{n} {_band_text(r['hand'], r.get('band_fields'))} ({_rate_text(n, r)})"
                 for n, r in groups["hand"]
             )
             + "."

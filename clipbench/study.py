@@ -29,7 +29,7 @@ evaluation's settings and local data (`clipbench.evaluate.check_settings` and `c
 evaluate job checks them), that the reference method of the paired differences
 (report.reference) is one of the study's, the probe's options (`clipbench.probe.load_probe_config`,
 as the probe job checks them) and the rules to calibrate (`clipbench.calibration.check_rules`: each a
-sequence-level rule of the study that declares its band; calibration needs the probe), and the
+rule of the study that declares its band; calibration needs the probe), and the
 accelerate config the train jobs start with (`clipbench.launch.check_accelerate_config`: it exists,
 starts the run's processes, and its mixed precision is train.dtype's).
 Every error names the key: ``config train.data.split: synthetic has no split 'tset'; ...``.
@@ -151,8 +151,9 @@ class Calibration:
     )
     methods: list[str] = setting(
         default_factory=list,
-        help="the sequence-level rules of the study to calibrate; empty: every sequence-level rule of the study "
-        "(each must declare its band: Method.band_fields)",
+        help="the rules of the study to calibrate; empty: every sequence-level rule of the study (each must "
+        "declare its band: Method.band_fields); a token-level rule listed here is calibrated on the share of "
+        "the responses' tokens out of its band",
         item={"choices": methods.available_methods},
         unique=True,
     )
@@ -744,7 +745,7 @@ def _check_probe(config: dict[str, Any]) -> bool:
 
 def _check_calibration(config: dict[str, Any], grid: Grid) -> list[str]:
     """The rules the calibrate job calibrates (`calibrated_methods`), each a method of the study,
-    sequence-level, declaring its band and building with its method_params
+    declaring its band and building with its method_params
     (`calibration.check_rules`); calibration needs the probe. None without a calibration section."""
     section = config.get("calibration")
     if section is None:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from clipbench import artifacts, calibration, cli, fairness, methods, probe, simulate, study
+from clipbench import artifacts, calibration, cli, fairness, methods, probe, report, simulate, study
 from clipbench.methods.base import LossOutput, Method, RolloutBatch, hparam, sequence_level_rule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,17 +51,20 @@ def rate_through_the_probe(m, rule):
 # --------------------------------------------------------------------------- the rules' bands
 
 
-def test_every_sequence_rule_declares_its_band():
-    declared = {n: methods.get_method_class(n).band_fields for n in calibration.sequence_rules()}
+def test_every_rule_with_a_hard_band_declares_it():
+    declared = {n: methods.get_method_class(n).band_fields for n in methods.available_methods()}
     assert declared == {
+        "cispo": ("eps_high",),  # eps_low may be null (no lower bound)
+        "dapo": ("eps_low", "eps_high"),
         "fspo": ("c_low", "c_high"),
+        "gmpo": ("eps_low", "eps_high"),
+        "grpo": ("eps_low", "eps_high"),
         "gspo": ("eps_low", "eps_high"),
         "powerband": ("c_low", "c_high"),
+        "ppo": ("eps_low", "eps_high"),
+        "sapo": (),  # soft gates: no band
         "seq_ppo": ("eps_low", "eps_high"),
     }
-    assert all(
-        not methods.get_method_class(n).band_fields for n in methods.available_methods() if n not in declared
-    )
     assert "band (set by `clipbench calibrate`): c_low, c_high" in methods.get_method_class("fspo").describe()
 
 
@@ -209,13 +212,69 @@ def test_band_fields_must_name_float_hyperparameters():
     assert "bad_band" not in methods.available_methods()
 
 
-def test_token_rules_are_not_calibrated():
-    with pytest.raises(calibration.CalibrationError, match=r"--methods\[0\]: ppo is a token-level rule"):
-        calibration.check_rules(["ppo"], {})
+def test_a_token_rule_is_calibrated_when_listed_on_the_share_of_tokens():
+    # ppo's seq_out is the share of a response's tokens outside [1 - eps, 1 + eps]: the rate is the mean
+    # of those shares. Two responses, ratios (1, 1, 1, 1.3) and (1.3), at eps 0.2: 1/4 and 1 -> 0.625
+    # (not 2/5, the tokens pooled).
+    two = probe.Measurement.from_sequences([np.log([1.0, 1.0, 1.0, 1.3]), np.log([1.3])], [0, 1], np.ones(2))
+    rule = methods.get_method("ppo")
+    assert calibration.out_of_band_rate(rule, calibration.measurement_tensors(two)) == pytest.approx(0.625)
+    # Ten one-token responses with ratios 1.015, 1.025, ..., 1.105 and target 0.3: three out (1.085,
+    # 1.095, 1.105) for eps in [0.075, 0.085); its shortest decimal 0.08. cispo: its cap only.
+    ratios = [1.005 + 0.01 * i for i in range(1, 11)]
+    ten = probe.Measurement.from_sequences([np.log([r]) for r in ratios], range(10), np.ones(10))
+    result = calibration.calibrate_rule("ppo", calibration.measurement_tensors(ten), 0.3)
+    assert result.calibrated == {"eps_low": 0.08, "eps_high": 0.08} and result.rate == 0.3
+    assert result.plateau == pytest.approx((0.075, 0.085), abs=1e-12)
+    cispo = calibration.calibrate_rule("cispo", calibration.measurement_tensors(ten), 0.3)
+    assert cispo.calibrated == {"eps_high": 0.08} and cispo.rate == 0.3
+    # listed, a token rule is checked like a sequence rule; not listed, only sequence rules are chosen
+    assert calibration.check_rules(["ppo", "fspo"], {}) == ["ppo", "fspo"]
+    assert "ppo" not in calibration.check_rules([], {})
+    # sapo's gates are soft: no band to calibrate, refused naming its file
+    with pytest.raises(
+        calibration.CalibrationError, match=r"--methods\[0\]: sapo \(.*sapo.py\) declares no band"
+    ):
+        calibration.check_rules(["sapo"], {})
     with pytest.raises(calibration.CalibrationError, match=r"--set: ppo is not calibrated here"):
         calibration.check_rules(["fspo"], {"ppo": {"eps_low": 0.1}})
     with pytest.raises(calibration.CalibrationError, match=r"--set.fspo: fspo.c_low=-1"):
         calibration.check_rules(["fspo"], {"fspo": {"c_low": -1}})
+
+
+def test_the_footer_says_a_token_rules_rate_counts_tokens():
+    rules = {
+        "ppo": {
+            "band_fields": ["eps_low", "eps_high"],
+            "calibrated": {"eps_low": 0.08, "eps_high": 0.08},
+            "hand": {},
+            "rate": 0.3,
+            "source": "calibrated",
+        },
+        "fspo": {
+            "band_fields": ["c_low", "c_high"],
+            "calibrated": {"c_low": 0.9, "c_high": 0.9},
+            "hand": {},
+            "rate": 0.3,
+            "source": "calibrated",
+        },
+    }
+    data = {
+        "target_rate": 0.3,
+        "tolerance": 0.02,
+        "rules": rules,
+        "probe": {
+            "sequences": "results/probe/sequences.parquet",
+            "responses": 10,
+            "groups": 5,
+            "prompts": 10,
+            "samples": 2,
+            "seed": 0,
+        },
+    }
+    text = report.calibration_footer(data)
+    assert "ppo eps_low = eps_high = 0.08 (rate 0.300 of tokens)" in text
+    assert "fspo c_low = c_high = 0.9 (rate 0.300)" in text
 
 
 def test_hand_set_values_override_and_are_reported_as_hand(measured):
@@ -344,7 +403,7 @@ def test_calibrate_command_writes_a_file_that_round_trips_with_its_provenance(me
     [
         (["--target-rate", "1"], "--target-rate: must be in (0, 1)"),
         (["--target-rate", "0.1", "--tolerance", "0"], "--tolerance: must be in (0, 1)"),
-        (["--target-rate", "0.1", "--methods", "ppo"], "--methods[0]: ppo is a token-level rule"),
+        (["--target-rate", "0.1", "--methods", "sapo"], "--methods[0]: sapo ("),
         (
             ["--target-rate", "0.1", "--set", "fspo.nope=1"],
             "--set.fspo: method 'fspo' has no hyperparameter 'nope'",
@@ -464,8 +523,8 @@ def test_a_gpu_studys_probe_is_checked_without_its_gpu():
             "config calibration: the study has no sequence-level rule to calibrate (methods: ppo, grpo)",
         ),
         (
-            {"methods": ["ppo", "fspo"], "calibration": {"target_rate": 0.1, "methods": ["ppo"]}},
-            "config calibration.methods[0]: ppo is a token-level rule",
+            {"methods": ["sapo", "fspo"], "calibration": {"target_rate": 0.1, "methods": ["sapo"]}},
+            "config calibration.methods[0]: sapo (",
         ),
         ({"probe": {"n_prompts": 1}}, "config probe.n_prompts: must be >= 2, got 1"),
         ({"probe": {"nope": 1}}, "config probe.nope: unknown field; valid: benchmark, split"),

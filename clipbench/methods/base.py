@@ -551,6 +551,8 @@ class TokenClipRule:
     of one rule that differ only in their defaults). A subclass of `Method` mixes it in and
     redeclares a field to change its default or cite its paper."""
 
+    band_fields = ("eps_low", "eps_high")  # the ratio band, set by `clipbench calibrate` when listed
+
     eps_low: float = hparam(
         0.2, help="lower half-width of the ratio band, r_t >= 1 - eps_low (PPO paper: 0.2)", gt=0, lt=1
     )
@@ -643,8 +645,10 @@ class Method:
     #: The hyperparameters that set the band's half-widths (float fields, each widening the band
     #: as it grows, so the share of units outside the band never rises with it): what the study's
     #: matched clip budgets set (`clipbench calibrate`, clipbench.calibration; all of them to one
-    #: value, a symmetric band). A sequence-level rule declares them to be calibrated; empty: the
-    #: rule cannot be calibrated (a calibration that names it is refused). `register` checks them.
+    #: value, a symmetric band). A sequence-level rule declares them to be calibrated (a study's
+    #: calibration calibrates every sequence-level rule unless it lists some); a token-level rule
+    #: declares them to be calibrated when listed, its rate a share of tokens; empty: the rule cannot
+    #: be calibrated (a calibration that names it is refused). `register` checks them.
     band_fields: ClassVar[tuple[str, ...]] = ()
 
     @property

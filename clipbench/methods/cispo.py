@@ -53,6 +53,7 @@ class CISPO(Method):
     """
 
     level = "token"
+    band_fields = ("eps_high",)  # the cap; eps_low may be null (no lower bound): not a band field
 
     eps_low: float | None = hparam(
         None,

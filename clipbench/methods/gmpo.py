@@ -46,6 +46,7 @@ class GMPO(Method):
     """
 
     level = "token"
+    band_fields = ("eps_low", "eps_high")  # set by `clipbench calibrate` when listed
 
     eps_low: float = hparam(
         0.4,
