@@ -25,3 +25,20 @@ def write_eval(root, model, correct, bench="synthetic_test", **extra):
     metrics = score(np.asarray(correct).tolist())
     path.write_text(json.dumps({"k": np.shape(correct)[1], **metrics, "files": files, **extra}))
     return path
+
+
+def aggregate_runs(root, runs, bins):
+    """`clipbench aggregate` of the run directories `runs` ({method: dir}, seed 0) with random
+    evaluations of the base model and grpo and fspo (seeded): {summary, fairness, fairness_bins: path}
+    of the csv files it wrote under `root` (20 resamples per interval)."""
+    from clipbench import cli
+
+    rng = np.random.default_rng(0)
+    evals = [
+        write_eval(root, name, rng.random((12, 2)) < 0.5) for name in ("base", "grpo-seed0", "fspo-seed0")
+    ]
+    out = {name: root / f"{name}.csv" for name in ("summary", "fairness", "fairness_bins")}
+    files = [arg for name, path in out.items() for arg in (f"--{name.replace('_', '-')}", str(path))]
+    args = ["aggregate", "--evals", *map(str, evals), "--runs", *map(str, runs.values()), "--bins", str(bins)]
+    assert cli.main([*args, *files, "--resamples", "20"]) == 0
+    return out

@@ -19,7 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -283,7 +282,6 @@ def test_two_methods_train_on_two_processes_and_aggregate_like_native_runs(base_
     (tests/trl_smoke_run.py): the run records accelerate's MULTI_CPU on 2 processes, every step has a
     non-empty records file per rank, S is not 0 after the first update, and `clipbench aggregate` and
     `report` read the runs as native ones."""
-    from eval_files import write_eval
 
     from clipbench import cli, launch
 
@@ -317,14 +315,9 @@ def test_two_methods_train_on_two_processes_and_aggregate_like_native_runs(base_
         summary = json.loads((run / "final" / "summary.json").read_text())
         assert (summary["backend"], summary["processes"], summary["records"]) == ("trl", 2, len(records))
         assert (run / "final" / "model.safetensors").is_file()
-    rng = np.random.default_rng(0)
-    evals = [
-        write_eval(tmp_path, name, rng.random((12, 2)) < 0.5) for name in ("base", "grpo-seed0", "fspo-seed0")
-    ]
-    out = {name: tmp_path / f"{name}.csv" for name in ("summary", "fairness", "fairness_bins")}
-    files = [arg for name, path in out.items() for arg in (f"--{name.replace('_', '-')}", str(path))]
-    args = ["aggregate", "--evals", *map(str, evals), "--runs", *map(str, runs.values()), "--bins", "3"]
-    assert cli.main([*args, *files, "--resamples", "20"]) == 0
+    from eval_files import aggregate_runs
+
+    out = aggregate_runs(tmp_path, runs, bins=3)
     fairness = pd.read_csv(out["fairness"])
     assert set(fairness["method"]) == {"grpo", "fspo"}
     table = tmp_path / "main.md"

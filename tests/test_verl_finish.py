@@ -18,7 +18,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -223,16 +222,9 @@ def test_finish_writes_the_run_directory_and_aggregate_reads_it(tmp_path):
 
     assert _training_curves_needs(metrics) is None  # what the training curves read is there
 
-    rng = np.random.default_rng(0)
-    from eval_files import write_eval
+    from eval_files import aggregate_runs
 
-    evals = [
-        write_eval(tmp_path, name, rng.random((12, 2)) < 0.5) for name in ("base", "grpo-seed0", "fspo-seed0")
-    ]
-    out = {name: tmp_path / f"{name}.csv" for name in ("summary", "fairness", "fairness_bins")}
-    files = [arg for name, path in out.items() for arg in (f"--{name.replace('_', '-')}", str(path))]
-    args = ["aggregate", "--evals", *map(str, evals), "--runs", *map(str, runs.values()), "--bins", "2"]
-    assert cli.main([*args, *files, "--resamples", "20"]) == 0
+    out = aggregate_runs(tmp_path, runs, bins=2)
     fairness = pd.read_csv(out["fairness"])
     pooled = fairness[fairness["scope"] == "pooled"].set_index("method")
     # by hand from record_rows: the fairness metrics read the off-policy records (update 1: update 0 runs
