@@ -43,6 +43,12 @@ SLOW: set[str] = set()
 # "tests/FILE.py::test_name" (which must exist).
 RUN_ELSEWHERE = {
     'python -m pytest -m "slow and dag" -n 2 && python -m pytest -m "slow and not dag" -n 0': ".ci/run",
+    "snakemake -n --cores 8 --configfile workflows/config/paper_trl.yaml": (
+        "tests/test_workflow.py::test_the_paper_trl_study_trains_every_run_through_accelerate_on_8_gpus"
+    ),
+    "snakemake -n --profile profiles/slurm --configfile workflows/config/paper_verl.yaml": (
+        "tests/test_workflow.py::test_paper_verl_dry_runs_through_the_slurm_profile"
+    ),
 }
 
 INLINE_COMMAND = re.compile(r"^(clipbench|snakemake)(\s|$)|^python3? -m\s")
