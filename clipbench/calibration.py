@@ -62,8 +62,9 @@ FORMAT = "clipbench-calibration/1"
 DEFAULT_TOLERANCE = 0.02
 #: What `rate` means, written into the file.
 RATE_MEANING = (
-    "the mean over the probe's measured responses of the rule's seq_out (1: the response's weight lies "
-    "outside the band, whatever the advantage's sign), through clipbench.simulate.rule_outputs"
+    "the mean over the probe's measured responses of the rule's seq_out (a sequence-level rule: 1 when the "
+    "response's weight lies outside the band, whatever the advantage's sign; a token-level rule: the share of "
+    "the response's tokens outside its band), through clipbench.simulate.rule_outputs"
 )
 #: The plateau search stays within this factor of the step where the rate crosses the target.
 _PLATEAU_FACTOR = 2.0

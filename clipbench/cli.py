@@ -477,7 +477,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _verl_run(args: argparse.Namespace):
-    """(the run's TrainConfig, its model as verl gets it, GPUs per node, run directory) from a study
+    """(the run's TrainConfig, its model as verl gets it, its verl cluster, run directory) from a study
     config, METHOD and SEED, or from --config-json (a study's verl-config job) with --run-dir."""
     from clipbench.config import ConfigError, load_config, load_yaml
     from clipbench.integrations import verl_config
@@ -489,7 +489,8 @@ def _verl_run(args: argparse.Namespace):
         if args.run_dir is None:
             raise ConfigError("--config-json: needs --run-dir (the run directory the records go to)")
         cfg = load_config(_train_source(argparse.Namespace(config_json=args.config_json, config=None)))
-        return cfg, verl_config.model_for_verl(cfg.model), args.gpus_per_node or 1, args.run_dir
+        cluster = verl_config.Cluster(nodes=args.nodes or 1, gpus_per_node=args.gpus_per_node or 1)
+        return cfg, verl_config.model_for_verl(cfg.model), cluster, args.run_dir
     if any(value is None for value in positional):
         raise ConfigError("give STUDY_CONFIG METHOD SEED (or --config-json with --run-dir)")
     if not args.study_config.is_file():
@@ -498,22 +499,23 @@ def _verl_run(args: argparse.Namespace):
     if not isinstance(study, dict):
         raise ValueError(f"{args.study_config}: not a study config (a YAML mapping)")
     cfg, model = verl_config.study_run(study, args.method, args.seed)
-    gpus = args.gpus_per_node
-    if gpus is None:
-        gpus = int(((study.get("resources") or {}).get("train") or {}).get("gpu") or 1)
-    return cfg, model, gpus, args.run_dir or Path(artifacts.RunId(args.method, args.seed).run_dir)
+    given = verl_config.study_cluster(study)  # the study's resources.train: what its own jobs use
+    cluster = verl_config.Cluster(
+        nodes=args.nodes or given.nodes, gpus_per_node=args.gpus_per_node or given.gpus_per_node
+    )
+    return cfg, model, cluster, args.run_dir or Path(artifacts.RunId(args.method, args.seed).run_dir)
 
 
 def cmd_verl_config(args: argparse.Namespace) -> int:
     from clipbench.integrations import verl_config
 
-    cfg, model, gpus, run_dir = _verl_run(args)
+    cfg, model, cluster, run_dir = _verl_run(args)
     files = verl_config.write_run(
         cfg,
         model=model,
         run_dir=run_dir,
         out=args.out,
-        cluster=verl_config.Cluster(nodes=args.nodes, gpus_per_node=gpus),
+        cluster=cluster,
         max_prompt_length=args.max_prompt_length,
     )
     for kind in ("config", "settings", "train", "val"):
@@ -829,7 +831,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the run directory, whose records/ gets the clip records (default results/runs/METHOD/seedSEED)",
     )
-    p.add_argument("--nodes", type=_positive_int, default=1, help="verl's trainer.nnodes (default 1)")
+    p.add_argument(
+        "--nodes",
+        type=_positive_int,
+        default=None,
+        help="verl's trainer.nnodes (default: the study's resources.train.nodes, else 1)",
+    )
     p.add_argument(
         "--gpus-per-node",
         type=_positive_int,

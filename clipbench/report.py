@@ -392,7 +392,8 @@ def main_table(
         + (
             f"Δ: avg@k minus {reference}'s, paired (the same seeds and problems, one draw for both; the base model "
             f"against every seed of {reference}); * marks an interval that excludes 0; of {n_delta} such intervals about "
-            f"{n_delta / 20:.1f} would exclude 0 by chance at 95% if no method differed from {reference}. Detectable: the "
+            f"{n_delta * (1 - stats.DEFAULT_LEVEL):.1f} would exclude 0 by chance at {level_pct} if no row differed from "
+            f"{reference}. Detectable: the "
             "smallest true difference this design finds with probability 0.8 (its interval excluding 0), 2.8 standard "
             "errors, the standard error read off each interval as its half-width over 1.96, the median over the trained "
             "methods (`stats.detectable_difference`). "
@@ -427,7 +428,7 @@ def _band_text(values: Mapping[str, float], order: list[str] | None = None) -> s
 
 
 def _rate_text(name: str, rule: Mapping) -> str:
-    """"rate 0.148", with " of tokens" for a token-level rule (its rate counts tokens)."""
+    """ "rate 0.148", with " of tokens" for a token-level rule (its rate counts tokens)."""
     return f"rate {rule['rate']:.3f}" + (" of tokens" if _level(name) == "token" else "")
 
 

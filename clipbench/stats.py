@@ -373,7 +373,9 @@ def detectable_difference(low: float, high: float, level: float = DEFAULT_LEVEL,
     standard error is taken as the half-width over z = Φ⁻¹(1 - (1 - level) / 2) (1.96 at 95%), and
     a difference of (z + Φ⁻¹(power)) standard errors puts the interval's near end beyond 0 with
     probability ``power`` (normal approximation; 2.80 standard errors at 95% and 0.8). NaN when
-    the interval is not finite; 0 for a zero-width interval (a method against itself)."""
+    the interval is not finite; 0 for a zero-width interval (a method against itself). With few
+    seeds it is optimistic: a percentile bootstrap over n seeds shrinks their variance by
+    (n - 1) / n (the standard error about 11% small at 5 seeds, 29% at 2)."""
     if not 0 < level < 1 or not 0 < power < 1:
         raise ValueError(f"detectable_difference: level and power must be in (0, 1), got {level}, {power}")
     if not (math.isfinite(low) and math.isfinite(high)):

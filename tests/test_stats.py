@@ -416,8 +416,10 @@ def test_the_detectable_difference_is_2_8_standard_errors_read_off_the_interval(
     assert stats.detectable_difference(0.1, 0.492) == pytest.approx(0.28016, abs=1e-4)
     assert stats.detectable_difference(0.0, 0.0) == 0.0  # a method against itself
     assert math.isnan(stats.detectable_difference(math.nan, 0.1))
-    # a higher power asks for a larger difference, a lower level for a smaller one
+    # a higher power asks for a larger difference; the same interval read at a lower level means a
+    # larger standard error (its half-width is fewer of them) and so a larger difference
     assert stats.detectable_difference(-0.196, 0.196, power=0.9) > 0.28016
+    assert stats.detectable_difference(-0.196, 0.196, level=0.9) > 0.28016
     with pytest.raises(ValueError, match="high < low"):
         stats.detectable_difference(0.2, 0.1)
 

@@ -504,3 +504,20 @@ def test_verl_config_of_a_run_config_json_is_the_study_commands(tmp_path, monkey
     strip = lambda c: {k: v for k, v in c.items() if k not in ("data", "trainer", "ray_kwargs")}  # noqa: E731
     assert strip(a) == strip(b)
     assert a["data"]["train_batch_size"] == b["data"]["train_batch_size"] == 4
+
+
+def test_a_study_files_cluster_is_the_one_its_own_jobs_use(tmp_path, monkeypatch):
+    """`clipbench verl-config STUDY METHOD SEED` takes nodes and GPUs per node from the study's
+    resources.train, as its verl_config jobs do (`verl_config.study_cluster`); --nodes and
+    --gpus-per-node override them."""
+    monkeypatch.chdir(tmp_path)
+    study = load_yaml(DEFAULT.read_text())
+    study["resources"] = {"train": {"nodes": 2, "gpu": 2}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert run_cli(path, "grpo", 0, "--out", tmp_path / "a" / "config.yaml") == 0
+    trainer = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["trainer"]
+    assert (trainer["nnodes"], trainer["n_gpus_per_node"]) == (2, 2)
+    assert run_cli(path, "grpo", 0, "--nodes", 1, "--out", tmp_path / "b" / "config.yaml") == 0
+    trainer = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["trainer"]
+    assert (trainer["nnodes"], trainer["n_gpus_per_node"]) == (1, 2)

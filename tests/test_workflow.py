@@ -121,6 +121,8 @@ def test_the_slurm_profile_asks_for_gpus_through_each_rules_gpu_resource():
     for name, resources in groups.items():
         validate_slurm_extra(_Job(**resources))  # raises WorkflowError on a forbidden option
         assert "slurm_extra" not in resources or "gpu" not in resources["slurm_extra"], name
+        # 2.8.0's submit_string adds --ntasks-per-gpu (one copy of the command per GPU) only with these
+        assert not {"tasks", "tasks_per_gpu"} & set(resources), name
     for configfile, gpus in (("paper.yaml", 1), ("paper_trl.yaml", 8)):
         study = yaml.safe_load((ROOT / "workflows" / "config" / configfile).read_text())
         train = {**profile["set-resources"]["train"], "gpu": study["resources"]["train"]["gpu"]}
