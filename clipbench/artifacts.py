@@ -76,6 +76,7 @@ VERL_DIR = "verl"
 VERL_CONFIG_FILE = "config.yaml"
 VERL_METRICS_FILE = "metrics.jsonl"
 VERL_MERGED_DIR = "hf"
+VERL_VERSIONS_FILE = "versions.txt"  # `pip freeze --all` of the env verl trained in (verl.smk)
 RUN_VERL_DIR = f"{RUN_DIR}/{VERL_DIR}"
 RUN_VERL_CONFIG = f"{RUN_VERL_DIR}/{VERL_CONFIG_FILE}"
 RUN_VERL_METRICS = f"{RUN_VERL_DIR}/{VERL_METRICS_FILE}"

@@ -125,6 +125,7 @@ def verl_run_dir(root: Path, method: str = "fspo", steps: int = 2, ranks: int = 
     files.folder.mkdir(parents=True)
     files.config.write_text("# written by clipbench verl-config\n")
     files.metrics.write_text(file_logger_lines(steps))
+    files.versions.write_text("torch==2.13.0\ntransformers==5.10.4\nverl==0.9.1\nclipbench @ file:///src\n")
     save_merged(files.merged)
     for step in range(steps):
         for rank in range(ranks):
@@ -215,6 +216,15 @@ def test_finish_writes_the_run_directory_and_aggregate_reads_it(tmp_path):
         provenance = json.loads((run_dir / "provenance.json").read_text())
         assert provenance["config"]["backend"] == "verl" and provenance["seed"] == 0
         assert provenance["verl"]["metrics"] == str(run_dir / "verl" / "metrics.jsonl")
+        # the versions of the env that trained (verl's), beside this job's own (clipbench's)
+        assert provenance["verl"]["versions"] == {
+            "torch": "2.13.0",
+            "transformers": "5.10.4",
+            "verl": "0.9.1",
+            "clipbench": "file:///src",
+        }
+        assert info["versions"] == provenance["verl"]["versions"]
+        assert provenance["versions"]["transformers"] != "5.10.4"  # clipbench's env: 5.19.0
         # the merged model's files are linked or copied: verl's folder stays whole
         assert (run_dir / "verl" / "hf" / "model.safetensors").is_file()
     metrics = artifacts.read_metrics({(m, 0): d for m, d in runs.items()})
@@ -245,8 +255,10 @@ def test_finish_writes_the_run_directory_and_aggregate_reads_it(tmp_path):
             r"clip records of steps \[0\], not 0..1",
         ),
         (lambda d: (d / "verl" / "hf" / "model.safetensors").unlink(), "no HF model"),
+        (lambda d: (d / "verl" / "versions.txt").unlink(), "no package versions of verl's env"),
+        (lambda d: (d / "verl" / "versions.txt").write_text("torch\n"), "no `name==version` line"),
     ],
-    ids=["no-metrics", "missing-rank", "missing-step", "no-weights"],
+    ids=["no-metrics", "missing-rank", "missing-step", "no-weights", "no-versions", "bad-versions"],
 )
 def test_an_unfinished_verl_run_is_refused_and_nothing_is_written(tmp_path, damage, message, capsys):
     import re
@@ -318,3 +330,5 @@ def test_finish_reads_the_layout_verl_itself_writes(tmp_path):
         assert torch.equal(state[name], weight.to(torch.bfloat16)), name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and rows[1]["reward_mean"] == 0.5
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["verl"]["versions"]["verl"] == "0.9.1"  # pip freeze of verl's own venv

@@ -282,6 +282,7 @@ def test_a_verl_study_runs_verl_config_verl_and_verl_finish(tmp_path):
     [train] = [line for line in lines if "verl.trainer.main_ppo" in line and "/fspo/" in line]
     assert train == (
         f"rm -rf results/runs/fspo/seed0/records {folder}/checkpoints {folder}/hf && "
+        f"python -m pip freeze --all > {folder}/versions.txt && "
         f"python -m verl.trainer.main_ppo --config-path {folder} --config-name config "
         "> results/logs/train/fspo-seed0.log 2>&1 && "
         f"python -m verl.model_merger merge --backend fsdp --local_dir {folder}/checkpoints/global_step_3/actor "

@@ -8,7 +8,8 @@
   with the trained float32 weights in `RUN_DIR/verl/reference.safetensors`;
 * STEPS lines of per-step metrics through verl's `Tracking(default_backend=["file"])` with
   `VERL_FILE_LOGGER_PATH` = `RUN_DIR/verl/metrics.jsonl` (what the generated config sets);
-* `python -m verl.model_merger merge --backend fsdp` of that checkpoint into `RUN_DIR/verl/hf/`.
+* `python -m verl.model_merger merge --backend fsdp` of that checkpoint into `RUN_DIR/verl/hf/`;
+* `python -m pip freeze --all` of this venv into `RUN_DIR/verl/versions.txt`, as the train job writes it.
 """
 
 import os
@@ -88,6 +89,8 @@ def main(run_dir: Path, steps: int) -> None:
     merge = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp"]
     merge += ["--local_dir", str(actor), "--target_dir", str(folder / "hf")]
     subprocess.run(merge, check=True)
+    with open(folder / "versions.txt", "w") as out:  # verl.smk's verl_train, before verl starts
+        subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"], check=True, stdout=out)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ CHECKPOINT_DIR = "checkpoints"
 #: verl's per-step metrics (its file logger, trainer.logger: file) and the merged final model, in the folder.
 METRICS_FILE = artifacts.VERL_METRICS_FILE
 MERGED_DIR = artifacts.VERL_MERGED_DIR
+VERSIONS_FILE = artifacts.VERL_VERSIONS_FILE
 #: The environment variable verl's FileLogger (verl/utils/tracking.py) writes to when set.
 FILE_LOGGER_ENV = "VERL_FILE_LOGGER_PATH"
 #: The module verl's workers import (actor_rollout_ref.model.external_lib): it registers the rules.
@@ -147,6 +148,12 @@ class RunFiles:
     def metrics(self) -> Path:
         """verl's per-step metrics: one `{"step": N, "data": {...}}` line per step (FileLogger)."""
         return self.folder / METRICS_FILE
+
+    @property
+    def versions(self) -> Path:
+        """`pip freeze --all` of the env verl trained in, written by the train job before verl starts:
+        the package versions that made the run (clipbench's own env is another)."""
+        return self.folder / VERSIONS_FILE
 
     @property
     def merged(self) -> Path:

@@ -153,6 +153,27 @@ def check_records(run_dir: Path, steps: int) -> int:
     return len(artifacts.read_clip_records(run_dir))
 
 
+def read_versions(path: Path) -> dict[str, str]:
+    """{distribution: version} from `pip freeze --all` output (`name==version` lines; a direct
+    reference, `name @ URL`, keeps its URL); VerlRunError naming the file when it is missing or holds
+    no such line."""
+    if not path.is_file():
+        raise VerlRunError(
+            f"{path}: no package versions of verl's env (the train job writes it with "
+            "`python -m pip freeze --all` before verl starts)"
+        )
+    versions = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, sep, version = line.strip().partition("==")
+        if not sep:
+            name, sep, version = line.strip().partition(" @ ")
+        if sep and name:
+            versions[name.strip().lower()] = version.strip()
+    if not versions:
+        raise VerlRunError(f"{path}: no `name==version` line; expected `pip freeze --all` output")
+    return versions
+
+
 def check_merged(folder: Path) -> None:
     """VerlRunError unless `folder` holds an HF model (config.json and safetensors weights)."""
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
@@ -193,13 +214,14 @@ def finish(cfg: TrainConfig, run_dir: str | Path) -> Path:
     """Turn the verl run of `cfg` in `run_dir` (its `verl/` folder and clip records) into clipbench's
     run directory (module docstring); returns `final/`. Every input is checked before anything is
     written; `final/summary.json` is written last."""
-    from clipbench.provenance import atomic_write_json, atomic_write_text, package_versions, provenance
+    from clipbench.provenance import atomic_write_json, atomic_write_text, provenance
 
     run_dir = Path(run_dir)
     files = RunFiles(run_dir / VERL_DIR / CONFIG_FILE)
     rows = metrics_rows(files.metrics, cfg)
     n_records = check_records(run_dir, cfg.steps)
     check_merged(files.merged)
+    verl_versions = read_versions(files.versions)
     rule = cfg.build_method()
 
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=True))
@@ -209,6 +231,7 @@ def finish(cfg: TrainConfig, run_dir: str | Path) -> Path:
         "metrics": str(files.metrics),
         "checkpoint": str(files.actor_checkpoint(cfg.steps)),
         "merged": str(files.merged),
+        "versions": verl_versions,  # the env that trained; record["versions"] is this job's env
     }
     atomic_write_json(run_dir / "provenance.json", record)
     atomic_write_text(
@@ -223,7 +246,7 @@ def finish(cfg: TrainConfig, run_dir: str | Path) -> Path:
             "method": rule.name,
             "steps_done": cfg.steps,
             "dtype": json.loads((files.merged / "config.json").read_text()).get("dtype"),
-            "versions": package_versions(),
+            "versions": verl_versions,  # the weights come from verl's env
         },
     )
     summary = {

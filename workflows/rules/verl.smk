@@ -2,7 +2,8 @@
 # three jobs, each in its own env (docs/training.md, "Training inside verl"):
 #   verl_config  clipbench's env: `clipbench verl-config` writes RUN_DIR/verl/ (the Hydra config over
 #                verl's ppo_trainer, the data, the adapter's settings) from the run's config;
-#   verl_train   verl's env (workflows/envs/verl.yaml): verl 0.9.1's main_ppo on resources.train.nodes x
+#   verl_train   verl's env (workflows/envs/verl.yaml): its `pip freeze --all` into RUN_DIR/verl/versions.txt
+#                (the versions that trained, into provenance.json), then verl 0.9.1's main_ppo on resources.train.nodes x
 #                gpu GPUs (several nodes: a Ray cluster over the SLURM allocation, clipbench.study.
 #                verl_launcher), the clip records going to RUN_DIR/records/; then verl's model merger
 #                turns the last FSDP checkpoint into an HF model, RUN_DIR/verl/hf/;
@@ -54,6 +55,7 @@ rule verl_train:
         checkpoints=lambda w: f"{verl_folder(w)}/checkpoints",
         actor=lambda w: f"{verl_folder(w)}/checkpoints/global_step_{verl_steps(w)}/actor",
         merged=lambda w: f"{verl_folder(w)}/{artifacts.VERL_MERGED_DIR}",
+        versions=lambda w: f"{verl_folder(w)}/{artifacts.VERL_VERSIONS_FILE}",
         launch=study.verl_launcher(config),
     log:
         artifacts.TRAIN_LOG,
@@ -64,6 +66,7 @@ rule verl_train:
         "../envs/verl.yaml"
     shell:
         "rm -rf {params.records:q} {params.checkpoints:q} {params.merged:q} && "
+        "python -m pip freeze --all > {params.versions:q} && "
         "{params.launch}python -m verl.trainer.main_ppo --config-path {params.folder:q} --config-name config "
         "> {log:q} 2>&1 && "
         "python -m verl.model_merger merge --backend fsdp --local_dir {params.actor:q} "
