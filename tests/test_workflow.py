@@ -349,8 +349,9 @@ def test_paper_verl_dry_runs_through_the_slurm_profile():
 def test_the_ray_script_is_valid_bash_and_refuses_bad_arguments():
     script = ROOT / "workflows" / "scripts" / "verl_ray_slurm.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    result = subprocess.run(["bash", str(script), "2", "x8", "true"], capture_output=True, text=True)
-    assert result.returncode == 2 and "must be positive integers" in result.stderr
+    for nodes, gpus in (("2", "x8"), ("0", "8"), ("2", "0")):
+        result = subprocess.run(["bash", str(script), nodes, gpus, "true"], capture_output=True, text=True)
+        assert result.returncode == 2 and "must be positive integers" in result.stderr, (nodes, gpus)
     env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_NODELIST"}
     result = subprocess.run(["bash", str(script), "2", "8", "true"], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "not inside a SLURM job" in result.stderr

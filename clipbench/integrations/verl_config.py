@@ -170,12 +170,6 @@ class RunFiles:
         """The line that starts verl on this config."""
         return f"python -m verl.trainer.main_ppo --config-path {self.folder} --config-name {self.config.stem}"
 
-    def merge_command(self, step: int) -> str:
-        """The line that merges the actor checkpoint of step `step` into `merged` (verl's merger)."""
-        return (
-            f"python -m verl.model_merger merge --backend fsdp --local_dir {self.actor_checkpoint(step)} "
-            f"--target_dir {self.merged}"
-        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,8 @@ fi
 nodes=$1
 gpus=$2
 shift 2
-case "$nodes$gpus" in
-  *[!0-9]*) echo "$0: NODES and GPUS_PER_NODE must be positive integers, got '$nodes' '$gpus'" >&2; exit 2 ;;
+case "$nodes,$gpus" in
+  *[!0-9,]* | ,* | *, | 0,* | *,0) echo "$0: NODES and GPUS_PER_NODE must be positive integers, got '$nodes' '$gpus'" >&2; exit 2 ;;
 esac
 if [ -z "${SLURM_JOB_NODELIST:-}" ]; then
   echo "$0: not inside a SLURM job (SLURM_JOB_NODELIST unset): $nodes nodes need the SLURM profile" >&2
@@ -29,7 +29,7 @@ if [ "${#hosts[@]}" -ne "$nodes" ]; then
   exit 2
 fi
 head=${hosts[0]}
-head_ip=$(srun --nodes=1 --ntasks=1 -w "$head" hostname --ip-address | awk '{print $1}')
+head_ip=$(srun --overlap --nodes=1 --ntasks=1 -w "$head" hostname --ip-address | awk '{print $1}')
 port=${RAY_PORT:-6379}
 cpus=${SLURM_CPUS_PER_TASK:-1}
 
@@ -39,12 +39,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-srun --nodes=1 --ntasks=1 -w "$head" ray start --head --node-ip-address="$head_ip" --port="$port" \
+srun --overlap --nodes=1 --ntasks=1 -w "$head" ray start --head --node-ip-address="$head_ip" --port="$port" \
   --num-cpus "$cpus" --num-gpus "$gpus" --block &
 pids+=($!)
-sleep 10
+for _ in $(seq 90); do  # the head answers within 3 min, or the job fails here
+  ray status --address "$head_ip:$port" >/dev/null 2>&1 && break
+  sleep 2
+done
+ray status --address "$head_ip:$port" >/dev/null || { echo "$0: the Ray head at $head_ip:$port did not start" >&2; exit 1; }
 for host in "${hosts[@]:1}"; do
-  srun --nodes=1 --ntasks=1 -w "$host" ray start --address "$head_ip:$port" \
+  srun --overlap --nodes=1 --ntasks=1 -w "$host" ray start --address "$head_ip:$port" \
     --num-cpus "$cpus" --num-gpus "$gpus" --block &
   pids+=($!)
 done
