@@ -255,10 +255,22 @@ def test_finish_writes_the_run_directory_and_aggregate_reads_it(tmp_path):
             r"clip records of steps \[0\], not 0..1",
         ),
         (lambda d: (d / "verl" / "hf" / "model.safetensors").unlink(), "no HF model"),
+        (
+            lambda d: [p.unlink() for p in (d / "verl" / "hf").glob("tokenizer*.json")],
+            "no tokenizer",
+        ),
         (lambda d: (d / "verl" / "versions.txt").unlink(), "no package versions of verl's env"),
         (lambda d: (d / "verl" / "versions.txt").write_text("torch\n"), "no `name==version` line"),
     ],
-    ids=["no-metrics", "missing-rank", "missing-step", "no-weights", "no-versions", "bad-versions"],
+    ids=[
+        "no-metrics",
+        "missing-rank",
+        "missing-step",
+        "no-weights",
+        "no-tokenizer",
+        "no-versions",
+        "bad-versions",
+    ],
 )
 def test_an_unfinished_verl_run_is_refused_and_nothing_is_written(tmp_path, damage, message, capsys):
     import re

@@ -175,7 +175,13 @@ def read_versions(path: Path) -> dict[str, str]:
 
 
 def check_merged(folder: Path) -> None:
-    """VerlRunError unless `folder` holds an HF model (config.json and safetensors weights)."""
+    """VerlRunError unless `folder` holds an HF model: config.json, safetensors weights and the
+    tokenizer (verl's merger copies it from the checkpoint's huggingface/; the evaluate job needs it)."""
+    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()):
+        raise VerlRunError(
+            f"{folder}: no tokenizer (tokenizer.json or tokenizer_config.json); verl's merger copies it from "
+            "the checkpoint's huggingface/ folder: merge again, or copy it there"
+        )
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise VerlRunError(
             f"{folder}: no HF model (config.json and *.safetensors); merge the last checkpoint first: "
