@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -456,21 +457,22 @@ def run_steps(run: dict[str, Any]) -> int:
     return int(run.get("steps", TrainConfig.__dataclass_fields__["steps"].default))
 
 
-#: The script that starts a Ray cluster over a SLURM allocation of several nodes and runs verl on it.
-VERL_RAY_SCRIPT = "workflows/scripts/verl_ray_slurm.sh"
+#: The script that starts a Ray cluster over a SLURM allocation of several nodes and runs verl on it
+#: (absolute: a study may run in another directory, `snakemake --directory`).
+VERL_RAY_SCRIPT = Path(__file__).resolve().parents[1] / "workflows" / "scripts" / "verl_ray_slurm.sh"
 
 
 def verl_launcher(config: dict[str, Any]) -> str:
     """What the verl train job puts before `python -m verl.trainer.main_ppo`: nothing on one node
     (main_ppo starts a local Ray), else `bash VERL_RAY_SCRIPT NODES GPUS_PER_NODE` (Ray's head on the
-    allocation's first node, a worker on each other, then the command on the head). Constants and
-    validated integers: the rule writes them unquoted."""
+    allocation's first node, a worker on each other, then the command on the head). The script's path
+    is shell-quoted here and the integers are validated: the rule writes the result unquoted."""
     from clipbench.integrations import verl_config
 
     cluster = verl_config.study_cluster(config)
     if cluster.nodes == 1:
         return ""
-    return f"bash {VERL_RAY_SCRIPT} {cluster.nodes} {cluster.gpus_per_node} "
+    return f"bash {shlex.quote(str(VERL_RAY_SCRIPT))} {cluster.nodes} {cluster.gpus_per_node} "
 
 
 def train_threads(run: dict[str, Any]) -> int:

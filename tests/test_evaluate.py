@@ -525,19 +525,19 @@ def test_smollm2_gsm8k_chat_greedy(smollm2_dir, tmp_path):
         "gsm8k",
         out=out,
         k=1,
-        limit=10,
+        limit=5,  # 5 problems of 256 greedy tokens: ~30 s on 2 cores (CI's time)
         data_dir=DATA_DIR,
         prompt_style="chat",
         max_new_tokens=256,
     )
     elapsed = time.perf_counter() - start
-    samples = check_outputs(summary, out, n_problems=10, k=1)
+    samples = check_outputs(summary, out, n_problems=5, k=1)
     assert summary["temperature"] == 0.0 and summary["prompt_style"] == "chat"
     assert all(s["prompt"].startswith("<|im_start|>") for s in samples)
     assert summary["statuses"]["ok"] > 0  # the model answers something the verifier can compare
     print(
-        f"\nSmolLM2-135M-Instruct, GSM8K test[:10], chat, greedy, 256 new tokens: "
-        f"avg@1 = {summary['avg@k']:.3f} ({sum(s['correct'] for s in samples)}/10), "
+        f"\nSmolLM2-135M-Instruct, GSM8K test[:5], chat, greedy, 256 new tokens: "
+        f"avg@1 = {summary['avg@k']:.3f} ({sum(s['correct'] for s in samples)}/5), "
         f"statuses {summary['statuses']}, {elapsed:.0f} s"
     )
 

@@ -408,6 +408,7 @@ def verl_study(**changes) -> dict:
 
 
 def test_a_verl_study_passes_the_dag_check():
+    from clipbench import study as study_module
     from clipbench.study import check_study, verl_cluster_args, verl_launcher
 
     study = verl_study()
@@ -415,7 +416,9 @@ def test_a_verl_study_passes_the_dag_check():
     assert (verl_cluster_args(study), verl_launcher(study)) == (["--nodes", "1", "--gpus-per-node", "1"], "")
     two = verl_study(resources={"train": {"gpu": 4, "nodes": 2}}, methods=["fspo", "grpo"])
     check_study(two)  # 8 sequences per minibatch over 8 GPUs
-    assert verl_launcher(two) == "bash workflows/scripts/verl_ray_slurm.sh 2 4 "
+    script = Path(study_module.__file__).resolve().parents[1] / "workflows/scripts/verl_ray_slurm.sh"
+    assert script.is_file()
+    assert verl_launcher(two) == f"bash {script} 2 4 "
 
 
 VERL_STUDY_REFUSED = [

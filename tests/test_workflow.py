@@ -336,11 +336,13 @@ def test_paper_verl_dry_runs_through_the_slurm_profile():
         28,
     )
     folder = ROOT / "results" / "runs" / "gspo" / "seed2" / "verl"
-    assert (
-        f"bash workflows/scripts/verl_ray_slurm.sh 2 8 python -m verl.trainer.main_ppo --config-path {folder} "
+    launched = (
+        f" 2 8 python -m verl.trainer.main_ppo --config-path {folder} "
         "--config-name config > results/logs/train/gspo-seed2.log 2>&1 && python -m verl.model_merger merge "
         f"--backend fsdp --local_dir {folder}/checkpoints/global_step_500/actor --target_dir {folder}/hf"
-    ) in result.stdout
+    )
+    # The script by its absolute path (the study may run in another directory).
+    assert re.search(r"bash /\S+/workflows/scripts/verl_ray_slurm\.sh" + re.escape(launched), result.stdout)
     assert "--run-dir results/runs/gspo/seed2 --nodes 2 --gpus-per-node 8 >" in result.stdout
     assert "verl-finish --config-json " in result.stdout
     assert re.search(r"rule verl_train:.*?resources: [^\n]*gpu=16[^\n]*nodes=2", result.stdout, re.S)

@@ -216,7 +216,9 @@ def minibatch_rows_per_gpu(cfg: TrainConfig, cluster: Cluster) -> int:
     rows = r.prompts_per_step // o.minibatches * r.samples_per_prompt
     if rows % cluster.gpus:
         raise ConfigError(
-            f"optim.minibatches: a minibatch of {rows} sequences does not split over {cluster.gpus} GPUs"
+            f"optim.minibatches: a minibatch of {rows} sequences does not split over {cluster.gpus} GPUs "
+            f"({cluster.nodes} node(s) x {cluster.gpus_per_node}: resources.train.nodes x resources.train.gpu "
+            "in a study, --nodes x --gpus-per-node for verl-config); change either"
         )
     return rows // cluster.gpus
 
