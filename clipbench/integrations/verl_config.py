@@ -171,7 +171,6 @@ class RunFiles:
         return f"python -m verl.trainer.main_ppo --config-path {self.folder} --config-name {self.config.stem}"
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Cluster:
     """verl's ranks: `nodes` x `gpus_per_node` GPUs, one data-parallel rank each."""
