@@ -200,16 +200,26 @@ def build_tiny_model(
     return model
 
 
+def _first_weight(model: PreTrainedModel, state_dict: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """The first tensor of what `save_model` writes: `state_dict`'s when given, else the model's."""
+    if state_dict:
+        return next(iter(state_dict.values()))
+    return next(model.parameters())
+
+
 def save_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     out_dir: str | os.PathLike,
     *,
     extra: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save model (safetensors) and tokenizer to `out_dir`, with a provenance file.
 
-    `clipbench_model.json` holds `model.clipbench_provenance` (how the model was built or
+    `state_dict`: the weights to write instead of the model's own, for a model whose parameters are
+    sharded over processes (FSDP, DeepSpeed ZeRO-3), gathered beforehand (the TRL backend's final
+    save). `clipbench_model.json` holds `model.clipbench_provenance` (how the model was built or
     where it was loaded from), library versions, and `extra` (e.g. a trainer's step). The
     directory is written beside `out_dir` under a temporary name and moved into place at
     the end; on any error the temporary directory is removed and an existing `out_dir` is
@@ -221,12 +231,12 @@ def save_model(
         **getattr(model, "clipbench_provenance", {}),
         "versions": package_versions(),
         "commit": git_commit(),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(_first_weight(model, state_dict).dtype).removeprefix("torch."),
         **(extra or {}),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
         # mkdtemp makes the directory 0700 and safetensors writes 0600; make it readable like

@@ -166,6 +166,19 @@ def test_provenance_survives_load_and_resave(tmp_path, saved_dir):
     assert provenance["args"]["seed"] == 0 and provenance["step"] == 7
 
 
+def test_a_gathered_state_dict_is_what_is_saved(tmp_path, tokenizer):
+    """The TRL backend's final save of a sharded model: the weights gathered from every process
+    (`state_dict`) are written, not the local model's (under FSDP a shard or an empty placeholder)."""
+    local, gathered = build_tiny_model(tokenizer, seed=1), build_tiny_model(tokenizer, seed=2)
+    state = {name: tensor.to(torch.bfloat16) for name, tensor in gathered.state_dict().items()}
+    out = save_model(local, tokenizer, tmp_path / "model", state_dict=dict(state))  # transformers drops tied keys
+    reloaded, _ = load_model(out)
+    assert json.loads((out / PROVENANCE_FILE).read_text())["dtype"] == "bfloat16"  # what was written
+    for name, tensor in reloaded.state_dict().items():
+        torch.testing.assert_close(tensor, state[name].to(tensor.dtype), rtol=0, atol=0, msg=name)
+    assert not torch.equal(reloaded.state_dict()["lm_head.weight"], local.state_dict()["lm_head.weight"])
+
+
 def _leftovers(parent, name):
     return sorted(p.name for p in parent.iterdir() if p.name != name)
 

@@ -503,18 +503,28 @@ def trainer_class() -> type:
 
         def finish(self, tokenizer, steps: int) -> Path:
             """After `train()`: the final model (HF format) and `summary.json` in `run_dir/final`,
-            written by rank 0 once every process has written its records; returns that folder."""
+            written by rank 0 once every process has written its records; returns that folder. The
+            weights are gathered on every process first (`accelerator.get_state_dict`, a collective
+            under FSDP and DeepSpeed ZeRO-3, the unwrapped model's own state under DDP), so that a
+            sharded model is saved whole."""
             from clipbench.models import save_model
             from clipbench.provenance import atomic_write_json
 
             final = self.run_dir / artifacts.FINAL_DIR
             self.accelerator.wait_for_everyone()
+            state_dict = self.accelerator.get_state_dict(self.model)
             if self.accelerator.is_main_process:
                 found = list(artifacts.step_records_files(self.run_dir))
                 if found != list(range(steps)):
                     raise RuntimeError(f"{self.run_dir}: clip records of steps {found}, not 0..{steps - 1}")
                 model = self.accelerator.unwrap_model(self.model)
-                save_model(model, tokenizer, final, extra={"steps_done": steps, "method": self.method.name})
+                save_model(
+                    model,
+                    tokenizer,
+                    final,
+                    extra={"steps_done": steps, "method": self.method.name},
+                    state_dict=state_dict,
+                )
                 lines = (self.run_dir / artifacts.METRICS_FILE).read_text().splitlines()
                 summary = {
                     "method": self.method.name,
