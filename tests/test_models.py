@@ -171,7 +171,9 @@ def test_a_gathered_state_dict_is_what_is_saved(tmp_path, tokenizer):
     (`state_dict`) are written, not the local model's (under FSDP a shard or an empty placeholder)."""
     local, gathered = build_tiny_model(tokenizer, seed=1), build_tiny_model(tokenizer, seed=2)
     state = {name: tensor.to(torch.bfloat16) for name, tensor in gathered.state_dict().items()}
-    out = save_model(local, tokenizer, tmp_path / "model", state_dict=dict(state))  # transformers drops tied keys
+    out = save_model(
+        local, tokenizer, tmp_path / "model", state_dict=dict(state)
+    )  # transformers drops tied keys
     reloaded, _ = load_model(out)
     assert json.loads((out / PROVENANCE_FILE).read_text())["dtype"] == "bfloat16"  # what was written
     for name, tensor in reloaded.state_dict().items():
