@@ -457,22 +457,25 @@ def run_steps(run: dict[str, Any]) -> int:
     return int(run.get("steps", TrainConfig.__dataclass_fields__["steps"].default))
 
 
-#: The script that starts a Ray cluster over a SLURM allocation of several nodes and runs verl on it
-#: (absolute: a study may run in another directory, `snakemake --directory`).
-VERL_RAY_SCRIPT = Path(__file__).resolve().parents[1] / "workflows" / "scripts" / "verl_ray_slurm.sh"
+#: The script that starts a Ray cluster over a SLURM allocation of several nodes and runs verl on it,
+#: relative to the workflow's root (the Snakefile's folder).
+VERL_RAY_SCRIPT = "workflows/scripts/verl_ray_slurm.sh"
 
 
-def verl_launcher(config: dict[str, Any]) -> str:
+def verl_launcher(config: dict[str, Any], workflow_root: str | Path) -> str:
     """What the verl train job puts before `python -m verl.trainer.main_ppo`: nothing on one node
-    (main_ppo starts a local Ray), else `bash VERL_RAY_SCRIPT NODES GPUS_PER_NODE` (Ray's head on the
-    allocation's first node, a worker on each other, then the command on the head). The script's path
-    is shell-quoted here and the integers are validated: the rule writes the result unquoted."""
+    (main_ppo starts a local Ray), else `bash ROOT/VERL_RAY_SCRIPT NODES GPUS_PER_NODE` (Ray's head on
+    the allocation's first node, a worker on each other, then the command on the head). `workflow_root`
+    is the Snakefile's folder (`workflow.basedir`): the script is named by its absolute path, as the
+    jobs may run in another directory (`snakemake --directory`). The path is shell-quoted here and the
+    integers are validated: the rule writes the result unquoted."""
     from clipbench.integrations import verl_config
 
     cluster = verl_config.study_cluster(config)
     if cluster.nodes == 1:
         return ""
-    return f"bash {shlex.quote(str(VERL_RAY_SCRIPT))} {cluster.nodes} {cluster.gpus_per_node} "
+    script = Path(workflow_root).resolve() / VERL_RAY_SCRIPT
+    return f"bash {shlex.quote(str(script))} {cluster.nodes} {cluster.gpus_per_node} "
 
 
 def train_threads(run: dict[str, Any]) -> int:

@@ -408,17 +408,20 @@ def verl_study(**changes) -> dict:
 
 
 def test_a_verl_study_passes_the_dag_check():
-    from clipbench import study as study_module
     from clipbench.study import check_study, verl_cluster_args, verl_launcher
 
     study = verl_study()
     assert check_study(study).methods == methods.available_methods()
-    assert (verl_cluster_args(study), verl_launcher(study)) == (["--nodes", "1", "--gpus-per-node", "1"], "")
+    root = Path(__file__).resolve().parents[1]
+    assert (verl_cluster_args(study), verl_launcher(study, root)) == (
+        ["--nodes", "1", "--gpus-per-node", "1"],
+        "",
+    )
     two = verl_study(resources={"train": {"gpu": 4, "nodes": 2}}, methods=["fspo", "grpo"])
     check_study(two)  # 8 sequences per minibatch over 8 GPUs
-    script = Path(study_module.__file__).resolve().parents[1] / "workflows/scripts/verl_ray_slurm.sh"
+    script = root / "workflows/scripts/verl_ray_slurm.sh"
     assert script.is_file()
-    assert verl_launcher(two) == f"bash {script} 2 4 "
+    assert verl_launcher(two, root / "tests" / "..") == f"bash {script} 2 4 "  # absolute, resolved
 
 
 VERL_STUDY_REFUSED = [

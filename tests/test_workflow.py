@@ -341,8 +341,8 @@ def test_paper_verl_dry_runs_through_the_slurm_profile():
         "--config-name config > results/logs/train/gspo-seed2.log 2>&1 && python -m verl.model_merger merge "
         f"--backend fsdp --local_dir {folder}/checkpoints/global_step_500/actor --target_dir {folder}/hf"
     )
-    # The script by its absolute path (the study may run in another directory).
-    assert re.search(r"bash /\S+/workflows/scripts/verl_ray_slurm\.sh" + re.escape(launched), result.stdout)
+    # The script by its absolute path, from the Snakefile's folder (the jobs may run in another directory).
+    assert f"bash {ROOT}/workflows/scripts/verl_ray_slurm.sh{launched}" in result.stdout
     assert "--run-dir results/runs/gspo/seed2 --nodes 2 --gpus-per-node 8 >" in result.stdout
     assert "verl-finish --config-json " in result.stdout
     assert re.search(r"rule verl_train:.*?resources: [^\n]*gpu=16[^\n]*nodes=2", result.stdout, re.S)

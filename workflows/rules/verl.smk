@@ -56,7 +56,7 @@ rule verl_train:
         actor=lambda w: f"{verl_folder(w)}/checkpoints/global_step_{verl_steps(w)}/actor",
         merged=lambda w: f"{verl_folder(w)}/{artifacts.VERL_MERGED_DIR}",
         versions=lambda w: f"{verl_folder(w)}/{artifacts.VERL_VERSIONS_FILE}",
-        launch=study.verl_launcher(config),
+        launch=study.verl_launcher(config, workflow.basedir),
     log:
         artifacts.TRAIN_LOG,
     resources:
