@@ -219,8 +219,10 @@ from accelerate import PartialState
 state = PartialState(cpu=True)
 total = torch.tensor([float(state.process_index + 1)])
 torch.distributed.all_reduce(total)
-print(f"rank {state.process_index} of {state.num_processes} {state.distributed_type.value} "
-      f"{torch.distributed.get_backend()} sum {total.item():g} threads {torch.get_num_threads()}", flush=True)
+# One write per line: the two ranks share the pipe, and under PYTHONUNBUFFERED print's text and its
+# newline are two writes, which the other rank's line can come between.
+os.write(1, (f"rank {state.process_index} of {state.num_processes} {state.distributed_type.value} "
+             f"{torch.distributed.get_backend()} sum {total.item():g} threads {torch.get_num_threads()}\\n").encode())
 state.destroy_process_group()  # as train_trl does: left to the exit, gloo sometimes aborts it
 """
 
