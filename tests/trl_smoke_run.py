@@ -42,5 +42,7 @@ if __name__ == "__main__":
         "processes": 2,
     }
     config["optim"] = {**config["optim"], "lr": 3e-3}  # moves a random model within two steps
-    print("final model:", train_trl(config, run_dir, reward=parity))
-    print("process group after the run:", torch.distributed.is_initialized(), flush=True)
+    final = train_trl(config, run_dir, reward=parity)
+    # One write per line: both ranks share the test's stdout pipe, and print's pieces (each its own
+    # write under PYTHONUNBUFFERED) interleave with the other rank's.
+    os.write(1, f"final model: {final}\nprocess group after the run: {torch.distributed.is_initialized()}\n".encode())
