@@ -45,4 +45,7 @@ if __name__ == "__main__":
     final = train_trl(config, run_dir, reward=parity)
     # One write per line: both ranks share the test's stdout pipe, and print's pieces (each its own
     # write under PYTHONUNBUFFERED) interleave with the other rank's.
-    os.write(1, f"final model: {final}\nprocess group after the run: {torch.distributed.is_initialized()}\n".encode())
+    os.write(
+        1,
+        f"final model: {final}\nprocess group after the run: {torch.distributed.is_initialized()}\n".encode(),
+    )
