@@ -987,4 +987,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # In a local Snakemake study, a child of the job host (clipbench/jobhost.py) runs the job, with
+    # torch, transformers and lm-eval imported already; without a host (or when it declines), this process.
+    from clipbench import jobhost
+
+    hosted = jobhost.delegate()
+    if hosted is not None:
+        jobhost.exit_like(hosted)
     sys.exit(main())

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from clipbench import artifacts, calibration, fairness, plots, study
+from clipbench import artifacts, calibration, fairness, jobhost, plots, study
 from clipbench.artifacts import RunId
 from clipbench.provenance import config_hash
 
@@ -113,3 +113,10 @@ def plot_args(wildcards):
     args = [arg for need in plots.get_plot(wildcards.plot).inputs for arg in PLOT_INPUT_ARGS[need]]
     args += study.plot_option_args(config, wildcards.plot)
     return args + ["--plots", artifacts.PLOTS_DIR, "--only", wildcards.plot]
+
+
+# A local run's jobs start as forks of one process that has imported torch, transformers and
+# lm-eval once (clipbench/jobhost.py: the same job, same files; not for a dry run, a cluster or
+# --use-conda; CLIPBENCH_JOB_HOST=off turns it off).
+onstart:
+    jobhost.start(workflow)
