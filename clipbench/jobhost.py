@@ -20,6 +20,12 @@ job runs in its own process as before, with one line on its stderr saying why, w
   `fingerprint`) differ: code edited during a study runs in fresh processes from then on;
 - the host is not running or not reachable (no socket, a dead host, another machine).
 
+Why forking is safe here: the host only imports. It runs no torch operation (no OpenMP or
+intra-op thread pool has started), initialises no CUDA device, and its only thread besides Python's is
+jemalloc's background thread (pyarrow's allocator), which jemalloc's own fork handlers take care of, as
+they do for every torch DataLoader worker forked after `datasets` is imported. Each child then starts
+whatever threads, devices and worker processes its job needs, as a fresh process would.
+
 Who starts it: the Snakefile's `onstart` handler (`start`), for a local run only: not for a dry run,
 not for a cluster executor (jobs run on other machines) and not with --use-conda (jobs run other
 interpreters). It sets CLIPBENCH_JOB_HOST to the socket's path for the jobs. The host exits when the
@@ -79,6 +85,9 @@ TMPDIR_VARIABLES = ("TMPDIR", "TMP", "TEMPDIR", "TEMP")
 # Variables the job's shell sets for itself, which a fresh process would see but which change nothing.
 SHELL_VARIABLES = frozenset({"_", "SHLVL", "PWD", "OLDPWD", "PS1", "PS2"})  # bash unsets PS1, PS2
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Set by torchrun and accelerate for each process they start: a rank of a multi-process job runs itself
+# (it would be declined anyway, for its RANK, WORLD_SIZE, ...; this keeps its log free of that line).
+LAUNCHED_RANK = "LOCAL_RANK"
 _HEADER = struct.Struct("!Q")
 _PACKAGE = Path(__file__).resolve().parent
 _started: subprocess.Popen | None = None  # the host `start` began (kept: its stdin pipe keeps it alive)
@@ -88,13 +97,14 @@ _started: subprocess.Popen | None = None  # the host `start` began (kept: its st
 
 
 def fingerprint() -> dict[str, object]:
-    """The interpreter, `sys.path` and clipbench's source files (a digest of each one's path, size and
-    modification time): equal in the host and in a job's process when a fresh process would run the
+    """The interpreter, its flags, `sys.path` and clipbench's source files (a digest of each one's path,
+    size and modification time): equal in the host and in a job's process when a fresh process would run the
     same code."""
     return {
         "interpreter": os.path.realpath(sys.executable),  # `python` and `python3` are one program
         "sys.prefix": sys.prefix,  # its venv
         "sys.path": sys.path,
+        "sys.flags": list(sys.flags),  # -O, -B, -u, ...
         "clipbench's files": _source_digest(),
     }
 
@@ -108,13 +118,14 @@ def fingerprint_difference(job: dict[str, object], host: dict[str, object]) -> s
 
 
 def _source_digest() -> str:
+    sources = []
+    for folder, folders, files in os.walk(_PACKAGE):
+        folders[:] = [name for name in folders if name != "__pycache__"]
+        sources += [os.path.join(folder, name) for name in files if name.endswith((".py", ".yaml"))]
     digest = hashlib.sha256(str(_PACKAGE).encode())
-    for folder, folders, files in sorted(os.walk(_PACKAGE)):
-        folders[:] = sorted(name for name in folders if name != "__pycache__")
-        for name in sorted(files):
-            if name.endswith((".py", ".yaml")):
-                stat = os.stat(os.path.join(folder, name))
-                digest.update(f"{folder}/{name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    for path in sorted(sources):
+        stat = os.stat(path)
+        digest.update(f"{path} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -135,7 +146,7 @@ def delegate(module: str = "clipbench.cli") -> int | None:
     Returns the child's exit code (negative: killed by that signal), or None when there is no host
     to ask or it declines (the caller then runs the job itself; a decline prints why on stderr)."""
     path = os.environ.get(ENV_VAR)
-    if not path or path == OFF or os.environ.get(CHILD_VAR):
+    if not path or path == OFF or os.environ.get(CHILD_VAR) or LAUNCHED_RANK in os.environ:
         return None
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -200,7 +211,7 @@ def exit_like(code: int) -> None:
         sys.stderr.flush()
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-        time.sleep(1)  # the signal is delivered before this returns; SIGKILL-proof fallback below
+        time.sleep(1)  # the signal is delivered before kill returns; this line is not reached
         code = 128 - code
     sys.exit(code)
 
@@ -212,8 +223,8 @@ def start(workflow) -> str | None:
     """From the Snakefile's onstart handler: start the host for a local, non-conda run and point the
     jobs at it (CLIPBENCH_JOB_HOST); returns the socket path, None when no host is started."""
     global _started
-    if os.environ.get(ENV_VAR) == OFF or _started is not None:
-        return None
+    if os.environ.get(ENV_VAR) == OFF or _started is not None or not hasattr(socket, "send_fds"):
+        return None  # off, started already, or no fd passing over Unix sockets here (Windows)
     from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
     if not workflow.local_exec or workflow.remote_exec or workflow.subprocess_exec or workflow.touch:

@@ -103,6 +103,9 @@ def test_a_job_whose_environment_or_code_differs_runs_in_its_own_process_and_say
     elsewhere.mkdir()
     moved = probe(path, elsewhere, "report")
     assert not json.loads(moved.stdout)["hosted"] and "sys.path is" in moved.stderr
+    # A launcher's rank (torchrun, accelerate) runs itself without asking: no line in its log.
+    rank = probe(path, tmp_path, "report", LOCAL_RANK="0")
+    assert not json.loads(rank.stdout)["hosted"] and rank.stderr == "the probe's stderr\n"
 
 
 def test_without_a_host_or_with_it_off_a_job_runs_in_its_own_process_silently(tmp_path):

@@ -679,6 +679,11 @@ def test_a_new_method_and_plot_join_the_smoke_study_which_survives_a_kill(tmp_pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "localrule train:" in log and "localrule base_model_sft:" not in log
+    # The job host (clipbench/jobhost.py) ran the one-thread jobs: none of their logs says it declined.
+    job_logs = list((project / "results" / "logs").glob("*/*.log"))
+    assert any("/train/" in str(path) for path in job_logs) and any("/evaluate/" in str(path) for path in job_logs)
+    for path in job_logs:
+        assert "job host declined" not in path.read_text(), path
     for run in (project / "results" / "runs").glob("*/seed0"):  # resumed: each step once
         assert len((run / "metrics.jsonl").read_text().splitlines()) == study["train"]["steps"]
         assert list(artifacts.step_records_files(run)) == list(range(study["train"]["steps"]))
