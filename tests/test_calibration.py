@@ -7,14 +7,13 @@ config's sections fail naming the key; the DAG runs probe -> calibrate -> train.
 import json
 import math
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import snakemake_run
 import yaml
 
 from clipbench import artifacts, calibration, cli, fairness, methods, probe, report, simulate, study
@@ -592,33 +591,13 @@ def test_the_schema_takes_the_sections_and_snakemake_inserts_no_default():
 # --------------------------------------------------------------------------- the DAG
 
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
 def dry_run(tmp_path, config, *targets):
+    """A dry run of the study `config` in this process (tests/snakemake_run.py), jobs printed."""
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run(
-        [
-            *SNAKEMAKE,
-            *targets,
-            "-n",
-            "-p",
-            "--forceall",
-            "--cores",
-            "2",
-            "--snakefile",
-            str(ROOT / "Snakefile"),
-            "--directory",
-            str(tmp_path / "work"),
-            "--configfile",
-            str(path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = [*targets, "-n", "-p", "--forceall", "--cores", "2", "--snakefile", ROOT / "Snakefile"]
+    args += ["--directory", tmp_path / "work", "--configfile", path]
+    return snakemake_run.snakemake(*args, cwd=ROOT)
 
 
 def jobs(stdout: str) -> list[dict]:

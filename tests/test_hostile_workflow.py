@@ -12,10 +12,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import snakemake_run
 import yaml
+from snakemake_run import SNAKEMAKE
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 SCHEMA = ROOT / "workflows" / "config" / "schema.yaml"
 
 # Stands in for `python` on the jobs' PATH: records its argv (one JSON file per call) and writes
@@ -214,22 +215,9 @@ def smoke_with(tmp_path: Path, **changes) -> Path:
 def dry_run(
     config: Path, tmp_path: Path, snakefile: Path = ROOT / "Snakefile"
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            *SNAKEMAKE,
-            "-n",
-            "--snakefile",
-            str(snakefile),
-            "--directory",
-            str(tmp_path / "work"),
-            "--configfile",
-            str(config),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """A dry run in this process (tests/snakemake_run.py), in a scratch working directory."""
+    args = ["-n", "--snakefile", snakefile, "--directory", tmp_path / "work", "--configfile", config]
+    return snakemake_run.snakemake(*args, cwd=tmp_path)
 
 
 BENCH = {"benchmark": "synthetic", "split": "test", "k": 1, "limit": 2}

@@ -1,27 +1,27 @@
 """The Snakemake study: schema validation, DAG construction for every shipped config and profile,
 errors at DAG construction naming the key, lint, and env files in step with pyproject.toml."""
 
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+import snakemake_run
 import yaml
+from snakemake_run import SNAKEMAKE
 
 from clipbench import artifacts, models
 from clipbench.methods import available_methods
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def snakemake(*args, cwd=ROOT):
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    """A dry run or lint in this process, any other call a subprocess (tests/snakemake_run.py)."""
+    return snakemake_run.snakemake(*args, cwd=cwd)
 
 
 def job_counts(stdout: str) -> dict[str, int]:
@@ -482,30 +482,30 @@ def test_every_rule_that_runs_code_has_a_conda_env():
 # Each rule's conda env as Snakemake itself resolves it (`Rule.expand_conda_env`: a relative path is
 # taken from the directory of the file that defines the rule), for every rule of a study whose
 # base model is smollm2 (so that the optional base_model_smollm2 rule is defined too).
-RULE_ENVS = """
-import json, sys
-from pathlib import Path
-from snakemake.api import SnakemakeApi
-from snakemake.iocontainers import Wildcards
-from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+def rule_envs(configfile: Path) -> dict[str, dict]:
+    """For each rule of the study `configfile`: whether it runs code, and its conda env file. The
+    workflow is built through Snakemake's API in this process, as Snakemake in a fresh one
+    (tests/snakemake_run.py: working directory ROOT, the state it changes restored)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.iocontainers import Wildcards
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
 
-with SnakemakeApi(OutputSettings(quiet=True)) as api:
-    workflow = api.workflow(
-        resource_settings=ResourceSettings(),
-        config_settings=ConfigSettings(configfiles=[Path(sys.argv[1])]),
-        storage_settings=StorageSettings(),
-        snakefile=Path("Snakefile"),
-        workdir=Path.cwd(),
-    )._workflow
-    envs = {}
-    for rule in workflow.rules:
-        spec = rule.expand_conda_env(Wildcards())
-        envs[rule.name] = {
-            "runs_code": rule.shellcmd is not None or rule.script is not None,
-            "conda": None if spec is None else spec.file.get_path_or_uri(secret_free=True),
-        }
-print(json.dumps(envs))
-"""
+    with snakemake_run.isolated(ROOT), SnakemakeApi(OutputSettings(quiet=True)) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(),
+            config_settings=ConfigSettings(configfiles=[configfile]),
+            storage_settings=StorageSettings(),
+            snakefile=Path("Snakefile"),
+            workdir=Path.cwd(),
+        )._workflow
+        envs = {}
+        for rule in workflow.rules:
+            spec = rule.expand_conda_env(Wildcards())
+            envs[rule.name] = {
+                "runs_code": rule.shellcmd is not None or rule.script is not None,
+                "conda": None if spec is None else spec.file.get_path_or_uri(secret_free=True),
+            }
+    return envs
 
 
 def test_every_rule_that_runs_code_resolves_its_conda_env_to_a_valid_file(tmp_path):
@@ -529,15 +529,7 @@ def test_every_rule_that_runs_code_resolves_its_conda_env_to_a_valid_file(tmp_pa
     for backend, change in variants.items():
         path = tmp_path / f"study_{backend}.yaml"
         path.write_text(yaml.safe_dump({**study, **change}))
-        result = subprocess.run(
-            [sys.executable, "-c", RULE_ENVS, str(path)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        envs = json.loads(result.stdout.strip().splitlines()[-1])
+        envs = rule_envs(path)
         assert {"base_model_sft", "base_model_smollm2", "evaluate", "aggregate"} <= set(envs)
         if backend == "verl":
             assert "train" not in envs and {"verl_config", "verl_train", "verl_finish"} <= set(envs)
@@ -648,7 +640,9 @@ def test_a_new_method_and_plot_join_the_smoke_study_which_survives_a_kill(tmp_pa
     study["seeds"] = [0]
     config = project / "study.yaml"
     config.write_text(yaml.safe_dump(study))
+    # A subprocess (tests/snakemake_run.py): the copy's Snakefile must import the copy's clipbench.
     dry = snakemake("-n", "--configfile", str(config), cwd=project)
+    assert dry.args[:3] == SNAKEMAKE, "the dry run of the copy ran in this process"
     assert "narrow_seq" in dry.stdout and "results/plots/reward_by_step.png" in dry.stdout
     # Train only two methods for time: the new one and fspo.
     study["methods"] = ["narrow_seq", "fspo"]
