@@ -675,7 +675,9 @@ def test_a_new_method_and_plot_join_the_smoke_study_which_survives_a_kill(tmp_pa
     assert "localrule train:" in log and "localrule base_model_sft:" not in log
     # The job host (clipbench/jobhost.py) ran the one-thread jobs: none of their logs says it declined.
     job_logs = list((project / "results" / "logs").glob("*/*.log"))
-    assert any("/train/" in str(path) for path in job_logs) and any("/evaluate/" in str(path) for path in job_logs)
+    assert any("/train/" in str(path) for path in job_logs) and any(
+        "/evaluate/" in str(path) for path in job_logs
+    )
     for path in job_logs:
         assert "job host declined" not in path.read_text(), path
     for run in (project / "results" / "runs").glob("*/seed0"):  # resumed: each step once
