@@ -47,7 +47,7 @@ from transformers import (
 
 from clipbench.artifacts import MODEL_PROVENANCE_FILE
 from clipbench.errors import UserError
-from clipbench.provenance import git_commit, package_versions, replace_dir
+from clipbench.provenance import cpu_description, git_commit, package_versions, replace_dir
 
 __all__ = [
     "PROVENANCE_FILE",
@@ -231,6 +231,7 @@ def save_model(
         **getattr(model, "clipbench_provenance", {}),
         "versions": package_versions(),
         "commit": git_commit(),
+        "cpu": cpu_description(),  # the weights of a CPU training depend on its kind (provenance.py)
         "dtype": str(_first_weight(model, state_dict).dtype).removeprefix("torch."),
         **(extra or {}),
     }

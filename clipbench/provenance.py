@@ -80,6 +80,26 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
 
 
+def cpu_description() -> dict[str, str | None]:
+    """The CPU a result was computed on, as far as it changes float results: its model name and the
+    instruction set torch's CPU kernels use (e.g. AVX2, AVX512).
+    torch's CPU results are bitwise reproducible on the same kind of CPU, not across kinds: the same
+    commit's SFT warm-up gives another base model on an AVX-512 AMD EPYC than on CI's machine
+    (docs/default_study/README.md)."""
+    model = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None
+            )
+    except OSError:
+        pass
+    import torch  # a job that writes provenance has imported it, or pays that once
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"model": model or platform.processor() or None, "torch_capability": capability}
+
+
 def provenance(config: Mapping[str, Any], seed: int | None = None) -> dict[str, Any]:
     """Everything needed to trace a result file back to what made it."""
     return {
@@ -90,6 +110,7 @@ def provenance(config: Mapping[str, Any], seed: int | None = None) -> dict[str, 
         "versions": package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 

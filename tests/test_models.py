@@ -156,6 +156,7 @@ def test_provenance_file(saved_dir):
     assert provenance["args"]["seed"] == 0 and provenance["args"]["hidden_size"] == 128
     assert provenance["versions"]["torch"] == torch.__version__
     assert provenance["versions"]["transformers"] == transformers.__version__
+    assert provenance["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
     assert (saved_dir / "model.safetensors").is_file()
 
 

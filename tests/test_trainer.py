@@ -500,6 +500,9 @@ def test_outputs_are_traceable(tmp_path, base_model, parity):
     run = tmp_path / "run"
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["config"]["method"] == "fspo" and prov["versions"]["torch"] and "commit" in prov
+    # the kind of CPU: torch's float results depend on its instruction set (provenance.cpu_description)
+    assert prov["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert prov["cpu"]["model"]
     summary = json.loads((final / "summary.json").read_text())
     assert summary["hparams"] == {"c_low": 0.05, "c_high": 0.05, "drift": "none"}
     assert (final / "model.safetensors").exists() and not (final / "clip_records.parquet").exists()
