@@ -246,7 +246,24 @@ def start(workflow) -> str | None:
         close_fds=True,
     )
     os.environ[ENV_VAR] = path  # the jobs Snakemake starts from here on inherit it
+    atexit.register(stop)
     return path
+
+
+def stop(timeout: float = 30) -> int | None:
+    """Stop the host `start` began (its stdin closed: it stops its children, removes its socket and
+    exits) and wait for it; returns its exit code (None: none was started). Runs when Snakemake exits;
+    a Snakemake killed outright closes that pipe all the same, and the host stops on its own."""
+    global _started
+    host, _started = _started, None
+    if host is None:
+        return None
+    host.stdin.close()
+    try:
+        return host.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        host.kill()
+        return host.wait()
 
 
 def serve(path: str, preload: tuple[str, ...] = PRELOAD, remove_folder: bool = False) -> None:

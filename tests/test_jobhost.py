@@ -226,11 +226,10 @@ def test_start_serves_local_runs_only(monkeypatch, tmp_path):
     monkeypatch.delenv(jobhost.ENV_VAR)
     monkeypatch.chdir(tmp_path)
     path = jobhost.start(fake_workflow())
-    host = jobhost._started
     try:
         assert path is not None and os.environ[jobhost.ENV_VAR] == path
         assert jobhost.start(fake_workflow()) is None  # one host per Snakemake process
     finally:
-        host.stdin.close()  # as when Snakemake exits
-        assert host.wait(timeout=120) == 0
+        assert jobhost.stop(timeout=120) == 0  # as when Snakemake exits (atexit)
     assert not os.path.exists(os.path.dirname(path))  # its socket's folder is gone with it
+    assert jobhost.stop() is None
