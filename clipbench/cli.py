@@ -987,6 +987,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Before torch is imported: the AVX2 kernels on any x86 CPU that has them (clipbench/cpu_kernels.py).
+    from clipbench import cpu_kernels
+
+    cpu_kernels.pin()
     # In a local Snakemake study, a child of the job host (clipbench/jobhost.py) runs the job, with
     # torch, transformers and lm-eval imported already; without a host (or when it declines), this process.
     from clipbench import jobhost

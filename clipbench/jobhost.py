@@ -423,6 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--remove-folder", action="store_true", help="remove the socket's folder on exit")
     args = parser.parse_args(argv)
+    # As a job's own `python -m clipbench.cli` does, before its imports (clipbench/cpu_kernels.py).
+    from clipbench import cpu_kernels
+
+    cpu_kernels.pin()
     serve(args.socket, PRELOAD if args.preload is None else tuple(args.preload), args.remove_folder)
 
 

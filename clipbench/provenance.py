@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from clipbench import cpu_kernels
+
 TRACKED_PACKAGES = (
     "clipbench",
     "torch",
@@ -81,11 +83,10 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def cpu_description() -> dict[str, str | None]:
-    """The CPU a result was computed on, as far as it changes float results: its model name and the
-    instruction set torch's CPU kernels use (e.g. AVX2, AVX512).
-    torch's CPU results are bitwise reproducible on the same kind of CPU, not across kinds: the same
-    commit's SFT warm-up gives another base model on an AVX-512 AMD EPYC than on CI's machine
-    (docs/default_study/README.md)."""
+    """The CPU a result was computed on, as far as it changes float results: its model name, the
+    instruction set torch's CPU kernels use (e.g. AVX2, AVX512) and the variables that chose the
+    kernels of torch, MKL and oneDNN (`clipbench.cpu_kernels`: with them, AVX2 on any x86 CPU that has
+    it; without, each library's own choice, and results match only the same kind of CPU)."""
     model = None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -97,7 +98,11 @@ def cpu_description() -> dict[str, str | None]:
     import torch  # a job that writes provenance has imported it, or pays that once
 
     capability = torch.backends.cpu.get_cpu_capability()
-    return {"model": model or platform.processor() or None, "torch_capability": capability}
+    return {
+        "model": model or platform.processor() or None,
+        "torch_capability": capability,
+        "kernel_variables": cpu_kernels.pinned(),
+    }
 
 
 def provenance(config: Mapping[str, Any], seed: int | None = None) -> dict[str, Any]:

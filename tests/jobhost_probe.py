@@ -1,5 +1,5 @@
 """A job for tests/test_jobhost.py, run as `python -m jobhost_probe ACTION [ARG]` (tests/ on PYTHONPATH):
-asks the job host first, as `python -m clipbench.cli` does, then does ACTION and prints what it saw.
+pins the CPU kernels and asks the job host first, as `python -m clipbench.cli` does, then does ACTION and prints what it saw.
 
     report          print pid, cwd, argv, stdin and whether a host's child runs it (JSON); exit 0
     exit N          the same, then exit with code N
@@ -12,9 +12,10 @@ import os
 import sys
 import time
 
-from clipbench import jobhost
+from clipbench import cpu_kernels, jobhost
 
 if __name__ == "__main__":
+    cpu_kernels.pin()
     hosted = jobhost.delegate("jobhost_probe")
     if hosted is not None:
         jobhost.exit_like(hosted)
