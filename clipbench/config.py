@@ -222,7 +222,7 @@ class TrainConfig:
     backend: str = setting(
         "native",
         help="the trainer: native (clipbench.trainer), trl (TRL's GRPOTrainer with the rule as its loss, "
-        "clipbench.integrations.trl; pip install -e '.[trl]'; no resume, hf sampling only) or verl (a study "
+        "clipbench.integrations.trl; pip install -e '.[trl]'; hf sampling only) or verl (a study "
         "only: verl 0.9.1's main_ppo with the rule as its policy loss, in its own env, workflows/envs/verl.yaml; "
         "vLLM sampling on GPUs, ranks from resources.train: nodes x gpu; clipbench.integrations.verl_config)",
         choices=BACKENDS,

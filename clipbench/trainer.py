@@ -239,6 +239,33 @@ def checkpoint_problem(directory: Path) -> str | None:
     return None
 
 
+def truncate_run_logs(run_dir: Path, done: int) -> None:
+    """Drop what steps >= `done` of the run in `run_dir` wrote before an interruption (they are
+    redone on resume): their lines of metrics.jsonl and perf.jsonl (and a line cut by a kill, with
+    anything after it), their clip records (every rank's), the records' temporaries and `final/`.
+    The native trainer's and the TRL backend's resume."""
+    for name in (artifacts.METRICS_FILE, "perf.jsonl"):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: it and anything after are redone
+            if row["step"] < done:
+                kept.append(line)
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    for step, parts in artifacts.step_records_files(run_dir).items():
+        if step >= done:
+            for part in parts:
+                part.unlink()
+    for leftover in artifacts.records_dir(run_dir).glob(".*"):
+        leftover.unlink()
+    shutil.rmtree(run_dir / artifacts.FINAL_DIR, ignore_errors=True)
+
+
 def _is_temporary(name: str) -> bool:
     """A file or folder an interrupted atomic write left behind (`.NAME.tmp-*` of mkdtemp,
     `.NAME.*.tmp` of atomic_write_text, `.NAME.old-*` of replace_dir)."""
@@ -690,7 +717,7 @@ class Trainer:
         self.problems, self.prompts = training_prompts(cfg.data, self.tokenizer)
         self.engine = self._make_engine(source)
         self._claim(checkpoint, damaged)
-        self._truncate_logs(done)
+        truncate_run_logs(self.run_dir, done)
         return done
 
     def _make_engine(self, source: Path | str):
@@ -715,29 +742,6 @@ class Trainer:
             top_p=r.top_p,
             max_new_tokens=r.max_new_tokens,
         )
-
-    def _truncate_logs(self, done: int) -> None:
-        """Drop what steps >= `done` wrote before an interruption (they are redone)."""
-        for name in (artifacts.METRICS_FILE, "perf.jsonl"):
-            path = self.run_dir / name
-            if not path.exists():
-                continue
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by a kill: it and anything after are redone
-                if row["step"] < done:
-                    kept.append(line)
-            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-        for step, parts in artifacts.step_records_files(self.run_dir).items():
-            if step >= done:
-                for part in parts:
-                    part.unlink()
-        for leftover in artifacts.records_dir(self.run_dir).glob(".*"):
-            leftover.unlink()
-        shutil.rmtree(self.run_dir / artifacts.FINAL_DIR, ignore_errors=True)
 
     # ------------------------------------------------------------------ one step
 
@@ -1119,5 +1123,6 @@ __all__ = [
     "prompt_indices",
     "train",
     "training_prompts",
+    "truncate_run_logs",
     "write_manifest",
 ]

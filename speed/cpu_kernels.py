@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -39,22 +38,10 @@ KINDS = {"native": {cpu_kernels.CHOICE_VARIABLE: "native"}, "avx2": cpu_kernels.
 
 
 def sft_seconds_per_step(steps: int) -> float:
-    from clipbench import benchmarks
-    from clipbench.models import build_tokenizer
-    from clipbench.sft import SFTConfig, _encode, sft_loss
+    from clipbench.sft import SFTConfig, sft_loss
 
     config = SFTConfig()
-    spec = benchmarks.get_spec("synthetic")
-    tokenizer = build_tokenizer()
-    problems = benchmarks.load("synthetic", split="train", n=config.n_problems, seed=0)
-    examples = [
-        _encode(tokenizer, benchmarks.build_prompt(p, template=spec.prompt_template), p.solution)
-        for p in problems
-    ]
-    rng = random.Random(0)
-    batches = [
-        [examples[i] for i in rng.sample(range(len(examples)), config.batch_size)] for _ in range(steps)
-    ]
+    tokenizer, batches = sft_step.warmup_batches(config, steps)
     seconds, _ = sft_step.time_steps(sft_loss, batches, tokenizer, config)
     return seconds
 

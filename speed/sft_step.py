@@ -41,14 +41,8 @@ def time_steps(loss_fn, batches, tokenizer, config) -> tuple[float, float]:
     return (time.perf_counter() - start) / len(batches), loss.item()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    config = SFTConfig()
+def warmup_batches(config: SFTConfig, steps: int) -> tuple:
+    """(tokenizer, `steps` batches of `config.batch_size` encoded worked solutions), seeded."""
     spec = benchmarks.get_spec("synthetic")
     tokenizer = build_tokenizer()
     problems = benchmarks.load("synthetic", split="train", n=config.n_problems, seed=0)
@@ -58,8 +52,20 @@ def main() -> None:
     ]
     rng = random.Random(0)
     batches = [
-        [examples[i] for i in rng.sample(range(len(examples)), config.batch_size)] for _ in range(args.steps)
+        [examples[i] for i in rng.sample(range(len(examples)), config.batch_size)] for _ in range(steps)
     ]
+    return tokenizer, batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = SFTConfig()
+    tokenizer, batches = warmup_batches(config, args.steps)
     times = {"packed (sft_loss)": [], "padded reference": []}
     for _ in range(args.rounds):
         for name, fn in (("padded reference", padded_sft_loss), ("packed (sft_loss)", sft_loss)):

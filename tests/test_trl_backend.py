@@ -248,6 +248,146 @@ def test_trl_options_that_change_the_loss_are_refused(field, value, tmp_path):
     backend.check_arguments(GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
 
 
+# ---------------------------------------------------------------------------- resume
+
+
+def resumable_run(tmp_path: Path, base_model: str, checkpoints: dict[int, bool], steps_written: int) -> tuple:
+    """A run directory as an interrupted TRL run of `config` leaves it (minibatches 2 x epochs 1:
+    2 optimizer steps per RL step): `checkpoints` {optimizer steps: with a manifest?}, metrics lines
+    and rank 0's and 1's records of steps 0..steps_written-1, a stale final/."""
+    from clipbench.provenance import atomic_write_text
+    from clipbench.trainer import write_manifest
+
+    config = {
+        "model": base_model, "method": "grpo", "backend": "trl", "processes": 2, "steps": 6,
+        "rollout": {"prompts_per_step": 2, "samples_per_prompt": 4}, "optim": {"minibatches": 2, "epochs": 1},
+    }  # fmt: skip
+    config = backend_config(config)
+    run = tmp_path / "run"
+    run.mkdir()
+    import yaml
+
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+    for updates, complete in checkpoints.items():
+        folder = run / backend.TRL_DIR / f"checkpoint-{updates}"
+        folder.mkdir(parents=True)
+        (folder / "optimizer.pt").write_bytes(b"state " * updates)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": updates}))
+        if complete:
+            write_manifest(folder)
+    frame = artifacts.clip_records_frame([])
+    for step in range(steps_written):
+        for rank in (0, 1):
+            artifacts.write_step_records(run, step, frame, rank=rank)
+    lines = "".join(json.dumps({"step": step}) + "\n" for step in range(steps_written))
+    (run / artifacts.METRICS_FILE).write_text(lines + '{"step": 9, "cut by a ki')
+    (run / artifacts.FINAL_DIR).mkdir()
+    return run, config
+
+
+def backend_config(config: dict) -> dict:
+    from clipbench.config import load_config
+
+    return load_config(config).to_dict()
+
+
+def test_an_interrupted_run_resumes_from_its_newest_intact_checkpoint(base_model, tmp_path):
+    # Checkpoints after RL steps 1, 2 and 3 (2, 4, 6 optimizer steps): the newest cut before its
+    # manifest, the one before damaged since; steps 0-4 wrote records and metrics before the kill.
+    run, config = resumable_run(tmp_path, base_model, {2: True, 4: True, 6: False}, steps_written=5)
+    (run / backend.TRL_DIR / "checkpoint-4" / "optimizer.pt").write_bytes(b"damaged")
+    assert backend.prepare_run_dir(run, config) == 1
+    assert list(backend.checkpoint_dirs(run)) == [2]  # the damaged and the incomplete ones are gone
+    assert backend.resume_checkpoint(run) == run / backend.TRL_DIR / "checkpoint-2"
+    assert list(artifacts.step_records_files(run)) == [0]  # both ranks' files of steps >= 1 dropped
+    assert [f.name for f in artifacts.step_records_files(run)[0]] == [
+        "step_000000.rank0.parquet",
+        "step_000000.rank1.parquet",
+    ]
+    assert (run / artifacts.METRICS_FILE).read_text() == '{"step": 0}\n'
+    assert not (run / artifacts.FINAL_DIR).exists()
+    # TRL's micro-batch counter continues from the checkpoint's optimizer steps (x accumulation).
+    assert backend.resume_micro_step(backend.resume_checkpoint(run), 1) == 2
+    assert backend.resume_micro_step(backend.resume_checkpoint(run), 3) == 6
+    assert backend.resume_micro_step(None, 1) == 0
+
+
+def test_without_an_intact_checkpoint_the_run_starts_over(base_model, tmp_path):
+    # Only a checkpoint cut before its manifest, and one off an RL step's end (3 optimizer steps).
+    run, config = resumable_run(tmp_path, base_model, {3: True, 4: False}, steps_written=2)
+    assert backend.prepare_run_dir(run, config) == 0
+    assert not (run / backend.TRL_DIR).exists() and not (run / artifacts.RECORDS_DIR).exists()
+    assert not (run / artifacts.METRICS_FILE).exists() and backend.resume_checkpoint(run) is None
+    assert backend.prepare_run_dir(tmp_path / "new", config) == 0  # a new folder: nothing to do
+
+
+def test_a_finished_run_or_another_configs_run_is_refused(base_model, tmp_path):
+    from clipbench.errors import RunDirError
+
+    run, config = resumable_run(tmp_path, base_model, {2: True}, steps_written=1)
+    with pytest.raises(RunDirError, match="holds a run with another config"):
+        backend.prepare_run_dir(run, {**config, "seed": 1})
+    (run / artifacts.FINAL_DIR / artifacts.FINAL_SUMMARY_FILE).write_text("{}")
+    with pytest.raises(RunDirError, match="holds a finished run"):
+        backend.prepare_run_dir(run, config)
+
+
+def test_checkpoint_every_is_trls_save_steps(base_model, tmp_path):
+    from clipbench.config import load_config
+
+    config = {
+        "model": base_model, "method": "grpo", "backend": "trl", "steps": 6, "checkpoint_every": 3,
+        "rollout": {"prompts_per_step": 2, "samples_per_prompt": 4}, "optim": {"minibatches": 2, "epochs": 2},
+    }  # fmt: skip
+    args = backend.trl_arguments(load_config(config), tmp_path)
+    assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 3 * 2 * 2, 2)
+    assert args.max_steps == 6 * 2 * 2 and not args.save_only_model  # optimizer and RNG states too
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(base_model, tmp_path):
+    """tests/trl_smoke_run.py on one process, 5 RL steps, a checkpoint every 2: killed once TRL has
+    saved the checkpoint after step 4 but before its manifest, rerun, it resumes from the one after
+    step 2 (steps 0-1's records are not rewritten) and ends with the uninterrupted run's metrics,
+    records and final weights, byte for byte."""
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(here / "trl_smoke_run.py"), base_model]
+    options = ["grpo", "--processes", "1", "--steps", "5", "--checkpoint-every", "2"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = subprocess.run(
+        [*command, str(full), *options], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    cut = subprocess.run(
+        [*command, str(killed), *options, "--kill-before-manifest", "4"],
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    assert cut.returncode == -9  # SIGKILL
+    assert (
+        list(backend.checkpoint_dirs(killed)) == [4, 8]
+        and backend.resume_checkpoint(killed).name == "checkpoint-4"
+    )
+    assert list(artifacts.step_records_files(killed)) == [0, 1, 2, 3]
+    kept = {
+        path: path.stat().st_mtime_ns
+        for step in (0, 1)
+        for path in artifacts.step_records_files(killed)[step]
+    }
+    done = subprocess.run(
+        [*command, str(killed), *options], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # resumed: steps 0-1 not redone
+    assert (killed / artifacts.METRICS_FILE).read_bytes() == (full / artifacts.METRICS_FILE).read_bytes()
+    pd.testing.assert_frame_equal(artifacts.read_clip_records(killed), artifacts.read_clip_records(full))
+    weights = "final/model.safetensors"
+    assert (killed / weights).read_bytes() == (full / weights).read_bytes()
+    assert list(backend.checkpoint_dirs(killed)) == [8, 10]  # saved again, the newest two kept
+
+
 TWO_PROCESS_RULES = ["grpo", "ppo", 'fspo:{"drift": "kl", "c_low": 0.1, "c_high": 0.1}', "seq_ppo", "cispo"]
 
 
@@ -295,8 +435,8 @@ def test_two_methods_train_on_two_processes_and_aggregate_like_native_runs(base_
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert result.stdout.count("process group after the run: False") == 2, result.stdout[-3000:]
-        backend = json.loads((run / "provenance.json").read_text())["backend"]
-        assert (backend["processes"], backend["distributed_type"], backend["mixed_precision"]) == (
+        recorded = json.loads((run / "provenance.json").read_text())["backend"]
+        assert (recorded["processes"], recorded["distributed_type"], recorded["mixed_precision"]) == (
             2,
             "MULTI_CPU",
             "no",
@@ -315,6 +455,11 @@ def test_two_methods_train_on_two_processes_and_aggregate_like_native_runs(base_
         summary = json.loads((run / "final" / "summary.json").read_text())
         assert (summary["backend"], summary["processes"], summary["records"]) == ("trl", 2, len(records))
         assert (run / "final" / "model.safetensors").is_file()
+        # The smoke study's checkpoint_every 2: one checkpoint, at the end, both ranks' RNG states in it.
+        checkpoint = backend.resume_checkpoint(run)
+        assert checkpoint.name == "checkpoint-4" and {"rng_state_0.pth", "rng_state_1.pth"} <= {
+            path.name for path in checkpoint.iterdir()
+        }
     from eval_files import aggregate_runs
 
     out = aggregate_runs(tmp_path, runs, bins=3)

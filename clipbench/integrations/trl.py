@@ -50,7 +50,16 @@ rule's back: `top_entropy_quantile < 1`, `off_policy_mask_threshold`, `delta`, a
 vLLM (its importance-sampling correction), a MoE router loss, multimodal inputs. Unused, since
 none of TRL's loss runs: `loss_type`, `importance_sampling_level`, `epsilon`, `epsilon_high`
 (the rule's hyperparameters are its band) and `use_bias_correction_kl` (the KL is the native
-k3). Not supported: resuming a TRL run.
+k3).
+
+**Resume.** Every `checkpoint_every` RL steps TRL saves a checkpoint (`trl/checkpoint-N`, N its
+optimizer steps: model, optimizer, scheduler, each process's RNG states, trainer state); once every
+process has saved its part, rank 0 writes clipbench's manifest into it (`clipbench.trainer.write_manifest`,
+the size and sha256 of each file), so a checkpoint cut by a kill is never resumed from. Rerunning the
+same run resumes from the newest intact one (`prepare_run_dir`): the steps after it are dropped
+from metrics.jsonl and the clip records (`clipbench.trainer.truncate_run_logs`, as the native
+trainer's resume), TRL restores the weights, optimizer, data position and RNG states, and the RL step
+count continues from it (`resume_micro_step`).
 """
 
 from __future__ import annotations
@@ -501,6 +510,19 @@ def trainer_class() -> type:
                         f.write(json.dumps(line, sort_keys=True) + "\n")
             self._records, self._update_metrics = [], []
 
+        def _save_checkpoint(self, model, trial):
+            """TRL's checkpoint, then (once every process has saved its part) clipbench's manifest in
+            it, written last: what marks the checkpoint complete (`prepare_run_dir`)."""
+            from clipbench.trainer import write_manifest
+
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                write_manifest(
+                    Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+                )
+            self.accelerator.wait_for_everyone()
+
         def finish(self, tokenizer, steps: int) -> Path:
             """After `train()`: the final model (HF format) and `summary.json` in `run_dir/final`,
             written by rank 0 once every process has written its records; returns that folder. The
@@ -582,7 +604,11 @@ def trl_arguments(cfg, output_dir: str | Path):
         warmup_steps=0,
         optim="adamw_torch_fused",
         gradient_checkpointing=o.gradient_checkpointing,
-        save_strategy="no",
+        # A checkpoint every checkpoint_every RL steps (at a rollout batch's end), the newest two kept:
+        # the newer may be cut by a kill before its manifest (ClipbenchGRPOTrainer._save_checkpoint).
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_every * updates_per_step(cfg),
+        save_total_limit=2,
         report_to="none",
         logging_steps=10**6,
         disable_tqdm=True,
@@ -592,16 +618,53 @@ def trl_arguments(cfg, output_dir: str | Path):
     )
 
 
-def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
-    """Make `run_dir` ready for a TRL run of `config` (a TrainConfig dict): a new or empty folder
-    as it is; one left by an interrupted run of the same config emptied of what it wrote (a TRL
-    run does not resume: it starts over). RunDirError naming the folder when it holds a finished
-    run, or a run of another config."""
+def updates_per_step(cfg) -> int:
+    """Optimizer steps (TRL's global steps) per RL step of TrainConfig `cfg`: minibatches x epochs."""
+    return cfg.optim.minibatches * cfg.optim.epochs
+
+
+def checkpoint_dirs(run_dir: Path) -> dict[int, Path]:
+    """TRL's checkpoints of the run in `run_dir` by their optimizer steps (`trl/checkpoint-N`)."""
+    found = {}
+    for path in (run_dir / TRL_DIR).glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            found[int(suffix)] = path
+    return dict(sorted(found.items()))
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a TRL run in `run_dir` resumes from: the newest with clipbench's manifest
+    (`prepare_run_dir` has removed any newer one and checked this one); None: it starts over."""
+    from clipbench.trainer import MANIFEST
+
+    complete = [path for path in checkpoint_dirs(run_dir).values() if (path / MANIFEST).is_file()]
+    return complete[-1] if complete else None
+
+
+def resume_micro_step(checkpoint: Path | None, accumulation: int) -> int:
+    """TRL's micro-batch counter (`_step`, from which the backend reads the RL step, `Position`) for
+    a run resumed from `checkpoint`: its optimizer steps x gradient accumulation (0: a new run).
+    TRL's own training loop skips that many batches and restores the RNG states, but counts `_step`
+    from 0."""
+    if checkpoint is None:
+        return 0
+    return int(checkpoint.name.removeprefix("checkpoint-")) * accumulation
+
+
+def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> int:
+    """Make `run_dir` ready for a TRL run of `config` (a TrainConfig dict); returns the RL steps
+    already done. A new or empty folder as it is (0). One left by an interrupted run of the same
+    config: resumed from its newest intact checkpoint (one whose manifest matches its files; newer,
+    incomplete or damaged ones are removed), the steps after it dropped from metrics.jsonl and the
+    clip records (`clipbench.trainer.truncate_run_logs`); without one, emptied of what the run wrote
+    (0). RunDirError naming the folder when it holds a finished run, or a run of another config."""
     import shutil
 
-    from clipbench.config import load_yaml
+    from clipbench.config import load_config, load_yaml
     from clipbench.errors import RunDirError
     from clipbench.provenance import config_hash
+    from clipbench.trainer import MANIFEST, checkpoint_problem, truncate_run_logs
 
     saved = run_dir / "config.yaml"
     if saved.exists():
@@ -613,12 +676,25 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
             )
     if artifacts.run_is_finished(run_dir):
         raise RunDirError(f"{run_dir}: holds a finished run; use a new run directory or delete it")
+    per_step = updates_per_step(load_config(config))
+    resume = None
+    for updates, path in reversed(checkpoint_dirs(run_dir).items()):
+        intact = (path / MANIFEST).is_file() and checkpoint_problem(path) is None
+        if resume is None and updates % per_step == 0 and intact:
+            resume = path
+        elif resume is None:
+            shutil.rmtree(path)  # cut by a kill before its manifest, or damaged since
+    if saved.exists() and resume is not None:
+        done = int(resume.name.removeprefix("checkpoint-")) // per_step
+        truncate_run_logs(run_dir, done)
+        return done
     for name in (artifacts.METRICS_FILE, artifacts.RECORDS_DIR, artifacts.FINAL_DIR, TRL_DIR):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+    return 0
 
 
 def train_trl(
@@ -626,9 +702,10 @@ def train_trl(
 ) -> Path:
     """Train one clipbench run (`config`: a TrainConfig with `backend: trl`, a dict or a YAML path)
     with TRL's GRPOTrainer into `run_dir`, as each of the `processes` processes `accelerate launch`
-    starts (one: this process alone), then end their process group; returns `run_dir/final`. An interrupted run starts over
-    (`prepare_run_dir`). `reward(completions, answers)`: the rewards of a batch (default: 1 for
-    what the verifier accepts, else 0)."""
+    starts (one: this process alone), then end their process group; returns `run_dir/final`. An
+    interrupted run resumes from its newest intact checkpoint (`prepare_run_dir`).
+    `reward(completions, answers)`: the rewards of a batch (default: 1 for what the verifier
+    accepts, else 0)."""
     require_trl()
     import yaml
     from accelerate import PartialState
@@ -701,7 +778,9 @@ def train_trl(
         }
         atomic_write_json(run_dir / "provenance.json", record)
     state.wait_for_everyone()
-    trainer.train()
+    checkpoint = resume_checkpoint(run_dir)  # every process: the one prepare_run_dir kept
+    trainer._step = resume_micro_step(checkpoint, trainer.args.gradient_accumulation_steps)
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     final = trainer.finish(tokenizer, cfg.steps)
     # End the process group (gloo or NCCL) before the process exits: left to the interpreter's exit,
     # gloo's threads sometimes abort it ("terminate called without an active exception", SIGABRT),
@@ -718,13 +797,17 @@ __all__ = [
     "TOTALS_KEY",
     "Position",
     "check_arguments",
+    "checkpoint_dirs",
     "loss_mask",
     "microbatch_records",
     "prepare_run_dir",
     "require_trl",
+    "resume_checkpoint",
+    "resume_micro_step",
     "schedule_position",
     "step_metrics",
     "trainer_class",
     "train_trl",
     "trl_arguments",
+    "updates_per_step",
 ]
