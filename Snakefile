@@ -9,6 +9,13 @@
 
 from snakemake.utils import min_version, validate
 
+from clipbench import cpu_kernels
+
+# Before anything imports torch (clipbench.config does): every job inherits this process's
+# environment, so on an x86 CPU with AVX2 torch, MKL and oneDNN run their AVX2 kernels in all of
+# them, and a CPU study gives the same files on such machines (clipbench/cpu_kernels.py).
+cpu_kernels.pin()
+
 from clipbench.config import exponent_numbers
 
 min_version("9.0")

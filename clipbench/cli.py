@@ -986,6 +986,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
+def console_main() -> int:
+    """The `clipbench` command (pyproject's script): `main` with the CPU kernels pinned first, as
+    `python -m clipbench.cli` pins them (`clipbench.cpu_kernels`; importing this module imports no torch)."""
+    from clipbench import cpu_kernels
+
+    cpu_kernels.pin()
+    return main()
+
+
 if __name__ == "__main__":
     # Before torch is imported: the AVX2 kernels on any x86 CPU that has them (clipbench/cpu_kernels.py).
     from clipbench import cpu_kernels

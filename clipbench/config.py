@@ -354,6 +354,11 @@ def _check_backend(config: TrainConfig) -> None:
     for name, (value, supported) in unsupported.items():
         if value != supported:
             raise ConfigError(f"{name}: {value!r} is not supported by backend trl (only {supported!r})")
+    if config.keep_checkpoints < 2:
+        raise ConfigError(
+            f"keep_checkpoints: {config.keep_checkpoints}; backend trl keeps at least 2 (transformers deletes "
+            "the older checkpoint before clipbench's manifest marks the new one complete)"
+        )
     batch = r.prompts_per_step * r.samples_per_prompt
     if batch % (o.minibatches * config.processes):
         raise ConfigError(

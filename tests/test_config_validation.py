@@ -212,6 +212,10 @@ def test_a_generated_training_set_is_capped_before_any_work():
             r"report_to: \['tensorboard'\] is not supported by backend trl \(only \[\]\)",
         ),
         (
+            {"backend": "trl", "keep_checkpoints": 1},
+            r"keep_checkpoints: 1; backend trl keeps at least 2 \(transformers deletes the older checkpoint",
+        ),
+        (
             {"backend": "trl", "processes": 3},  # the default batch: 8 prompts x 8 samples, 4 minibatches
             r"processes: the rollout batch prompts_per_step \* samples_per_prompt = 64 must split into "
             r"optim.minibatches x processes = 4 x 3 equal parts \(backend trl\)",

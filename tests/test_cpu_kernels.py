@@ -111,3 +111,38 @@ def test_a_cli_job_records_the_avx2_kernels_in_its_provenance(tmp_path):
     cpu = json.loads((out / artifacts.MODEL_PROVENANCE_FILE).read_text())["cpu"]
     assert cpu["torch_capability"] == "AVX2"
     assert cpu["kernel_variables"] == {"CLIPBENCH_CPU_KERNELS": None, **cpu_kernels.AVX2_ENVIRONMENT}
+
+
+@pytest.mark.parametrize(
+    "environ, flags, machine, gone",
+    [
+        # Inherited on a CPU that cannot run AVX2 (ARM; an x86 without it): this module's values go.
+        ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, AVX2_CPU, "aarch64",
+         ["ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA"]),
+        ({"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}, frozenset({"avx"}), "x86_64",
+         ["ATEN_CPU_CAPABILITY"]),  # a user's own other value stays
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, AVX512_CPU, "x86_64", []),  # the CPU runs them: kept
+    ],
+    ids=["arm", "no-avx2", "avx512"],
+)  # fmt: skip
+def test_variables_inherited_on_a_cpu_without_avx2_are_removed(environ, flags, machine, gone, monkeypatch):
+    assert cpu_kernels.stale(environ, flags, machine) == gone
+    monkeypatch.setattr(cpu_kernels, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    pinned = dict(environ)
+    cpu_kernels.pin(pinned)
+    kept = {k: v for k, v in environ.items() if k not in gone}
+    assert pinned == {**kept, **cpu_kernels.settings(environ, flags, machine)}
+
+
+def test_the_clipbench_command_pins_before_it_runs(monkeypatch):
+    from importlib import metadata
+
+    from clipbench import cli
+
+    (script,) = [e for e in metadata.entry_points(group="console_scripts") if e.name == "clipbench"]
+    assert script.value == "clipbench.cli:console_main"
+    order = []
+    monkeypatch.setattr(cpu_kernels, "pin", lambda: order.append("pin"))
+    monkeypatch.setattr(cli, "main", lambda: order.append("main") or 0)
+    assert cli.console_main() == 0 and order == ["pin", "main"]

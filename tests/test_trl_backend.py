@@ -312,6 +312,25 @@ def test_an_interrupted_run_resumes_from_its_newest_intact_checkpoint(base_model
     assert backend.resume_micro_step(None, 1) == 0
 
 
+def test_the_resume_point_is_the_newest_intact_checkpoint_at_a_steps_end():
+    folders = {n: Path(f"checkpoint-{n}") for n in (2, 4, 5, 6, 8)}
+    damaged = {Path("checkpoint-8")}
+    # 2 optimizer steps per RL step: 8 is damaged, 5 is off a step's end, so 6.
+    assert backend.resume_point(folders, 2, lambda path: path not in damaged) == 6
+    assert backend.resume_point(folders, 4, lambda path: path not in damaged) == 4
+    assert backend.resume_point(folders, 2, lambda path: False) is None
+    assert backend.resume_point({}, 2, lambda path: True) is None
+    assert [
+        backend.checkpoint_updates(Path(p))
+        for p in ("checkpoint-12", "checkpoint-", "other-3", "checkpoint-x")
+    ] == [
+        12,
+        None,
+        None,
+        None,
+    ]
+
+
 def test_without_an_intact_checkpoint_the_run_starts_over(base_model, tmp_path):
     # Only a checkpoint cut before its manifest, and one off an RL step's end (3 optimizer steps).
     run, config = resumable_run(tmp_path, base_model, {3: True, 4: False}, steps_written=2)
@@ -332,15 +351,15 @@ def test_a_finished_run_or_another_configs_run_is_refused(base_model, tmp_path):
         backend.prepare_run_dir(run, config)
 
 
-def test_checkpoint_every_is_trls_save_steps(base_model, tmp_path):
+def test_checkpoint_every_and_keep_checkpoints_are_trls_save_steps_and_limit(base_model, tmp_path):
     from clipbench.config import load_config
 
     config = {
-        "model": base_model, "method": "grpo", "backend": "trl", "steps": 6, "checkpoint_every": 3,
+        "model": base_model, "method": "grpo", "backend": "trl", "steps": 6, "checkpoint_every": 3, "keep_checkpoints": 3,
         "rollout": {"prompts_per_step": 2, "samples_per_prompt": 4}, "optim": {"minibatches": 2, "epochs": 2},
     }  # fmt: skip
     args = backend.trl_arguments(load_config(config), tmp_path)
-    assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 3 * 2 * 2, 2)
+    assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 3 * 2 * 2, 3)
     assert args.max_steps == 6 * 2 * 2 and not args.save_only_model  # optimizer and RNG states too
 
 

@@ -604,11 +604,12 @@ def trl_arguments(cfg, output_dir: str | Path):
         warmup_steps=0,
         optim="adamw_torch_fused",
         gradient_checkpointing=o.gradient_checkpointing,
-        # A checkpoint every checkpoint_every RL steps (at a rollout batch's end), the newest two kept:
-        # the newer may be cut by a kill before its manifest (ClipbenchGRPOTrainer._save_checkpoint).
+        # A checkpoint every checkpoint_every RL steps (at a rollout batch's end), the newest
+        # keep_checkpoints (>= 2: the newest may be cut by a kill before its manifest, written by
+        # ClipbenchGRPOTrainer._save_checkpoint after TRL has deleted the older ones).
         save_strategy="steps",
         save_steps=cfg.checkpoint_every * updates_per_step(cfg),
-        save_total_limit=2,
+        save_total_limit=cfg.keep_checkpoints,
         report_to="none",
         logging_steps=10**6,
         disable_tqdm=True,
@@ -623,14 +624,18 @@ def updates_per_step(cfg) -> int:
     return cfg.optim.minibatches * cfg.optim.epochs
 
 
+def checkpoint_updates(checkpoint: Path) -> int | None:
+    """The optimizer steps of TRL checkpoint folder `checkpoint-N` (N), None for another name."""
+    suffix = checkpoint.name.removeprefix("checkpoint-")
+    return int(suffix) if suffix != checkpoint.name and suffix.isdigit() else None
+
+
 def checkpoint_dirs(run_dir: Path) -> dict[int, Path]:
     """TRL's checkpoints of the run in `run_dir` by their optimizer steps (`trl/checkpoint-N`)."""
-    found = {}
-    for path in (run_dir / TRL_DIR).glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if path.is_dir() and suffix.isdigit():
-            found[int(suffix)] = path
-    return dict(sorted(found.items()))
+    found = {
+        checkpoint_updates(path): path for path in (run_dir / TRL_DIR).glob("checkpoint-*") if path.is_dir()
+    }
+    return dict(sorted((n, path) for n, path in found.items() if n is not None))
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
@@ -647,9 +652,17 @@ def resume_micro_step(checkpoint: Path | None, accumulation: int) -> int:
     a run resumed from `checkpoint`: its optimizer steps x gradient accumulation (0: a new run).
     TRL's own training loop skips that many batches and restores the RNG states, but counts `_step`
     from 0."""
-    if checkpoint is None:
-        return 0
-    return int(checkpoint.name.removeprefix("checkpoint-")) * accumulation
+    return 0 if checkpoint is None else checkpoint_updates(checkpoint) * accumulation
+
+
+def resume_point(checkpoints: dict[int, Path], per_step: int, intact: Callable[[Path], bool]) -> int | None:
+    """The optimizer steps of the checkpoint to resume from, among `checkpoints` (optimizer steps ->
+    folder): the newest that ends an RL step (`per_step` optimizer steps each) and is `intact`; None:
+    none is. Older ones are not checked."""
+    for updates in sorted(checkpoints, reverse=True):
+        if updates % per_step == 0 and intact(checkpoints[updates]):
+            return updates
+    return None
 
 
 def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> int:
@@ -677,15 +690,15 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> int:
     if artifacts.run_is_finished(run_dir):
         raise RunDirError(f"{run_dir}: holds a finished run; use a new run directory or delete it")
     per_step = updates_per_step(load_config(config))
-    resume = None
-    for updates, path in reversed(checkpoint_dirs(run_dir).items()):
-        intact = (path / MANIFEST).is_file() and checkpoint_problem(path) is None
-        if resume is None and updates % per_step == 0 and intact:
-            resume = path
-        elif resume is None:
-            shutil.rmtree(path)  # cut by a kill before its manifest, or damaged since
+    checkpoints = checkpoint_dirs(run_dir)
+    resume = resume_point(
+        checkpoints, per_step, lambda path: (path / MANIFEST).is_file() and checkpoint_problem(path) is None
+    )
+    for updates, path in checkpoints.items():
+        if resume is None or updates > resume:
+            shutil.rmtree(path)  # cut by a kill before its manifest, damaged since, or off a step's end
     if saved.exists() and resume is not None:
-        done = int(resume.name.removeprefix("checkpoint-")) // per_step
+        done = resume // per_step
         truncate_run_logs(run_dir, done)
         return done
     for name in (artifacts.METRICS_FILE, artifacts.RECORDS_DIR, artifacts.FINAL_DIR, TRL_DIR):
@@ -798,12 +811,14 @@ __all__ = [
     "Position",
     "check_arguments",
     "checkpoint_dirs",
+    "checkpoint_updates",
     "loss_mask",
     "microbatch_records",
     "prepare_run_dir",
     "require_trl",
     "resume_checkpoint",
     "resume_micro_step",
+    "resume_point",
     "schedule_position",
     "step_metrics",
     "trainer_class",

@@ -6,12 +6,6 @@ import json
 import re
 from pathlib import Path
 
-from clipbench import cpu_kernels
-
-# Every job inherits this process's environment: on an x86 CPU with AVX2, torch, MKL and oneDNN run
-# their AVX2 kernels, so a CPU study gives the same files on any such machine (clipbench/cpu_kernels.py).
-cpu_kernels.pin()
-
 from clipbench import artifacts, calibration, fairness, jobhost, plots, study
 from clipbench.artifacts import RunId
 from clipbench.provenance import config_hash
