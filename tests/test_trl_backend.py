@@ -364,15 +364,24 @@ def test_checkpoint_every_and_keep_checkpoints_are_trls_save_steps_and_limit(bas
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(base_model, tmp_path):
-    """tests/trl_smoke_run.py on one process, 5 RL steps, a checkpoint every 2: killed once TRL has
-    saved the checkpoint after step 4 but before its manifest, rerun, it resumes from the one after
-    step 2 (steps 0-1's records are not rewritten) and ends with the uninterrupted run's metrics,
-    records and final weights, byte for byte."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(base_model, tmp_path, processes):
+    """tests/trl_smoke_run.py, 5 RL steps, a checkpoint every 2, on one process and on two (started as a
+    study's train job starts them: accelerate launch with workflows/accelerate/cpu.yaml, gloo): killed
+    once TRL has saved the checkpoint after step 4 but before its manifest, rerun, it resumes from the
+    one after step 2 (steps 0-1's records, every rank's, are not rewritten) and ends with the
+    uninterrupted run's metrics, records and final weights, byte for byte."""
+    from clipbench import launch
+
     here = Path(__file__).resolve().parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(here / "trl_smoke_run.py"), base_model]
-    options = ["grpo", "--processes", "1", "--steps", "5", "--checkpoint-every", "2"]
+    launcher = (
+        []
+        if processes == 1
+        else launch.launch_words(2, str(here.parent / "workflows" / "accelerate" / "cpu.yaml"))[1:]
+    )
+    command = [sys.executable, *launcher, str(here / "trl_smoke_run.py"), base_model]
+    options = ["grpo", "--processes", str(processes), "--steps", "5", "--checkpoint-every", "2"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     done = subprocess.run(
         [*command, str(full), *options], capture_output=True, text=True, env=env, timeout=600
@@ -384,7 +393,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(base_model, tmp_p
         env=env,
         timeout=600,
     )
-    assert cut.returncode == -9  # SIGKILL
+    assert cut.returncode == (-9 if processes == 1 else 1)  # SIGKILL; accelerate's launcher: 1
     assert (
         list(backend.checkpoint_dirs(killed)) == [4, 8]
         and backend.resume_checkpoint(killed).name == "checkpoint-4"
@@ -399,6 +408,7 @@ def test_a_killed_run_resumes_and_ends_as_an_uninterrupted_one(base_model, tmp_p
         [*command, str(killed), *options], capture_output=True, text=True, env=env, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert len(kept) == 2 * processes  # every rank's files of steps 0 and 1
     assert {path: path.stat().st_mtime_ns for path in kept} == kept  # resumed: steps 0-1 not redone
     assert (killed / artifacts.METRICS_FILE).read_bytes() == (full / artifacts.METRICS_FILE).read_bytes()
     pd.testing.assert_frame_equal(artifacts.read_clip_records(killed), artifacts.read_clip_records(full))
